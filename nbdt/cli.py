@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 EXIT_BAD_INPUT = 2
 
@@ -33,16 +34,448 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, ar
 # ---------------------------------------------------------------- nbdt-hierarchy (issue 2, 5)
 def hierarchy_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-hierarchy: build, show and export class hierarchies."""
-    raise SystemExit("nbdt-hierarchy: not implemented yet")
+    return _run("nbdt-hierarchy", _hierarchy, _hierarchy_parser(), argv)
+
+
+def _hierarchy_parser() -> argparse.ArgumentParser:
+    from nbdt.wordnet import DATASETS
+
+    parser = argparse.ArgumentParser(
+        prog="nbdt-hierarchy",
+        description="Build a class hierarchy (induced from a model's classifier, from WordNet, or"
+        " random), print it, and save it as node-link JSON or HTML.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser, classes_required: bool = True) -> None:
+        source = sub.add_mutually_exclusive_group(required=classes_required)
+        source.add_argument("--dataset", choices=DATASETS, help="a shipped class list")
+        source.add_argument(
+            "--classes", metavar="FILE", help="class names or WordNet ids, one per line"
+        )
+        sub.add_argument("--out", metavar="TREE.json", help="write the hierarchy as JSON")
+        sub.add_argument("--html", metavar="OUT.html", help="write the hierarchy as HTML")
+        sub.add_argument("--max-depth", type=int, metavar="N", help="print only N levels")
+        sub.add_argument("--quiet", action="store_true", help="do not print the tree")
+
+    induced = commands.add_parser(
+        "induced", help="cluster the classifier weights of a model (agglomerative, Ward)"
+    )
+    common(induced)
+    weights = induced.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--model", metavar="NAME", help="a timm architecture")
+    weights.add_argument(
+        "--checkpoint", metavar="PATH", help="a torch checkpoint or state dict file"
+    )
+    pretrained = induced.add_mutually_exclusive_group()
+    pretrained.add_argument(
+        "--pretrained", action="store_true", help="with --model: timm's weights (hub or cache)"
+    )
+    pretrained.add_argument(
+        "--pretrained-file", metavar="PATH", help="with --model: weights from a local file"
+    )
+    induced.add_argument(
+        "--linkage", default="ward", choices=("ward", "complete", "average", "single")
+    )
+    induced.add_argument("--normalize", action="store_true", help="L2-normalise weight rows")
+    induced.add_argument("--branching", type=int, default=2, help="children per node, at most")
+
+    wordnet = commands.add_parser("wordnet", help="the WordNet hypernym tree of the classes")
+    common(wordnet)
+
+    random = commands.add_parser("random", help="a seeded random tree (ablation baseline)")
+    common(random)
+    random.add_argument("--seed", type=int, default=0)
+    random.add_argument("--branching", type=int, default=2, help="children per node, at most")
+
+    show = commands.add_parser("show", help="print a hierarchy file or a shipped hierarchy")
+    show.add_argument(
+        "tree", metavar="TREE", help="a JSON file, or a shipped name such as imagenet-induced"
+    )
+    common(show, classes_required=False)
+    html = commands.add_parser("html", help="write a hierarchy as one self-contained HTML page")
+    html.add_argument(
+        "tree", metavar="TREE", help="a JSON file, or a shipped name such as imagenet-induced"
+    )
+    html.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the page")
+    html.add_argument(
+        "--highlight", metavar="CLASS", help="a class index, node id or label: its path is lit"
+    )
+    html.add_argument("--title", help="the page title (default: root label and class count)")
+    order = html.add_mutually_exclusive_group()
+    order.add_argument("--dataset", choices=DATASETS, help="class order for files without one")
+    order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
+    return parser
+
+
+def _hierarchy_html(args: argparse.Namespace) -> int:
+    """`nbdt-hierarchy html`: load a tree file or shipped name and write its page."""
+    from nbdt.visualize import hierarchy_html
+
+    tree = _load_tree(args.tree, _hierarchy_classes(args))
+    highlight: str | int | None = args.highlight
+    if highlight is not None and highlight not in tree and highlight.lstrip("-").isdigit():
+        highlight = int(highlight)
+    path = hierarchy_html(tree, args.output, highlight=highlight, title=args.title)
+    print(f"wrote {path}")
+    return 0
+
+
+def _hierarchy(args: argparse.Namespace) -> int:
+    if args.command == "html":
+        return _hierarchy_html(args)
+    import os
+    import warnings
+    from pathlib import Path
+
+    from nbdt import builders
+    from nbdt.wordnet import UnresolvedClassWarning
+
+    for option, target in (("--out", args.out), ("--html", args.html)):
+        if target and not Path(target).resolve().parent.is_dir():
+            raise BadInput(f"{option} {target}: the folder {Path(target).parent} does not exist")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnresolvedClassWarning)
+        classes = _hierarchy_classes(args)
+        if args.command == "show":
+            tree = _load_tree(args.tree, classes)
+        elif args.command == "wordnet":
+            tree = builders.wordnet(classes)
+        elif args.command == "random":
+            tree = builders.random(classes, seed=args.seed, branching=args.branching)
+        else:
+            source = _weights_source(args)
+            tree = builders.induced(
+                source,
+                classes,
+                linkage=args.linkage,
+                normalize=args.normalize,
+                branching=args.branching,
+            )
+    for warning in caught:
+        if issubclass(warning.category, UnresolvedClassWarning):
+            print(f"nbdt-hierarchy: warning: {warning.message}", file=sys.stderr)
+    if args.out:
+        tree.save(Path(args.out))
+    if args.html:
+        from nbdt.visualize import hierarchy_html
+
+        hierarchy_html(tree, Path(args.html))
+    if not args.quiet:
+        try:
+            print(tree.render(max_depth=args.max_depth), flush=True)
+        except BrokenPipeError:  # `nbdt-hierarchy ... | head`: the reader left, not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _hierarchy_classes(args: argparse.Namespace):
+    """The class list from --dataset or --classes (None for `show` without either)."""
+    from pathlib import Path
+
+    from nbdt.wordnet import dataset_classes
+
+    if args.dataset:
+        return dataset_classes(args.dataset)
+    if not args.classes:
+        return None
+    try:
+        text = Path(args.classes).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"--classes {args.classes}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise BadInput(f"--classes {args.classes}: {e.strerror or e}") from None
+    names = [line.strip() for line in text.splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if len(names) < 2:
+        raise BadInput(f"--classes {args.classes}: needs at least two class names, one per line")
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise BadInput(f"--classes {args.classes}: class {duplicate!r} is listed twice")
+    return names
+
+
+def _load_tree(tree: str, classes):
+    """A hierarchy from a JSON file or, when no such file exists, a shipped hierarchy's name."""
+    from pathlib import Path
+
+    from nbdt.hierarchy import Hierarchy
+    from nbdt.pretrained import shipped_hierarchies, shipped_hierarchy
+
+    if Path(tree).exists() or tree not in shipped_hierarchies():
+        if not Path(tree).is_file():
+            raise BadInput(
+                f"{tree}: no such hierarchy file or shipped hierarchy"
+                f" ({', '.join(shipped_hierarchies())})"
+            )
+        try:
+            return Hierarchy.load(tree, classes=None if classes is None else list(classes))
+        except ValueError as e:
+            if classes is None and "no class order" in str(e):
+                raise BadInput(
+                    f"{tree}: the file has no class order: give --dataset or --classes"
+                ) from None
+            raise
+    return shipped_hierarchy(tree)
+
+
+def _weights_source(args: argparse.Namespace):
+    """What `induced` clusters: a checkpoint path, or a timm model with pretrained weights."""
+    from pathlib import Path
+
+    if args.checkpoint:
+        if args.pretrained or args.pretrained_file:
+            raise BadInput("--pretrained/--pretrained-file go with --model, not --checkpoint")
+        if not Path(args.checkpoint).is_file():
+            raise BadInput(f"--checkpoint {args.checkpoint}: no such file")
+        return args.checkpoint
+    import timm
+
+    if not timm.is_model(args.model):
+        raise BadInput(f"--model {args.model}: not a timm architecture (see timm.list_models())")
+    if not (args.pretrained or args.pretrained_file):
+        raise BadInput(
+            "--model needs --pretrained or --pretrained-file: a randomly initialised head gives a"
+            " meaningless tree"
+        )
+    kwargs = {}
+    if args.pretrained_file:
+        if not Path(args.pretrained_file).is_file():
+            raise BadInput(f"--pretrained-file {args.pretrained_file}: no such file")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(args.pretrained_file).resolve())}
+    try:
+        return timm.create_model(args.model, pretrained=True, **kwargs)
+    except Exception as e:  # timm and the hub raise many kinds; all mean "no weights"
+        where = args.pretrained_file or "timm's hub (offline?)"
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInput(
+            f"--model {args.model}: cannot load weights from {where}: {message}"
+        ) from None
 
 
 # ---------------------------------------------------------------- nbdt-train (issue 4)
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """nbdt-train: tree-supervised fine-tuning."""
-    raise SystemExit("nbdt-train: not implemented yet")
+    """nbdt-train: tree-supervised fine-tuning (see ``nbdt.train``)."""
+    return _run("nbdt-train", _train, _train_parser(), argv)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    """nbdt-train's options: one per ``TrainConfig`` field, with its defaults."""
+    import dataclasses
+
+    from nbdt import train
+
+    default = {f.name: f.default for f in dataclasses.fields(train.TrainConfig)}
+    p = argparse.ArgumentParser(
+        prog="nbdt-train",
+        description="Fine-tune a timm model with tree supervision and measure it as an NBDT:"
+        " cross-entropy warm-up while the head is untrained, hierarchy, tree-supervised epochs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.set_defaults(**default)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=train.datasets.DATASETS)
+    data.add_argument(
+        "--data-dir",
+        help="dataset folder (fashion-mnist: IDX files, default Debian's"
+        f" {train.datasets.FASHION_MNIST_DIR}; cifar: default <cache>/data; folder: train/ and"
+        " val/ class folders)",
+    )
+    data.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR")
+    data.add_argument("--subset", type=int, metavar="N", help="first N training images")
+    data.add_argument("--eval-subset", type=int, metavar="N", help="first N test images")
+    data.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
+    data.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip")
+    data.add_argument("--workers", type=int, help="data loader processes (default: 0 in memory)")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--arch", help=f"timm architecture (default {train.DEFAULT_ARCH})")
+    model.add_argument("--pretrained", action="store_true", help="timm's hub weights")
+    model.add_argument("--pretrained-file", metavar="PATH", help="local timm weights file")
+    model.add_argument("--checkpoint", metavar="FILE", help="start from an nbdt model file")
+    model.add_argument(
+        "--hierarchy",
+        metavar="KIND|FILE",
+        help="induced, wordnet, random or a hierarchy JSON file (default: induced, or the"
+        " checkpoint's)",
+    )
+    model.add_argument("--node-score", choices=("mean", "marginal"))
+
+    fit = p.add_argument_group("training")
+    fit.add_argument("--warmup-epochs", type=int, help="cross-entropy epochs for a new head")
+    fit.add_argument("--epochs", type=int, help="tree-supervised epochs")
+    fit.add_argument("--loss", choices=train.LOSSES)
+    fit.add_argument("--soft-variant", choices=train.SOFT_VARIANTS)
+    fit.add_argument("--tree-weight", type=float, help="weight of the tree term (first epoch)")
+    fit.add_argument("--tree-weight-end", type=float, help="its last epoch's (default: same)")
+    fit.add_argument("--tree-weight-power", type=float, help="schedule shape (1: linear)")
+    fit.add_argument("--ce-weight", type=float, help="weight of cross-entropy (first epoch)")
+    fit.add_argument("--ce-weight-end", type=float, help="its last epoch's (default: same)")
+    fit.add_argument("--ce-weight-power", type=float, help="schedule shape (1: linear)")
+    fit.add_argument("--optimizer", choices=train.OPTIMIZERS)
+    fit.add_argument("--lr", type=float, help="default: per optimiser, scaled by batch/256")
+    fit.add_argument("--weight-decay", type=float, help="default: 5e-4 (sgd), 0.05 (adamw)")
+    fit.add_argument("--batch-size", type=int, help="global batch, split over processes")
+    fit.add_argument("--seed", type=int)
+
+    run = p.add_argument_group("run")
+    run.add_argument("--output", required=True, metavar="DIR", help="checkpoints and metrics")
+    run.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
+    run.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
+    run.add_argument("--no-amp", dest="amp", action="store_false", help="no CUDA autocast")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--explain", type=int, metavar="N", help="explain N test images at the end")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nbdt import train
+
+    try:
+        train.train(train.TrainConfig(**vars(args)))
+    except train.Interrupted as e:
+        print(f"nbdt-train: interrupted {e}", file=sys.stderr)
+        return 130
+    except train.LossDiverged as e:
+        print(f"nbdt-train: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------- nbdt-explain (issue 3, 5)
 def explain_main(argv: Sequence[str] | None = None) -> int:
-    """nbdt-explain: explain predictions on images."""
-    raise SystemExit("nbdt-explain: not implemented yet")
+    """nbdt-explain: predict images with an NBDT and print each decision path."""
+    parser = argparse.ArgumentParser(
+        prog="nbdt-explain",
+        description="Predict images with an NBDT and print the decisions that led to each class."
+        " Without --checkpoint it runs the offline ImageNet example: efficientnet_lite0 with"
+        " real weights, the shipped induced ImageNet hierarchy and marginal rules.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format)")
+    parser.add_argument(
+        "--checkpoint", metavar="FILE", help="an nbdt model file (NBDT.save or nbdt-train)"
+    )
+    parser.add_argument(
+        "--hierarchy",
+        metavar="NAME|FILE",
+        help="a shipped hierarchy name (default for the example: imagenet-induced; or"
+        " imagenet-wordnet) or a hierarchy JSON file; default with --checkpoint: its own",
+    )
+    parser.add_argument(
+        "--mode", choices=("soft", "hard"), help="inference mode (default: the checkpoint's, soft)"
+    )
+    parser.add_argument(
+        "--node-score",
+        choices=("mean", "marginal"),
+        help="how a child is scored (default: the checkpoint's; marginal for the example)",
+    )
+    parser.add_argument(
+        "--top-k", type=_non_negative_int, default=5, metavar="K", help="classes to list (5)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON list, one explanation per image"
+    )
+    parser.add_argument("--html", metavar="FILE", help="also write the explanations as HTML")
+    return _run("nbdt-explain", _explain, parser, argv)
+
+
+_EXPLAIN_BATCH = 16  # images decoded and explained at a time
+_EXAMPLE_NOTE = (
+    "note: efficientnet_lite0 was trained on ImageNet without tree supervision; its"
+    " predictions are explained with {node_score} rules over the {hierarchy} hierarchy"
+)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Explain every readable image; unreadable ones are reported and make the exit status 2."""
+    import json
+
+    from nbdt.model import load_image
+
+    model, note = _explain_model(args)
+    channels = model.data_config["input_size"][0]
+    if note:
+        print(note, file=sys.stderr if args.json else sys.stdout)
+    explained: list[tuple[str, object]] = []
+    failed = 0
+    for start in range(0, len(args.images), _EXPLAIN_BATCH):
+        loaded = []
+        for name in args.images[start : start + _EXPLAIN_BATCH]:
+            try:
+                loaded.append((name, load_image(name, channels)))
+            except ValueError as e:
+                print(f"nbdt-explain: error: {e}", file=sys.stderr)
+                failed += 1
+        if not loaded:
+            continue
+        explanations = model.explain([image for _, image in loaded], top_k=args.top_k)
+        for (name, _), exp in zip(loaded, explanations, strict=True):
+            explained.append((name, exp))
+            if not args.json:
+                print(f"{name}: {exp}")
+                if exp.top_k:
+                    top = ", ".join(f"{t.label} {t.probability:.1%}" for t in exp.top_k)
+                    print(f"  top-{len(exp.top_k)}: {top}")
+    if args.json:
+        print(json.dumps([{"image": name, **exp.to_dict()} for name, exp in explained], indent=1))
+    if args.html and explained:
+        from nbdt.visualize import explanation_html
+
+        out = explanation_html(
+            [exp for _, exp in explained],
+            [name for name, _ in explained],
+            args.html,
+            hierarchy=model.hierarchy,
+            title="nbdt-explain",
+        )
+        print(f"nbdt-explain: wrote {out}", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The NBDT to explain with, and a note to print (for the example model)."""
+    from pathlib import Path
+
+    from nbdt.hierarchy import Hierarchy
+    from nbdt.model import NBDT, read_checkpoint
+
+    def hierarchy(value: str, classes: Sequence[str] | None) -> Hierarchy:
+        if Path(value).exists() or "/" in value or value.endswith(".json"):
+            return Hierarchy.load(value, classes=classes)
+        from nbdt.pretrained import shipped_hierarchy
+
+        return shipped_hierarchy(value)
+
+    if args.checkpoint:
+        checkpoint = read_checkpoint(args.checkpoint)
+        if args.hierarchy:
+            checkpoint["hierarchy"] = hierarchy(args.hierarchy, None).to_node_link()
+        checkpoint["mode"] = args.mode or checkpoint.get("mode")
+        checkpoint["node_score"] = args.node_score or checkpoint.get("node_score")
+        return NBDT.from_checkpoint(checkpoint, source=args.checkpoint).eval(), None
+
+    from nbdt.pretrained import efficientnet_lite0
+    from nbdt.wordnet import dataset_classes
+
+    name = args.hierarchy or "imagenet-induced"
+    # A hierarchy file is matched to ImageNet's class order by WordNet id (or node id, name).
+    tree = hierarchy(name, dataset_classes("imagenet").wnids)
+    node_score = args.node_score or "marginal"
+    try:
+        network = efficientnet_lite0()
+    except ImportError as e:  # the weights package is an optional dependency
+        raise BadInput(f"{e} (or pass --checkpoint FILE)") from None
+    model = NBDT(network, tree, args.mode or "soft", node_score)
+    return model, _EXAMPLE_NOTE.format(node_score=node_score, hierarchy=name)
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value

@@ -99,7 +99,9 @@ class Hierarchy:
                 order.append(child)
         if len(order) != len(by_id):
             stray = sorted(set(by_id) - set(order))
-            raise ValueError(f"hierarchy: nodes {stray[:5]} are not reachable from the root (cycle)")
+            raise ValueError(
+                f"hierarchy: nodes {stray[:5]} are not reachable from the root (cycle)"
+            )
 
         actual_leaves = {n.id for n in nodes if n.is_leaf}
         if len(set(leaf_ids)) != len(leaf_ids):
@@ -322,9 +324,7 @@ class Hierarchy:
         return path
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike[str], classes: Sequence[str] | None = None
-    ) -> Hierarchy:
+    def load(cls, path: str | os.PathLike[str], classes: Sequence[str] | None = None) -> Hierarchy:
         """Read a hierarchy JSON file (see :meth:`from_node_link` for ``classes``)."""
         path = Path(path)
         try:

@@ -44,13 +44,13 @@ def efficientnet_lite0() -> nn.Module:
         raise ValueError(
             f"{_WEIGHTS_PACKAGE} holds {len(source)} tensors, timm's {ARCH} has {len(target)}"
         )
-    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items(), strict=True):
         if src.shape != dst.shape:
             raise ValueError(
                 f"{_WEIGHTS_PACKAGE}: {src_key} {tuple(src.shape)} does not pair with timm's"
                 f" {dst_key} {tuple(dst.shape)}"
             )
-    model.load_state_dict(dict(zip(target, source.values())))
+    model.load_state_dict(dict(zip(target, source.values(), strict=True)))
     return model.eval()
 
 

@@ -2,4 +2,181 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ---- helper C: image files that nbdt must refuse with one line naming the file
+def _png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
+    """A valid PNG whose header then claims ``width`` x ``height`` (a decompression bomb)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.fixture
+def bad_image_files(tmp_path):
+    """name -> path of inputs nbdt must refuse: missing, directory, non-image, truncated, bombs."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    files = {
+        "missing": tmp_path / "missing.png",
+        "directory": tmp_path / "folder.jpg",
+        "not-an-image": tmp_path / "notes.png",
+        "truncated-png": tmp_path / "truncated.png",
+        "truncated-jpeg": tmp_path / "truncated.jpg",
+        "bomb": tmp_path / "bomb.png",
+        "bomb-warning": tmp_path / "large.png",
+    }
+    files["directory"].mkdir()
+    files["not-an-image"].write_text("hello, I am text\n")
+    for name, fmt in (("truncated-png", "PNG"), ("truncated-jpeg", "JPEG")):
+        buffer = io.BytesIO()
+        Image.fromarray(noise).save(buffer, format=fmt)
+        files[name].write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    files["bomb"].write_bytes(_png_bytes(20_000, 20_000))  # > 2x Pillow's limit: an error
+    files["bomb-warning"].write_bytes(_png_bytes(10_000, 10_000))  # > the limit: a warning
+    return files
+
+
+# ---- helper E: hierarchies of any size and contract-shaped explanations for the HTML tests
+def _make_tree(num_classes: int, *, branching: int = 3, labels=None, seed: int = 0):
+    """A seeded random tree over ``num_classes`` leaves ``c0..``; even inner nodes get wnids."""
+    import random
+
+    from nbdt.hierarchy import Hierarchy, Node
+
+    rng = random.Random(seed)
+    labels = list(labels) if labels is not None else [f"class {i}" for i in range(num_classes)]
+    nodes = [Node(f"c{i}", labels[i]) for i in range(num_classes)]
+
+    def split(ids: list[str]) -> str:
+        if len(ids) == 1:
+            return ids[0]
+        parts = min(len(ids), rng.randint(2, branching))
+        cuts = sorted(rng.sample(range(1, len(ids)), parts - 1))
+        bounds = zip([0, *cuts], [*cuts, len(ids)], strict=True)
+        children = tuple(split(ids[a:b]) for a, b in bounds)
+        k = len(nodes) - num_classes
+        nodes.append(Node(f"g{k}", f"group {k}", f"n{k:08d}" if k % 2 == 0 else None, children))
+        return nodes[-1].id
+
+    order = [n.id for n in nodes]
+    rng.shuffle(order)
+    split(order)
+    return Hierarchy(nodes, [f"c{i}" for i in range(num_classes)])
+
+
+def _explanation_dict(h, class_index: int, branch_probability: float = 0.9) -> dict:
+    """What ``Explanation.to_dict()`` returns, for the path of ``class_index`` in ``h``."""
+    import itertools
+    import math
+
+    path = h.path(class_index)
+    steps = []
+    for node, child in itertools.pairwise(path):
+        runner = next(c for c in node.children if c != child.id)
+        runner_p = (1 - branch_probability) * 0.75
+        rest = (1 - branch_probability - runner_p) / max(len(node.children) - 2, 1)
+        probs = [branch_probability, runner_p] + [rest] * (len(node.children) - 2)
+        steps.append(
+            {
+                "node_id": node.id,
+                "label": node.label,
+                "wnid": node.wnid,
+                "entropy": -sum(p * math.log(p) for p in probs if p > 0),
+                "child_id": child.id,
+                "child_label": child.label,
+                "probability": branch_probability,
+                "runner_up_id": runner,
+                "runner_up_label": h[runner].label,
+                "runner_up_probability": runner_p,
+            }
+        )
+    probability = branch_probability ** len(steps)
+    other = (class_index + 1) % h.num_classes
+    return {
+        "class_index": class_index,
+        "label": path[-1].label,
+        "wnid": path[-1].wnid,
+        "probability": probability,
+        "mode": "soft",
+        "node_score": "mean",
+        "top_k": [
+            {"class_index": class_index, "label": path[-1].label, "probability": probability},
+            {"class_index": other, "label": h.classes[other], "probability": 1 - probability},
+        ],
+        "path": steps,
+    }
+
+
+@pytest.fixture
+def make_tree():
+    """``make_tree(num_classes, branching=3, labels=None, seed=0) -> Hierarchy``."""
+    return _make_tree
+
+
+@pytest.fixture
+def explanation_dict():
+    """``explanation_dict(h, class_index, branch_probability=0.9) -> dict`` (the to_dict shape)."""
+    return _explanation_dict
+
+
+# ---- helper D: Fashion-MNIST folders in the official IDX file names, for data and train tests
+def _write_idx(path, array, compress: bool = True):
+    """An IDX file (the MNIST family's format) of a uint8 array, gzipped when asked."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    raw = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    raw += struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def _stripes_fashion_mnist(folder, n_train: int = 320, n_test: int = 160, seed: int = 0):
+    """A learnable stand-in for Fashion-MNIST: class k shows stripes of width 2 + k % 5,
+    horizontal for k < 5 and vertical otherwise, at a random phase, with noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, cols = np.mgrid[0:28, 0:28]
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.permutation(np.arange(n) % 10)
+        coord = np.where((labels >= 5)[:, None, None], cols, rows)
+        phase = rng.integers(0, 12, n)[:, None, None]
+        stripes = ((coord + phase) // (2 + labels % 5)[:, None, None]) % 2
+        images = np.clip(40 + 160 * stripes + rng.normal(0, 30, (n, 28, 28)), 0, 255)
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture
+def write_idx():
+    """``write_idx(path, uint8_array, compress=True) -> path``: one IDX file."""
+    return _write_idx
+
+
+@pytest.fixture(scope="session")
+def stripes_dir(tmp_path_factory):
+    """A Fashion-MNIST folder (IDX .gz files) of 320 train and 160 test learnable 28x28 images."""
+    return _stripes_fashion_mnist(tmp_path_factory.mktemp("stripes"))

@@ -1,0 +1,371 @@
+"""Builders of class hierarchies: induced from classifier weights, from WordNet, or random.
+
+Each builder only decides the tree's shape; one shared step then names every inner node with the
+lowest WordNet hypernym common to all leaves under it, so every name is true.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from nbdt import wordnet as wn
+from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
+
+LINKAGES = ("ward", "complete", "average", "single")
+
+# A tree shape: inner node k lists its children; a child i < C is class i, a child C + j is inner
+# node j. Children always come before their parent, so the last inner node is the root.
+Shape = list[list[int]]
+
+
+# ------------------------------------------------------------------ classes
+def _classes(classes: Sequence[str], wnids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Class names and WordNet ids (resolved when not given) after checking them."""
+    if isinstance(classes, str) or not isinstance(classes, Sequence | wn.DatasetClasses):
+        raise TypeError("classes must be a sequence of class names or WordNet ids")
+    names = [str(c) for c in classes]
+    if len(names) < 2:
+        raise ValueError(f"a hierarchy needs at least two classes, got {len(names)}")
+    if wnids is None and isinstance(classes, wn.DatasetClasses):
+        wnids = classes.wnids
+    if wnids is None:
+        wnids = wn.resolve(names)
+    elif len(wnids) != len(names):
+        raise ValueError(f"{len(wnids)} wnids given for {len(names)} classes")
+    names = [wn.label(n) if is_wordnet_id(n) else n for n in names]
+    return names, [str(w) for w in wnids]
+
+
+# ------------------------------------------------------------------ naming
+def _synthetic_label(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:2])
+    more = f", +{len(names) - 2} more" if len(names) > 2 else ""
+    return f"synthetic: {shown}{more}"
+
+
+def _unique_ids(preferred: Sequence[str]) -> list[str]:
+    """The preferred ids, with ``-2``, ``-3``, ... added to repeats, first come first served."""
+    used: set[str] = set()
+    out = []
+    for want in preferred:
+        candidate, n = want, 1
+        while candidate in used:
+            n += 1
+            candidate = f"{want}-{n}"
+        used.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Hierarchy:
+    """Name a tree shape and turn it into a Hierarchy.
+
+    Each leaf's WordNet ancestors (over all hypernym paths) become one row of a boolean matrix
+    whose columns are sorted deepest first (ties by id); a node's common hypernyms are the AND of
+    its children's rows, and its label is the first column left: the lowest common hypernym.
+    """
+    num_classes = len(names)
+    real = np.array([is_wordnet_id(w) for w in wnids])
+    ancestors = [wn.ancestors(w) if r else {} for w, r in zip(wnids, real, strict=True)]
+    depth = {s: d for a in ancestors for s, d in a.items()}
+    columns = sorted(depth, key=lambda s: (-depth[s], s))
+    column = {s: j for j, s in enumerate(columns)}
+    table = np.zeros((num_classes, len(columns)), dtype=bool)
+    rows = np.repeat(np.arange(num_classes), [len(a) for a in ancestors])
+    table[rows, [column[s] for a in ancestors for s in a]] = True
+
+    # Row i: class i; row C + k: inner node k (children come before their parents).
+    common = np.concatenate([table, np.zeros((len(shape), len(columns)), dtype=bool)])
+    synthetic = np.concatenate([~real, np.zeros(len(shape), dtype=bool)])
+    leaves_of: list[list[int]] = [[i] for i in range(num_classes)]
+    for k, kids in enumerate(shape):
+        common[num_classes + k] = np.logical_and.reduce(common[kids], axis=0)
+        synthetic[num_classes + k] = synthetic[kids].any()
+        leaves_of.append([i for c in kids for i in leaves_of[c]])
+    lowest = common[num_classes:].argmax(axis=1) if columns else np.zeros(len(shape), dtype=int)
+    synthetic = synthetic[num_classes:]
+    leaves_of = leaves_of[num_classes:]
+
+    inner_wnid = [None if synthetic[k] else columns[lowest[k]] for k in range(len(shape))]
+    inner_label = [
+        _synthetic_label([names[i] for i in leaves_of[k]]) if w is None else wn.label(w)
+        for k, w in enumerate(inner_wnid)
+    ]
+    # Ids: leaves first (class order), then inner nodes root first, breadth first.
+    root = num_classes + len(shape) - 1
+    order = [root]
+    for node in order:
+        if node >= num_classes:
+            order.extend(shape[node - num_classes])
+    inner_order = [n - num_classes for n in order if n >= num_classes]
+    preferred = [w if r else n for w, n, r in zip(wnids, names, real, strict=True)]
+    preferred += [inner_wnid[k] or "synthetic" for k in inner_order]
+    ids = _unique_ids(preferred)
+    node_id = dict(enumerate(ids[:num_classes]))
+    node_id.update(
+        (num_classes + k, i) for k, i in zip(inner_order, ids[num_classes:], strict=True)
+    )
+
+    nodes = [Node(node_id[i], names[i], wnids[i] if real[i] else None) for i in range(num_classes)]
+    nodes += [
+        Node(
+            node_id[num_classes + k],
+            inner_label[k],
+            inner_wnid[k],
+            tuple(node_id[c] for c in shape[k]),
+        )
+        for k in inner_order
+    ]
+    return Hierarchy(nodes, [node_id[i] for i in range(num_classes)])
+
+
+# ------------------------------------------------------------------ weights
+def classifier_weights(source: Any, num_classes: int | None = None) -> np.ndarray:
+    """The (C, D) classifier weight matrix of a tensor, state dict, checkpoint file or timm model.
+
+    A timm model's head comes from ``get_classifier()`` (a Linear or 1x1 Conv2d); a state dict's is
+    the last ``*weight`` of C rows; checkpoints nesting it under ``state_dict`` or ``model`` work.
+    """
+    import torch
+
+    if isinstance(source, str | os.PathLike):
+        try:
+            source = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{source}: no such checkpoint file") from None
+        except Exception as e:  # torch raises many kinds for a file that is no checkpoint
+            raise ValueError(f"{source}: not a readable torch checkpoint ({e})") from None
+    if isinstance(source, torch.nn.Module):
+        return _module_weights(source)
+    if isinstance(source, Mapping):
+        return _state_dict_weights(source, num_classes)
+    if isinstance(source, np.ndarray | torch.Tensor):
+        return _as_matrix(source, "weights")
+    raise TypeError(
+        f"cannot take classifier weights from {type(source).__name__}: pass a (C, D) tensor,"
+        " a state dict, a checkpoint path or a timm model"
+    )
+
+
+def _as_matrix(weight: Any, what: str) -> np.ndarray:
+    import torch
+
+    if isinstance(weight, torch.Tensor):
+        weight = weight.detach().to("cpu", torch.float64).numpy()
+    weight = np.asarray(weight, dtype=np.float64)
+    if weight.ndim == 4 and weight.shape[2:] == (1, 1):
+        weight = weight[:, :, 0, 0]
+    if weight.ndim != 2:
+        raise ValueError(f"{what}: expected a (classes, features) matrix, got shape {weight.shape}")
+    if not np.isfinite(weight).all():
+        raise ValueError(f"{what}: weights hold NaN or infinite values")
+    return weight
+
+
+def _module_weights(model: Any) -> np.ndarray:
+    import torch.nn as nn
+
+    if not hasattr(model, "get_classifier"):
+        raise TypeError(
+            f"{type(model).__name__} has no get_classifier(): pass a timm model or its classifier"
+            " weight tensor"
+        )
+    head = model.get_classifier()
+    if isinstance(head, tuple | list):
+        raise ValueError(
+            f"{type(model).__name__} has {len(head)} classifier heads (e.g. distilled DeiT): pass"
+            " the weight tensor of the head to use"
+        )
+    if isinstance(head, nn.Linear) or (isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1)):
+        return _as_matrix(head.weight, f"{type(model).__name__} classifier")
+    raise ValueError(
+        f"{type(model).__name__}'s classifier is {type(head).__name__}, not a Linear or 1x1 Conv2d"
+        " (a model made with num_classes=0 has none)"
+    )
+
+
+def _state_dict_weights(state: Mapping[str, Any], num_classes: int | None) -> np.ndarray:
+    import torch
+
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state.get(key), Mapping):
+            return _state_dict_weights(state[key], num_classes)
+    candidates = [
+        (key, value)
+        for key, value in state.items()
+        if str(key).endswith("weight")
+        and isinstance(value, torch.Tensor)
+        and (value.ndim == 2 or (value.ndim == 4 and tuple(value.shape[2:]) == (1, 1)))
+        and (num_classes is None or value.shape[0] == num_classes)
+    ]
+    if not candidates:
+        rows = f" with {num_classes} rows" if num_classes is not None else ""
+        raise ValueError(f"state dict holds no classifier weight{rows} (a 2-D or 1x1 '*weight')")
+    key, value = candidates[-1]
+    return _as_matrix(value, f"state dict key {key!r}")
+
+
+# ------------------------------------------------------------------ builders
+def _check_branching(branching: int) -> int:
+    if isinstance(branching, bool) or not isinstance(branching, int | np.integer) or branching < 2:
+        raise ValueError(f"branching must be an integer >= 2, got {branching!r}")
+    return int(branching)
+
+
+def _collapse(merges: np.ndarray, distances: np.ndarray, branching: int) -> Shape:
+    """Turn a binary merge tree (sklearn's ``children_``) into one with <= ``branching`` children.
+
+    From the root down, a node absorbs the children of its highest child merge while it has
+    room, so the tree keeps the dendrogram's order of merges.
+    """
+    num_classes = len(merges) + 1
+    shape: Shape = []
+    emitted: dict[int, int] = {}
+    stack: list[tuple[int, bool]] = [(num_classes + len(merges) - 1, False)]
+    kids_of: dict[int, list[int]] = {}
+    while stack:
+        node, ready = stack.pop()
+        if node < num_classes:
+            continue
+        if ready:
+            emitted[node] = num_classes + len(shape)
+            shape.append([c if c < num_classes else emitted[c] for c in kids_of[node]])
+            continue
+        kids = [int(c) for c in merges[node - num_classes]]
+        while len(kids) < branching:
+            inner = [c for c in kids if c >= num_classes]
+            if not inner:
+                break
+            highest = max(inner, key=lambda c: (distances[c - num_classes], c))
+            at = kids.index(highest)
+            kids[at : at + 1] = [int(c) for c in merges[highest - num_classes]]
+        kids_of[node] = kids
+        stack.append((node, True))
+        stack.extend((c, False) for c in reversed(kids))
+    return shape
+
+
+def induced(
+    weights_or_model: Any,
+    classes: Sequence[str],
+    *,
+    linkage: str = "ward",
+    normalize: bool = False,
+    branching: int = 2,
+    wnids: Sequence[str] | None = None,
+) -> Hierarchy:
+    """Agglomerative clustering of the classifier's weight rows, one row per class.
+
+    ``weights_or_model``: a (C, D) tensor or array, a state dict, a checkpoint path or a timm model.
+    ``normalize`` L2-normalises the rows first (clustering by direction); ``branching`` caps the
+    children per node; ``wnids`` skips resolving the class names.
+    """
+    from sklearn.cluster import AgglomerativeClustering
+
+    if linkage not in LINKAGES:
+        raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}, got {linkage!r}")
+    branching = _check_branching(branching)
+    names, ids = _classes(classes, wnids)
+    weight = classifier_weights(weights_or_model, num_classes=len(names))
+    if weight.shape[0] != len(names):
+        raise ValueError(
+            f"classifier has {weight.shape[0]} classes but {len(names)} class names were given"
+        )
+    if normalize:
+        norms = np.linalg.norm(weight, axis=1, keepdims=True)
+        weight = weight / np.where(norms > 0, norms, 1.0)
+    clustering = AgglomerativeClustering(n_clusters=1, linkage=linkage, compute_distances=True)
+    clustering.fit(weight)
+    return _assemble(_collapse(clustering.children_, clustering.distances_, branching), names, ids)
+
+
+def wordnet(classes: Sequence[str], *, wnids: Sequence[str] | None = None) -> Hierarchy:
+    """The minimal WordNet hypernym tree over the classes, single-child chains contracted.
+
+    Each synset keeps one hypernym: the one whose own chosen path is shared by the most classes
+    (then the longest, then the smallest id), so every class has one path and the paths form a
+    tree. Classes without a synset hang from the root.
+    """
+    names, ids = _classes(classes, wnids)
+    num_classes = len(names)
+    real = [i for i, w in enumerate(ids) if is_wordnet_id(w)]
+    shared: dict[str, int] = {}
+    for i in real:
+        for s in wn.ancestors(ids[i]):
+            shared[s] = shared.get(s, 0) + 1
+
+    best: dict[str, tuple[int, int, str | None]] = {}  # synset -> (score, length, parent)
+
+    def choose(s: str) -> tuple[int, int, str | None]:
+        if s not in best:
+            parents = [
+                wn.wnid(h) for h in wn.synset(s).hypernyms() + wn.synset(s).instance_hypernyms()
+            ]
+            ranked = [(choose(p)[0], choose(p)[1], p) for p in parents]
+            top = min(ranked, key=lambda r: (-r[0], -r[1], r[2])) if ranked else (0, 0, None)
+            best[s] = (top[0] + shared.get(s, 0), top[1] + 1, top[2])
+        return best[s]
+
+    children: dict[str, list[int | str]] = {}
+    for i in real:
+        children.setdefault(ids[i], []).append(i)
+        node = ids[i]
+        while True:
+            parent = choose(node)[2]
+            if parent is None:
+                break
+            fresh = parent not in children
+            siblings = children.setdefault(parent, [])
+            if node not in siblings:
+                siblings.append(node)
+            if not fresh:
+                break
+            node = parent
+
+    shape: Shape = []
+
+    def emit(item: int | str) -> tuple[int, int]:
+        """Post-order emission, single-child synsets contracted: (shape index, first class)."""
+        while isinstance(item, str) and len(children[item]) == 1:
+            item = children[item][0]
+        if isinstance(item, int):
+            return item, item
+        kids = sorted(emit(c)[::-1] for c in children[item])  # children by their first class
+        shape.append([k for _, k in kids])
+        return num_classes + len(shape) - 1, kids[0][0]
+
+    roots = sorted(s for s in children if choose(s)[2] is None)
+    top = [index for _, index in sorted(emit(r)[::-1] for r in roots)]
+    top += [i for i in range(num_classes) if not is_wordnet_id(ids[i])]
+    if len(top) > 1:
+        shape.append(top)
+    return _assemble(shape, names, ids)
+
+
+def random(
+    classes: Sequence[str],
+    seed: int = 0,
+    branching: int = 2,
+    *,
+    wnids: Sequence[str] | None = None,
+) -> Hierarchy:
+    """A seeded random balanced tree: the classes shuffled, then split into ``branching`` parts."""
+    branching = _check_branching(branching)
+    names, ids = _classes(classes, wnids)
+    order = np.random.default_rng(seed).permutation(len(names))
+    shape: Shape = []
+
+    def split(block: np.ndarray) -> int:
+        if len(block) == 1:
+            return int(block[0])
+        parts = np.array_split(block, min(branching, len(block)))
+        kids = [split(p) for p in parts]
+        shape.append(kids)
+        return len(names) + len(shape) - 1
+
+    split(order)
+    return _assemble(shape, names, ids)

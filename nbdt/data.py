@@ -1,0 +1,323 @@
+"""Datasets for training and evaluating NBDTs, each with class names and WordNet ids.
+
+Fashion-MNIST is read from its IDX files (gzipped or not), CIFAR-10/100 through torchvision, and
+any ImageFolder from disk. Every dataset yields uint8 images of one size; :class:`BatchTransform`
+turns a whole batch into the model's input on the training device (light augmentation, grayscale
+to the model's channels, normalisation with the timm model's mean and std), so the per-image work
+in the data loader is an index lookup for the in-memory datasets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "folder")
+SPLITS = ("train", "test")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# IDX element types (the third magic byte) as big-endian numpy dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def cache_dir() -> Path:
+    """nbdt's folder in the user cache: ``$XDG_CACHE_HOME/nbdt``, default ``~/.cache/nbdt``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nbdt"
+
+
+def read_idx(path: str | os.PathLike[str]) -> Tensor:
+    """Read one IDX file (the MNIST family's format), gzipped or not, into a tensor."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == _GZIP_MAGIC:
+            raw = gzip.decompress(raw)
+    except (EOFError, gzip.BadGzipFile) as e:
+        raise ValueError(f"{path}: damaged gzip file ({e})") from None
+    if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: IDX header is cut short")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = math.prod(dims)
+    if len(raw) - header != count * dtype.itemsize:
+        raise ValueError(
+            f"{path}: IDX data holds {len(raw) - header} bytes, its header {dims} needs"
+            f" {count * dtype.itemsize}"
+        )
+    array = np.frombuffer(raw, dtype, count=count, offset=header).reshape(dims)
+    return torch.from_numpy(array.astype(dtype.newbyteorder("=")))
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """Images held in memory as one uint8 tensor (N, C, H, W), with labels and class metadata."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        classes: Sequence[str],
+        wnids: Sequence[str],
+    ):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {images.dim()}-d"
+            )
+        if targets.shape != (len(images),):
+            raise ValueError(f"{len(images)} images but targets of shape {tuple(targets.shape)}")
+        if len(classes) != len(wnids):
+            raise ValueError(f"{len(classes)} class names but {len(wnids)} WordNet ids")
+        if len(targets) and not 0 <= int(targets.min()) <= int(targets.max()) < len(classes):
+            raise ValueError(f"targets outside [0, {len(classes)})")
+        self.images = images
+        self.targets = targets.long()
+        self.classes = tuple(classes)
+        self.wnids = tuple(wnids)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.targets[index]
+
+    def head(self, n: int) -> TensorImages:
+        """The first ``n`` images (all when there are fewer)."""
+        return TensorImages(self.images[:n], self.targets[:n], self.classes, self.wnids)
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """An ImageFolder (one sub-folder per class) read as uint8 RGB tensors of one size.
+
+    Each image is resized so its shorter side fits, then centre-cropped to ``size`` (H, W);
+    training augmentation happens later, on the batch (:class:`BatchTransform`).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], size: tuple[int, int]):
+        from torchvision.datasets import ImageFolder
+
+        try:
+            folder = ImageFolder(str(root))
+        except (FileNotFoundError, RuntimeError) as e:
+            raise FileNotFoundError(
+                f"{root}: no image folder with class sub-folders ({e})"
+            ) from None
+        self.root = Path(root)
+        self.samples: list[tuple[str, int]] = list(folder.samples)
+        self.classes, self.wnids = _folder_class_names(folder.classes)
+        self.size = (int(size[0]), int(size[1]))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, *self.size)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        from PIL import Image
+        from torchvision.transforms.v2 import functional as TF
+
+        path, target = self.samples[index]
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        image = TF.resize(image, min(self.size), antialias=True)
+        image = TF.center_crop(image, list(self.size))
+        return TF.pil_to_tensor(image), torch.tensor(target)
+
+    def head(self, n: int) -> FolderImages:
+        """The first ``n`` images (all when there are fewer)."""
+        out = object.__new__(FolderImages)
+        out.__dict__.update(self.__dict__, samples=self.samples[:n])
+        return out
+
+
+ImageDataset = TensorImages | FolderImages
+
+
+def _folder_class_names(folders: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Class names and WordNet ids of an ImageFolder's sub-folders (named by class or by wnid)."""
+    from nbdt import wordnet
+    from nbdt.hierarchy import is_wordnet_id
+
+    if all(is_wordnet_id(f) for f in folders):
+        return tuple(wordnet.label(f) for f in folders), tuple(folders)
+    return tuple(folders), tuple(wordnet.resolve(list(folders)))
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = False,
+    image_size: tuple[int, int] = (224, 224),
+) -> ImageDataset:
+    """One split (``"train"`` or ``"test"``) of a dataset in :data:`DATASETS`.
+
+    ``data_dir`` defaults to Debian's Fashion-MNIST folder, or ``<cache>/data`` for CIFAR; a
+    ``"folder"`` dataset needs it, with ``train/`` and ``val/`` (or ``test/``) class folders.
+    ``download`` lets torchvision fetch CIFAR; ``image_size`` (H, W) is used by folders only,
+    the others keep their native size.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if name == "fashion-mnist":
+        return _fashion_mnist(Path(data_dir) if data_dir else FASHION_MNIST_DIR, split)
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, Path(data_dir) if data_dir else cache_dir() / "data", split, download)
+    if name == "folder":
+        if data_dir is None:
+            raise ValueError("the folder dataset needs a data folder (--data-dir)")
+        return FolderImages(_split_folder(Path(data_dir), split), image_size)
+    raise ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for sub in (folder, folder / "FashionMNIST" / "raw"):
+        for name in (stem, stem + ".gz"):
+            if (sub / name).is_file():
+                return sub / name
+    raise FileNotFoundError(
+        f"{folder}: no Fashion-MNIST file {stem}[.gz] (Debian: apt install dataset-fashion-mnist;"
+        " or pass the folder holding the IDX files with --data-dir)"
+    )
+
+
+def _fashion_mnist(folder: Path, split: str) -> TensorImages:
+    from nbdt.wordnet import dataset_classes
+
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte"))
+    if images.dim() != 3 or images.dtype != torch.uint8 or labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"{folder}: Fashion-MNIST {split} files hold images {tuple(images.shape)} and labels"
+            f" {tuple(labels.shape)}; expected (N, H, W) uint8 and (N,)"
+        )
+    info = dataset_classes("fashion-mnist")
+    return TensorImages(images.unsqueeze(1), labels, info.names, info.wnids)
+
+
+def _cifar(name: str, root: Path, split: str, download: bool) -> TensorImages:
+    from torchvision import datasets
+
+    from nbdt.wordnet import dataset_classes
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        data = cls(str(root), train=split == "train", download=download)
+    except RuntimeError:
+        raise FileNotFoundError(
+            f"{root}: {name} not found (pass its folder with --data-dir, or --download)"
+        ) from None
+    info = dataset_classes(name)
+    images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
+    return TensorImages(images, torch.tensor(data.targets), info.names, info.wnids)
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    names = ("train",) if split == "train" else ("val", "test")
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"{root}: no {' or '.join(n + '/' for n in names)} folder of classes")
+
+
+def data_config(model: nn.Module, size: Sequence[int], channels: int = 3) -> dict[str, Any]:
+    """The timm model's data config (mean, std, interpolation) sized for a dataset's images.
+
+    Grayscale images are replicated to the model's ``channels`` (3 unless the model was built
+    with ``in_chans=1``, whose mean and std are then the channel averages); the images are used
+    whole (``crop_pct`` 1) at ``size`` (H, W).
+    """
+    from timm.data import resolve_model_data_config
+
+    config = dict(resolve_model_data_config(model))
+    for key in ("mean", "std"):
+        values = tuple(config[key])
+        if len(values) != channels:
+            config[key] = (sum(values) / len(values),) * channels
+    config.update(input_size=(channels, *size[-2:]), crop_pct=1.0, crop_mode="center")
+    return config
+
+
+class BatchTransform(nn.Module):
+    """uint8 image batches (B, c, h, w) to the model's normalised float input (B, C, H, W).
+
+    Runs on the batch, on the training device, without a loop over images: optional light
+    augmentation (a random crop of the image padded by an eighth of its side, and a horizontal
+    flip), resizing to the config's size, grayscale replicated to the model's channels, then
+    ``(x / 255 - mean) / std`` with the config's mean and std.
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, augment: bool = False):
+        super().__init__()
+        channels, height, width = config["input_size"]
+        self.size = (int(height), int(width))
+        self.channels = int(channels)
+        self.augment = augment
+        mean = torch.tensor(config["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(config["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("shift", -mean / std, persistent=False)
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(
+                f"expected a uint8 (B, C, H, W) batch, got {images.dtype} {images.dim()}-d"
+            )
+        if self.augment:
+            images = _random_crop_flip(images, generator)
+        x = images.float()
+        if tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(
+                x, size=self.size, mode="bilinear", antialias=True, align_corners=False
+            )
+        if x.shape[1] != self.channels:
+            if x.shape[1] != 1:
+                raise ValueError(f"{x.shape[1]}-channel images for a {self.channels}-channel model")
+            x = x.expand(-1, self.channels, -1, -1)
+        return x * self.scale + self.shift
+
+
+def _random_crop_flip(images: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Each image shifted by up to 1/8 of its side (zero padding) and flipped with p=1/2."""
+    batch, channels, height, width = images.shape
+    pad = max(1, round(min(height, width) / 8))
+    padded = F.pad(images, (pad, pad, pad, pad)).flatten(2)  # (B, C, (H + 2p) * (W + 2p))
+    device = images.device
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, batch, 1), device=device, generator=generator)
+    flip = torch.rand(batch, 1, device=device, generator=generator) < 0.5
+    cols = torch.arange(width, device=device)
+    rows = dy + torch.arange(height, device=device)  # (B, H)
+    cols = dx + torch.where(flip, cols.flip(0), cols)  # (B, W): a flip reverses the columns
+    index = (rows[:, :, None] * (width + 2 * pad) + cols[:, None, :]).view(batch, 1, -1)
+    out = padded.gather(2, index.expand(-1, channels, -1))
+    return out.view(batch, channels, height, width)
+
+
+def to_pil(image: Tensor) -> Any:
+    """A dataset's uint8 (C, H, W) image as a PIL image (grayscale or RGB)."""
+    from torchvision.transforms.v2.functional import to_pil_image
+
+    return to_pil_image(image)

@@ -1,0 +1,348 @@
+"""Self-contained HTML pages for a hierarchy and for explanations of predictions.
+
+Each page is one file that opens offline: CSS, JavaScript, data and images are inline, and a
+Content-Security-Policy forbids every request. Labels travel as JSON and the page draws them as
+text, so a class named ``<img src=x onerror=alert(1)>`` shows as exactly that.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import math
+import operator
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from nbdt.hierarchy import Hierarchy, is_wordnet_id
+
+IMAGE_MAX_SIDE = 320
+"""Images are downscaled to at most this many pixels per side before they are embedded."""
+
+_SMALL_IMAGE = 96  # at most this size, PNG keeps the pixels exact; larger photos become JPEG
+_STEP_KEYS = (
+    "node_id",
+    "label",
+    "child_id",
+    "child_label",
+    "probability",
+    "runner_up_id",
+    "runner_up_label",
+    "runner_up_probability",
+    "entropy",
+)
+_SLOT = re.compile(r"\{\{(\w+)\}\}")
+
+
+# ------------------------------------------------------------------------------ public API
+def hierarchy_html(
+    hierarchy: Hierarchy,
+    path: str | os.PathLike[str],
+    *,
+    highlight: str | int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write the hierarchy as one interactive HTML page: a collapsible tree with search and zoom.
+
+    ``highlight`` is a node id (or a label naming one node) or a class index; its path from the
+    root opens expanded and highlighted. Returns ``path``; the file is written atomically.
+    """
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}")
+    data = _tree_data(hierarchy)
+    data["highlight"] = None if highlight is None else _node_index(hierarchy, highlight)
+    if title is None:
+        title = f"{hierarchy.root.label}: {hierarchy.num_classes} classes"
+    data["title"] = title
+    return _write_atomic(path, _page("hierarchy", title, data))
+
+
+def explanation_html(
+    explanations: Any,
+    images: Any,
+    path: str | os.PathLike[str],
+    *,
+    hierarchy: Hierarchy | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write explanations as one HTML page, a section per image: prediction, path, bars, context.
+
+    ``explanations``: ``Explanation`` objects or their ``to_dict()`` dicts (one, or a list);
+    ``images``: a PIL image, an image file path or None for each explanation (or None for all).
+    With ``hierarchy``, each step also lists the node's other children. Written atomically.
+    """
+    exps = [explanations] if _is_single(explanations) else list(explanations)
+    if not exps:
+        raise ValueError("explanation_html: no explanations given")
+    if images is None:
+        imgs: list[Any] = [None] * len(exps)
+    else:
+        imgs = [images] if _is_single_image(images) else list(images)
+    if len(imgs) != len(exps):
+        raise ValueError(
+            f"explanation_html: {len(exps)} explanations but {len(imgs)} images (give one image,"
+            " or None, per explanation)"
+        )
+    if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"hierarchy must be a Hierarchy or None, got {type(hierarchy).__name__}")
+    items = []
+    for i, (exp, image) in enumerate(zip(exps, imgs, strict=True)):
+        record = _explanation_record(exp, i)
+        items.append(
+            {
+                "explanation": record,
+                "image": None if image is None else _image_data_uri(image),
+                "context": None if hierarchy is None else _path_context(hierarchy, record, i),
+            }
+        )
+    if title is None:
+        title = (
+            "NBDT explanation" if len(items) == 1 else f"NBDT explanations ({len(items)} images)"
+        )
+    return _write_atomic(path, _page("explanation", title, {"title": title, "items": items}))
+
+
+# ------------------------------------------------------------------------- page assembly
+def _page(name: str, title: str, data: Any) -> str:
+    """Fill ``templates/<name>.html`` with its CSS, JavaScript, data and a strict CSP."""
+    style = _template("base.css") + _template(f"{name}.css")
+    script = _template(f"{name}.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    csp = (
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline';"
+        f" script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'"
+    )
+    slots = {
+        "title": html.escape(title),
+        "csp": html.escape(csp),
+        "style": style,
+        "script": script,
+        "data": embed_json(data),
+    }
+    # One pass over the template only: substituted text is never scanned for slots again.
+    return _SLOT.sub(lambda m: slots[m.group(1)], _template(f"{name}.html"))
+
+
+def _template(name: str) -> str:
+    return resources.files("nbdt").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def embed_json(data: Any) -> str:
+    """JSON that is safe inside a ``<script type="application/json">`` element.
+
+    ``<``, ``>`` and ``&`` become ``\\u`` escapes (so no ``</script>`` or ``<!--`` can end the
+    element early), as do U+2028/U+2029; ``JSON.parse`` reads the escapes back as the same text.
+    """
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
+
+
+def _write_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------ hierarchy data
+def _tree_data(h: Hierarchy) -> dict[str, Any]:
+    """Columns over ``h.nodes`` (root first, breadth first); the page rebuilds the tree."""
+    nodes = h.nodes
+    index = {node.id: i for i, node in enumerate(nodes)}
+    class_index = {leaf: i for i, leaf in enumerate(h.class_ids)}
+    parents = [h.parent(node.id) for node in nodes]
+    return {
+        "id": [node.id for node in nodes],
+        "label": [node.label for node in nodes],
+        "wnid": [node.wnid for node in nodes],
+        "wordnet": [int(is_wordnet_id(node.wnid)) for node in nodes],
+        "parent": [-1 if p is None else index[p.id] for p in parents],
+        "leaves": [len(h.leaf_indices(node.id)) for node in nodes],
+        "class": [class_index.get(node.id, -1) for node in nodes],
+    }
+
+
+def _node_index(h: Hierarchy, highlight: str | int) -> int:
+    """Position in ``h.nodes`` of a node id, a label naming exactly one node, or a class index."""
+    ids = [node.id for node in h.nodes]
+    if isinstance(highlight, str):
+        if highlight in h:
+            return ids.index(highlight)
+        named = [i for i, node in enumerate(h.nodes) if node.label == highlight]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise ValueError(
+                f"highlight {highlight!r} names {len(named)} nodes: give a node id instead"
+            )
+        raise ValueError(f"highlight {highlight!r} is no node id or label of the hierarchy")
+    if isinstance(highlight, bool):
+        raise TypeError("highlight must be a node id or a class index, not a bool")
+    try:
+        class_index = operator.index(highlight)
+    except TypeError:
+        raise TypeError(
+            f"highlight must be a node id or a class index, got {type(highlight).__name__}"
+        ) from None
+    if not 0 <= class_index < h.num_classes:
+        raise ValueError(f"highlight class index {class_index} is not in [0, {h.num_classes})")
+    return ids.index(h.class_ids[class_index])
+
+
+# ---------------------------------------------------------------------- explanation data
+def _is_single(explanations: Any) -> bool:
+    return isinstance(explanations, Mapping) or hasattr(explanations, "to_dict")
+
+
+def _is_single_image(images: Any) -> bool:
+    return isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel")
+
+
+def _explanation_record(exp: Any, i: int) -> dict[str, Any]:
+    """Check one explanation (object or dict) against the ``to_dict`` contract."""
+    where = f"explanation {i}"
+    if hasattr(exp, "to_dict"):
+        exp = exp.to_dict()
+    if not isinstance(exp, Mapping):
+        raise TypeError(f"{where}: expected an Explanation or its dict, got {type(exp).__name__}")
+    missing = [k for k in ("class_index", "label", "probability", "path") if k not in exp]
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing}")
+    steps = []
+    for s, step in enumerate(exp["path"]):
+        absent = [k for k in _STEP_KEYS if k not in step]
+        if absent:
+            raise ValueError(f"{where}: path step {s} is missing keys {absent}")
+        steps.append(
+            {
+                "node_id": str(step["node_id"]),
+                "label": str(step["label"]),
+                "wnid": _optional_str(step.get("wnid")),
+                "child_id": str(step["child_id"]),
+                "child_label": str(step["child_label"]),
+                "probability": _probability(step["probability"], f"{where} step {s} probability"),
+                "runner_up_id": str(step["runner_up_id"]),
+                "runner_up_label": str(step["runner_up_label"]),
+                "runner_up_probability": _probability(
+                    step["runner_up_probability"], f"{where} step {s} runner_up_probability"
+                ),
+                "entropy": _finite(step["entropy"], f"{where} step {s} entropy"),
+            }
+        )
+    top_k = [
+        {
+            "class_index": int(entry["class_index"]),
+            "label": str(entry["label"]),
+            "probability": _probability(entry["probability"], f"{where} top_k probability"),
+        }
+        for entry in exp.get("top_k", ())
+    ]
+    return {
+        "class_index": int(exp["class_index"]),
+        "label": str(exp["label"]),
+        "wnid": _optional_str(exp.get("wnid")),
+        "probability": _probability(exp["probability"], f"{where} probability"),
+        "mode": str(exp.get("mode", "")),
+        "node_score": str(exp.get("node_score", "")),
+        "top_k": top_k,
+        "path": steps,
+    }
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _finite(value: Any, what: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} is {number}, expected a finite number")
+    return number
+
+
+def _probability(value: Any, what: str) -> float:
+    number = _finite(value, what)
+    if not -1e-6 <= number <= 1 + 1e-6:
+        raise ValueError(f"{what} is {number}, expected a probability in [0, 1]")
+    return min(max(number, 0.0), 1.0)
+
+
+def _path_context(h: Hierarchy, record: Mapping[str, Any], i: int) -> list[list[dict[str, Any]]]:
+    """For each step, the node's children in order: label, leaf count, taken or runner-up."""
+    context = []
+    for s, step in enumerate(record["path"]):
+        if step["node_id"] not in h:
+            raise ValueError(
+                f"explanation {i}: path step {s} node {step['node_id']!r} is not in the hierarchy"
+                " (pass the hierarchy the model was built with)"
+            )
+        children = []
+        for child_id in h[step["node_id"]].children:
+            role = (
+                "taken"
+                if child_id == step["child_id"]
+                else "runner-up"
+                if child_id == step["runner_up_id"]
+                else "other"
+            )
+            child = h[child_id]
+            children.append(
+                {"label": child.label, "leaves": len(h.leaf_indices(child_id)), "role": role}
+            )
+        context.append(children)
+    return context
+
+
+def _image_data_uri(image: Any) -> str:
+    """A PIL image or image file as a ``data:`` URI, downscaled to ``IMAGE_MAX_SIDE``.
+
+    Small images (Fashion-MNIST's 28 px) and images with transparency stay PNG, so no pixel is
+    blurred; photos become JPEG to keep the page small.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(image) as opened:
+                opened.draft(None, (2 * IMAGE_MAX_SIDE, 2 * IMAGE_MAX_SIDE))  # JPEG: decode smaller
+                opened.load()
+                img = opened.copy()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{image}: no such image file") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
+            raise ValueError(f"{image}: not a readable image ({e})") from None
+    elif isinstance(image, Image.Image):
+        img = image.copy()
+    else:
+        raise TypeError(
+            f"images must be PIL images, file paths or None, got {type(image).__name__}"
+        )
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+    img = img.convert("RGBA" if has_alpha else "L" if img.mode in ("1", "L", "I;16") else "RGB")
+    img.thumbnail((IMAGE_MAX_SIDE, IMAGE_MAX_SIDE), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    if has_alpha or max(img.size) <= _SMALL_IMAGE:
+        img.save(buffer, format="PNG", optimize=True)
+        mime = "image/png"
+    else:
+        img.save(buffer, format="JPEG", quality=85, optimize=True)
+        mime = "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"

@@ -1,0 +1,167 @@
+"""Throughput of nbdt-train's training loop against a plain PyTorch cross-entropy loop.
+
+Both train the same timm model on the same in-memory Fashion-MNIST images (uint8, 28x28) with
+SGD; rounds alternate between the loops so a busy machine slows both alike, and the best round
+counts. Also measured: the tree-supervision losses in the trainer, and the data pipeline alone
+(uint8 tensors + the batch transform against torchvision's PIL per-image transforms).
+Prints JSON; the goal is trainer / plain >= 0.95.
+
+    .venv/bin/python scripts/bench_train.py --arch resnet18 --steps 20 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nbdt import data, train
+
+
+def plain_loop(run: train._Run, args: argparse.Namespace) -> float:
+    """Images/s of the textbook loop: DataLoader, normalise, forward (autocast as the trainer
+    has it), cross-entropy, SGD."""
+    model, dataset, config, device = run.model, run.train_set, run.data_config, run.device
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    mean = torch.tensor(config["mean"], device=device).view(1, -1, 1, 1)
+    std = torch.tensor(config["std"], device=device).view(1, -1, 1, 1)
+    model.train()
+    count = 0
+    _sync(device)
+    start = time.perf_counter()
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        x = (images.float().div(255).expand(-1, 3, -1, -1) - mean) / std
+        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        count += len(targets)
+    loss.item()
+    _sync(device)
+    return count / (time.perf_counter() - start)
+
+
+def data_only(dataset: data.TensorImages, config: dict, args: argparse.Namespace) -> dict:
+    """Images/s of the input pipeline alone (best of the rounds), with the same light
+    augmentation both ways: uint8 tensors + the batch transform, and PIL + per-image transforms."""
+    from torchvision import transforms
+
+    batch_transform = data.BatchTransform(config, augment=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, drop_last=True)
+    per_image = transforms.Compose(
+        [
+            transforms.RandomCrop(28, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.Grayscale(3),
+            transforms.ToTensor(),
+            transforms.Normalize(config["mean"], config["std"]),
+        ]
+    )
+    pil_loader = torch.utils.data.DataLoader(
+        [(data.to_pil(image), int(target)) for image, target in dataset],
+        batch_size=args.batch_size,
+        drop_last=True,
+        collate_fn=lambda rows: (
+            torch.stack([per_image(image) for image, _ in rows]),
+            torch.tensor([t for _, t in rows]),
+        ),
+    )
+    pipelines = {
+        "tensor_batch_transform": lambda: [batch_transform(images) for images, _ in loader],
+        "pil_per_image": lambda: list(pil_loader),
+    }
+    rates = {}
+    for name, pipeline in pipelines.items():
+        seconds = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            pipeline()
+            seconds.append(time.perf_counter() - start)
+        rates[name] = len(loader) * args.batch_size / min(seconds)
+    return rates
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="training steps per round and loop")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
+    p.add_argument("--no-amp", dest="amp", action="store_false")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as output:
+        config = train.TrainConfig(
+            output=output,
+            arch=args.arch,
+            data_dir=args.data_dir,
+            batch_size=args.batch_size,
+            subset=args.batch_size * args.steps,
+            eval_subset=args.batch_size,
+            warmup_epochs=1,
+            epochs=2,
+            augment=False,  # the plain loop has none: compare the loops, not augmentation
+            device=args.device,
+            amp=args.amp,
+            quiet=True,
+        )
+        run = train._Run(config, train._start_runtime(config.device))
+        dataset = run.train_set
+        hierarchy = run._induce()
+        run.hierarchy = hierarchy
+        losses = {
+            "trainer_ce": run._criterion(0),
+            "trainer_soft_tree": run._criterion(1),
+        }
+        run.config.loss = "hard"
+        losses["trainer_hard_tree"] = run._criterion(1)
+        rates: dict[str, list[float]] = {name: [] for name in ("plain_ce_loop", *losses)}
+        run._train_epoch(0, losses["trainer_ce"])  # warm-up: allocator, kernels, caches
+        for _ in range(args.rounds):
+            rates["plain_ce_loop"].append(plain_loop(run, args))
+            for name, criterion in losses.items():
+                rates[name].append(run._train_epoch(0, criterion)["train_images_per_s"])
+        best = {name: max(values) for name, values in rates.items()}
+        result = {
+            "arch": args.arch,
+            "device": str(run.device),
+            "amp": str(run.amp_dtype) if run.amp_dtype else None,
+            "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "batch_size": args.batch_size,
+            "steps_per_round": args.steps,
+            "rounds": args.rounds,
+            "images_per_s": {k: round(v, 1) for k, v in best.items()},
+            "images_per_s_all_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+            "trainer_over_plain": round(best["trainer_ce"] / best["plain_ce_loop"], 3),
+            "soft_tree_over_plain": round(best["trainer_soft_tree"] / best["plain_ce_loop"], 3),
+            "hard_tree_over_plain": round(best["trainer_hard_tree"] / best["plain_ce_loop"], 3),
+            "data_pipeline_images_per_s": {
+                k: round(v, 1) for k, v in data_only(dataset, run.data_config, args).items()
+            },
+        }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The Hierarchy value: structure, validation errors, JSON (ours and the reference's), rendering."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
+
+# A small tree:        root
+#                    /      \
+#                animal    vehicle
+#                /   \      /   \
+#              cat   dog  car  ship        (class order: dog, cat, ship, car)
+NODES = [
+    Node("root", "whole", "n00003553", ("animal", "vehicle")),
+    Node("animal", "animal", "n00015388", ("cat", "dog")),
+    Node("vehicle", "vehicle", "n04524313", ("car", "ship")),
+    Node("cat", "cat", "n02121620"),
+    Node("dog", "dog", "n02084071"),
+    Node("car", "car", "n02958343"),
+    Node("ship", "ship", "n04194289"),
+]
+CLASSES = ["dog", "cat", "ship", "car"]
+
+
+@pytest.fixture
+def tree() -> Hierarchy:
+    return Hierarchy(NODES, CLASSES)
+
+
+def test_structure(tree):
+    assert tree.classes == ("dog", "cat", "ship", "car")
+    assert tree.root.id == "root"
+    assert [n.id for n in tree.nodes] == ["root", "animal", "vehicle", "cat", "dog", "car", "ship"]
+    assert [n.id for n in tree.inner_nodes] == ["root", "animal", "vehicle"]
+    assert [n.id for n in tree.leaves] == CLASSES
+    assert tree.leaf_indices("animal") == (0, 1)
+    assert tree.leaf_indices("vehicle") == (2, 3)
+    assert tree.leaf_indices("car") == (3,)
+    assert [n.id for n in tree.path(2)] == ["root", "vehicle", "ship"]
+    assert tree.parent("cat").id == "animal" and tree.parent("root") is None
+    assert tree.depth("root") == 0 and tree.depth("dog") == 2 and tree.max_depth == 2
+    assert tree["dog"].from_wordnet and is_wordnet_id("n02084071")
+    assert not is_wordnet_id("synthetic:x") and not is_wordnet_id(None)
+
+
+def test_json_round_trip(tree, tmp_path):
+    path = tree.save(tmp_path / "tree.json")
+    again = Hierarchy.load(path)
+    assert again == tree and hash(again) == hash(tree)
+    assert again.classes == tree.classes
+    data = json.loads(path.read_text())
+    assert data["graph"]["classes"] == CLASSES
+    assert {"source": "root", "target": "animal"} in data["links"]
+    assert not list(tmp_path.glob(".*tmp*"))  # the temporary file was renamed away
+
+
+def test_edges_key_is_read_too(tree):
+    data = tree.to_node_link()
+    data["edges"] = data.pop("links")
+    assert Hierarchy.from_node_link(data) == tree
+
+
+def test_networkx_export(tree):
+    graph = tree.to_networkx()
+    assert graph.number_of_nodes() == 7 and graph.number_of_edges() == 6
+    assert graph.nodes["animal"]["label"] == "animal"
+
+
+def test_reference_format_loads(tmp_path):
+    """The reference implementation's files: node-link with "links", WordNet ids as node ids,
+    "label" attributes and no class order in the file."""
+    reference = {
+        "directed": True,
+        "multigraph": False,
+        "graph": {},
+        "nodes": [
+            {"id": "n00003553", "label": "whole"},
+            {"id": "n00015388", "label": "animal"},
+            {"id": "n04524313", "label": "vehicle"},
+            {"id": "n02121620", "label": "cat"},
+            {"id": "n02084071", "label": "dog"},
+            {"id": "n02958343", "label": "car"},
+            {"id": "n04194289", "label": "ship"},
+        ],
+        "links": [
+            {"source": "n00003553", "target": "n00015388"},
+            {"source": "n00003553", "target": "n04524313"},
+            {"source": "n00015388", "target": "n02121620"},
+            {"source": "n00015388", "target": "n02084071"},
+            {"source": "n04524313", "target": "n02958343"},
+            {"source": "n04524313", "target": "n04194289"},
+        ],
+    }
+    path = tmp_path / "graph-induced-wrn28_10_cifar10.json"
+    path.write_text(json.dumps(reference))
+    with pytest.raises(ValueError, match="no class order"):
+        Hierarchy.load(path)
+    by_label = Hierarchy.load(path, classes=["dog", "cat", "ship", "car"])
+    by_wnid = Hierarchy.load(path, classes=["n02084071", "n02121620", "n04194289", "n02958343"])
+    assert by_label == by_wnid
+    assert by_label.classes == ("dog", "cat", "ship", "car")
+    assert by_label.root.wnid == "n00003553" and by_label.root.label == "whole"
+    assert by_label.leaf_indices("n00015388") == (0, 1)
+
+
+def test_render_tells_shared_labels_apart():
+    nodes = [
+        Node("r", "animal", None, ("a", "b")),
+        Node("a", "animal", None, ("x", "y")),
+        Node("b", "plant", None, ("z", "w")),
+        *(Node(leaf, leaf) for leaf in "xyzw"),
+    ]
+    text = Hierarchy(nodes, list("xyzw")).render()
+    assert text.splitlines()[:2] == ["animal [r]  (4 classes)", "  animal [a]  (2 classes)"]
+    assert "    x  (class 0)" in text.splitlines()
+    assert "plant  (2 classes)" in text  # unique labels carry no id
+
+
+def _leaves(*ids):
+    return [Node(i, i) for i in ids]
+
+
+@pytest.mark.parametrize(
+    "nodes, classes, message",
+    [
+        ([], [], "no nodes"),
+        (
+            [Node("r", "r", None, ("a", "b")), *_leaves("a", "b", "a")],
+            ["a", "b"],
+            "duplicate node id 'a'",
+        ),
+        (
+            [Node("r", "r", None, ("a",)), *_leaves("a")],
+            ["a"],
+            "single child",
+        ),
+        (
+            [Node("r", "r", None, ("a", "a")), *_leaves("a")],
+            ["a"],
+            "lists a child twice",
+        ),
+        (
+            [Node("r", "r", None, ("a", "zz")), *_leaves("a")],
+            ["a"],
+            "unknown child 'zz'",
+        ),
+        (
+            [
+                Node("r", "r", None, ("p", "q")),
+                Node("p", "p", None, ("a", "b")),
+                Node("q", "q", None, ("b", "c")),
+                *_leaves("a", "b", "c"),
+            ],
+            ["a", "b", "c"],
+            "two parents",
+        ),
+        (
+            [Node("r", "r", None, ("a", "b")), Node("s", "s", None, ("c", "d")), *_leaves(*"abcd")],
+            list("abcd"),
+            "2 roots",
+        ),
+        (
+            [
+                Node("p", "p", None, ("q", "a")),
+                Node("q", "q", None, ("p", "b")),
+                *_leaves("a", "b"),
+            ],
+            ["a", "b"],
+            "no root",
+        ),
+        (
+            [
+                Node("r", "r", None, ("a", "b")),
+                Node("p", "p", None, ("q", "c")),
+                Node("q", "q", None, ("p", "d")),
+                *_leaves(*"abcd"),
+            ],
+            list("abcd"),
+            "not reachable from the root",
+        ),
+        (
+            [Node("r", "r", None, ("a", "b")), *_leaves("a", "b")],
+            ["a", "b", "a"],
+            "listed more than once",
+        ),
+        (
+            [Node("r", "r", None, ("a", "b")), *_leaves("a", "b")],
+            ["a", "b", "c"],
+            "not nodes of the tree",
+        ),
+        (
+            [Node("r", "r", None, ("a", "b")), *_leaves("a", "b")],
+            ["a", "r"],
+            "inner nodes, not leaves",
+        ),
+        (
+            [Node("r", "r", None, ("a", "b")), *_leaves("a", "b")],
+            ["a"],
+            "leaves ['b'] are not classes",
+        ),
+    ],
+)
+def test_validation_errors(nodes, classes, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")) as error:
+        Hierarchy(nodes, classes)
+    assert "\n" not in str(error.value)
+
+
+def test_non_node_is_a_type_error():
+    with pytest.raises(TypeError, match="must be Node"):
+        Hierarchy([("r", "r")], ["r"])
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        Hierarchy.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: not a JSON hierarchy file"):
+        Hierarchy.load(bad)
+    nolinks = tmp_path / "nolinks.json"
+    nolinks.write_text(json.dumps({"nodes": []}))
+    with pytest.raises(ValueError, match="nolinks.json: .*no 'links' or 'edges'"):
+        Hierarchy.load(nolinks)

@@ -1,0 +1,46 @@
+"""Package-level contracts: a side-effect-free import, the public API, CLIs' help, lint."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nbdt
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_import_is_cheap_and_silent():
+    code = (
+        "import sys, nbdt; print(sorted(m for m in ('torch', 'timm', 'nltk') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert out.stderr == ""
+
+
+@pytest.mark.parametrize("name", nbdt.__all__)
+def test_public_names_resolve(name):
+    assert getattr(nbdt, name) is not None
+
+
+def test_unknown_attribute_raises():
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nbdt.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("command", ["nbdt-hierarchy", "nbdt-train", "nbdt-explain"])
+def test_cli_help(command):
+    out = subprocess.run([BIN / command, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: " + command)
+
+
+@pytest.mark.skipif(shutil.which("ruff", path=str(BIN)) is None, reason="ruff not installed")
+@pytest.mark.parametrize("args", [["check"], ["format", "--check"]])
+def test_ruff_clean(args):
+    out = subprocess.run([BIN / "ruff", *args, "."], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,277 @@
+"""nbdt-train end to end on a tiny model and 28x28 data: metrics, checkpoints, resume, faults,
+and torchrun on CPU."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nbdt
+from nbdt import train
+from nbdt.cli import train_main
+from nbdt.hierarchy import Hierarchy, Node
+
+BIN = Path(sys.executable).parent
+ARCH = "test_efficientnet_gn"  # 0.1 M parameters, GroupNorm: no batch statistics
+TIMING = ("train_images_per_s", "test_images_per_s")
+
+
+def train_args(data_dir, output, *extra):
+    """A 3-epoch run (1 warm-up, 2 tree-supervised) on the stripes data, 10 steps per epoch."""
+    return [
+        "--arch", ARCH, "--dataset", "fashion-mnist", "--data-dir", str(data_dir),
+        "--output", str(output), "--warmup-epochs", "1", "--epochs", "2", "--batch-size", "32",
+        "--lr", "0.01", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def read_metrics(output):
+    return [json.loads(line) for line in (Path(output) / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def finished_run(stripes_dir, tmp_path_factory):
+    """One unstopped run, explaining two test images at the end; (output folder, stdout)."""
+    output = tmp_path_factory.mktemp("runs") / "full"
+    capture = subprocess.run(
+        [BIN / "nbdt-train", *train_args(stripes_dir, output, "--explain", "2")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert capture.returncode == 0, capture.stderr
+    return output, capture.stdout
+
+
+@pytest.mark.slow
+def test_run_writes_real_metrics_and_outputs(finished_run, stripes_dir):
+    output, stdout = finished_run
+    rows = read_metrics(output)
+    assert [(r["epoch"], r["phase"]) for r in rows] == [(1, "warmup"), (2, "tree"), (3, "tree")]
+    for row in rows:
+        assert row["train_images"] == 320 and row["test_images"] == 160
+        assert all(0 <= row[k] <= 100 for k in ("top1", "nbdt_soft_top1", "nbdt_hard_top1"))
+        assert row["train_images_per_s"] > 0 and row["test_loss"] > 0
+    assert rows[-1]["top1"] > 40 and rows[-1]["nbdt_soft_top1"] > 40  # chance is 10%
+
+    args = json.loads((output / "args.json").read_text())
+    assert args["arch"] == ARCH and args["hierarchy"] == "induced" and args["lr"] == 0.01
+    hierarchy = Hierarchy.load(output / "hierarchy.json")
+    assert hierarchy.classes[0] == "T-shirt/top" and hierarchy.num_classes == 10
+    assert (output / "hierarchy.html").read_text().lstrip().lower().startswith("<!doctype html")
+
+    # last.pt is a model file: nbdt.load gives the same NBDT-soft accuracy on the test split.
+    model = nbdt.load(output / "last.pt")
+    assert model.hierarchy == hierarchy and model.data_config["input_size"] == (3, 28, 28)
+    test = train.datasets.load_dataset("fashion-mnist", "test", stripes_dir)
+    inputs = train.datasets.BatchTransform(model.data_config)(test.images)
+    with torch.no_grad():
+        correct = (model(inputs).argmax(1) == test.targets).float().mean().item()
+    assert correct * 100 == pytest.approx(rows[-1]["nbdt_soft_top1"], abs=1e-3)
+    best = torch.load(output / "best.pt", weights_only=True)
+    assert best["train"]["best"]["nbdt_soft_top1"] == max(r["nbdt_soft_top1"] for r in rows)
+
+    explained = json.loads((output / "explanations.json").read_text())
+    assert len(explained) == 2 and Path(explained[0]["image"]).is_file()
+    assert explained[0]["path"][-1]["child_label"] == explained[0]["label"]
+    assert "network top-1" in stdout and "NBDT hard top-1" in stdout and str(output) in stdout
+    assert not list(output.glob(".*tmp*"))
+
+
+def interrupt_evaluation(monkeypatch, epoch):
+    """Raise KeyboardInterrupt (as Ctrl-C would) when the trainer starts evaluating ``epoch``."""
+    original = train._Run._evaluate
+    calls = []
+
+    def evaluate(run, *args):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return original(run, *args)
+
+    monkeypatch.setattr(train._Run, "_evaluate", evaluate)
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_run_ends_like_the_unstopped_one(
+    finished_run, stripes_dir, tmp_path, monkeypatch, capsys
+):
+    output = tmp_path / "stopped"
+    interrupt_evaluation(monkeypatch, epoch=3)
+    assert train_main(train_args(stripes_dir, output)) == 130
+    assert "last.pt holds epoch 2; continue with --resume" in capsys.readouterr().err
+    assert [r["epoch"] for r in read_metrics(output)] == [1, 2]
+    monkeypatch.undo()
+
+    assert train_main(train_args(stripes_dir, output, "--resume")) == 0
+    assert "resuming" in capsys.readouterr().out
+    expected = without_timing(read_metrics(finished_run[0]))
+    assert without_timing(read_metrics(output)) == expected
+    resumed, unstopped = nbdt.load(output / "last.pt"), nbdt.load(finished_run[0] / "last.pt")
+    for key, value in unstopped.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_checkpoint_write_finishes_the_write(stripes_dir, tmp_path, monkeypatch):
+    output = tmp_path / "run"
+    save = torch.save
+
+    def interrupted_save(obj, path, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while the file is being written
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    args = train_args(stripes_dir, output)
+    args[args.index("--epochs") + 1] = "0"
+    assert train_main(args) == 130
+    assert torch.load(output / "last.pt", weights_only=True)["train"]["epoch"] == 1
+    assert (output / "best.pt").is_file()
+    assert not list(output.glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_failed_checkpoint_write_keeps_the_previous_file(
+    stripes_dir, tmp_path, monkeypatch, capsys
+):
+    output = tmp_path / "run"
+    save = torch.save
+
+    def disk_full_at_epoch_2(obj, path, *args, **kwargs):
+        if obj["train"]["epoch"] == 2:
+            Path(path).write_bytes(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_epoch_2)
+    assert train_main(train_args(stripes_dir, output)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device" in err
+    assert torch.load(output / "last.pt", weights_only=True)["train"]["epoch"] == 1
+    assert not list(output.glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    stripes_dir, tmp_path, monkeypatch, capsys
+):
+    output = tmp_path / "run"
+    original = train._Run._criterion
+
+    def criterion(run, epoch):
+        loss = original(run, epoch)
+        if epoch == 1:
+            return lambda logits, target: loss(logits, target) * float("nan")
+        return loss
+
+    monkeypatch.setattr(train._Run, "_criterion", criterion)
+    assert train_main(train_args(stripes_dir, output)) == 1
+    err = capsys.readouterr().err
+    assert "loss became nan in epoch 2" in err and "last good epoch, 1" in err
+    assert torch.load(output / "last.pt", weights_only=True)["train"]["epoch"] == 1
+    assert [r["epoch"] for r in read_metrics(output)] == [1]
+
+
+# ------------------------------------------------------------------------------ bad input
+def other_classes_hierarchy(path):
+    leaves = [Node(f"c{i}", f"class {i}") for i in range(10)]
+    root = Node("root", "root", None, tuple(n.id for n in leaves))
+    Hierarchy([root, *leaves], [n.id for n in leaves]).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("arch", "unknown timm architecture 'no_such_net'"),
+        ("data", "no Fashion-MNIST file"),
+        ("hierarchy", "its leaves are not the 10 fashion-mnist classes"),
+        ("hierarchy-missing", "no such hierarchy file"),
+        ("checkpoint", "not an nbdt model file"),
+        ("resume-corrupt", "not an nbdt model file"),
+        ("batch", "fewer than one batch"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(case, message, stripes_dir, tmp_path, capsys):
+    output = tmp_path / "out"
+    args = train_args(stripes_dir, output)
+    if case == "arch":
+        args[args.index(ARCH)] = "no_such_net"
+    elif case == "data":
+        args[args.index(str(stripes_dir))] = str(tmp_path / "missing")
+    elif case == "hierarchy":
+        args += ["--hierarchy", str(other_classes_hierarchy(tmp_path / "h.json"))]
+    elif case == "hierarchy-missing":
+        args += ["--hierarchy", str(tmp_path / "nope.json")]
+    elif case == "checkpoint":
+        (tmp_path / "bad.pt").write_bytes(b"\x80\x02garbage")
+        args += ["--checkpoint", str(tmp_path / "bad.pt")]
+    elif case == "resume-corrupt":
+        output.mkdir()
+        (output / "last.pt").write_bytes(b"PK\x03\x04 truncated zip")
+        args += ["--resume"]
+    elif case == "batch":
+        args[args.index("--batch-size") + 1] = "1000"
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nbdt-train: error: ") and err.count("\n") == 1
+    assert message in err
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_settings(finished_run, stripes_dir, tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    shutil.copy(finished_run[0] / "last.pt", output / "last.pt")
+    assert train_main(train_args(stripes_dir, output, "--resume", "--lr", "0.02")) == 2
+    assert "--resume: lr is 0.02 here but 0.01" in capsys.readouterr().err
+
+
+def test_cli_entry_point_exit_status(tmp_path):
+    run = subprocess.run(
+        [BIN / "nbdt-train", "--output", str(tmp_path), "--arch", "resnet18", "--data-dir",
+         str(tmp_path / "nowhere")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "nowhere" in run.stderr
+
+
+# ---------------------------------------------------------------------------------- torchrun
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process_at_the_same_global_batch(stripes_dir, tmp_path):
+    """gloo DDP on CPU: each process takes half of every global batch of 32; without batch
+    statistics (GroupNorm) and augmentation the runs compute the same updates."""
+    extra = ("--no-augment", "--workers", "0")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [BIN / "nbdt-train", *train_args(stripes_dir, tmp_path / "one", *extra)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run(
+        [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", BIN / "nbdt-train",
+         *train_args(stripes_dir, tmp_path / "two", *extra)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("done:") == 1  # rank 0 alone reports and writes
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert len(two) == 3
+    for a, b in zip(one, two, strict=True):
+        assert b["test_images"] == 160 and b["train_images"] == 320
+        for key in ("train_loss", "test_loss", "test_ce"):
+            assert b[key] == pytest.approx(a[key], rel=2e-3), key
+        for key in ("train_top1", "top1", "nbdt_soft_top1", "nbdt_hard_top1"):
+            assert abs(b[key] - a[key]) <= 1.0, key  # at most one or two images either way
+    shutil.rmtree(tmp_path / "two")
