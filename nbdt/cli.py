@@ -260,23 +260,23 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    """nbdt-train's options: one per ``TrainConfig`` field, with its defaults."""
+    """nbdt-train's options: one per ``TrainConfig`` field, whose defaults they take."""
     import dataclasses
 
     from nbdt import train
 
-    default = {f.name: f.default for f in dataclasses.fields(train.TrainConfig)}
     p = argparse.ArgumentParser(
         prog="nbdt-train",
         description="Fine-tune a timm model with tree supervision and measure it as an NBDT:"
         " cross-entropy warm-up while the head is untrained, hierarchy, tree-supervised epochs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.set_defaults(**default)
+    p.set_defaults(**{f.name: f.default for f in dataclasses.fields(train.TrainConfig)})
+    default = " (default: %(default)s)"
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=train.datasets.DATASETS)
+    data.add_argument("--dataset", choices=train.datasets.DATASETS, help=default.strip())
     data.add_argument(
         "--data-dir",
+        metavar="DIR",
         help="dataset folder (fashion-mnist: IDX files, default Debian's"
         f" {train.datasets.FASHION_MNIST_DIR}; cifar: default <cache>/data; folder: train/ and"
         " val/ class folders)",
@@ -285,11 +285,15 @@ def _train_parser() -> argparse.ArgumentParser:
     data.add_argument("--subset", type=int, metavar="N", help="first N training images")
     data.add_argument("--eval-subset", type=int, metavar="N", help="first N test images")
     data.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
-    data.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip")
-    data.add_argument("--workers", type=int, help="data loader processes (default: 0 in memory)")
+    data.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="no random shift and flip"
+    )
+    data.add_argument(
+        "--workers", type=int, metavar="N", help="data loader processes (default: 0 in memory)"
+    )
 
     model = p.add_argument_group("model")
-    model.add_argument("--arch", help=f"timm architecture (default {train.DEFAULT_ARCH})")
+    model.add_argument("--arch", help=f"timm architecture (default: {train.DEFAULT_ARCH})")
     model.add_argument("--pretrained", action="store_true", help="timm's hub weights")
     model.add_argument("--pretrained-file", metavar="PATH", help="local timm weights file")
     model.add_argument("--checkpoint", metavar="FILE", help="start from an nbdt model file")
@@ -299,24 +303,37 @@ def _train_parser() -> argparse.ArgumentParser:
         help="induced, wordnet, random or a hierarchy JSON file (default: induced, or the"
         " checkpoint's)",
     )
-    model.add_argument("--node-score", choices=("mean", "marginal"))
+    model.add_argument("--node-score", choices=("mean", "marginal"), help=default.strip())
 
     fit = p.add_argument_group("training")
-    fit.add_argument("--warmup-epochs", type=int, help="cross-entropy epochs for a new head")
-    fit.add_argument("--epochs", type=int, help="tree-supervised epochs")
-    fit.add_argument("--loss", choices=train.LOSSES)
-    fit.add_argument("--soft-variant", choices=train.SOFT_VARIANTS)
-    fit.add_argument("--tree-weight", type=float, help="weight of the tree term (first epoch)")
-    fit.add_argument("--tree-weight-end", type=float, help="its last epoch's (default: same)")
-    fit.add_argument("--tree-weight-power", type=float, help="schedule shape (1: linear)")
-    fit.add_argument("--ce-weight", type=float, help="weight of cross-entropy (first epoch)")
-    fit.add_argument("--ce-weight-end", type=float, help="its last epoch's (default: same)")
-    fit.add_argument("--ce-weight-power", type=float, help="schedule shape (1: linear)")
-    fit.add_argument("--optimizer", choices=train.OPTIMIZERS)
+    fit.add_argument(
+        "--warmup-epochs",
+        type=int,
+        metavar="N",
+        help="cross-entropy epochs for a new head" + default,
+    )
+    fit.add_argument("--epochs", type=int, metavar="N", help="tree-supervised epochs" + default)
+    fit.add_argument("--loss", choices=train.LOSSES, help=default.strip())
+    fit.add_argument("--soft-variant", choices=train.SOFT_VARIANTS, help=default.strip())
+    fit.add_argument("--tree-weight", type=float, metavar="W", help="tree term weight" + default)
+    fit.add_argument(
+        "--tree-weight-end", type=float, metavar="W", help="in the last epoch (default: constant)"
+    )
+    fit.add_argument(
+        "--tree-weight-power", type=float, metavar="P", help="schedule shape" + default
+    )
+    fit.add_argument("--ce-weight", type=float, metavar="W", help="cross-entropy weight" + default)
+    fit.add_argument(
+        "--ce-weight-end", type=float, metavar="W", help="in the last epoch (default: constant)"
+    )
+    fit.add_argument("--ce-weight-power", type=float, metavar="P", help="schedule shape" + default)
+    fit.add_argument("--optimizer", choices=train.OPTIMIZERS, help=default.strip())
     fit.add_argument("--lr", type=float, help="default: per optimiser, scaled by batch/256")
     fit.add_argument("--weight-decay", type=float, help="default: 5e-4 (sgd), 0.05 (adamw)")
-    fit.add_argument("--batch-size", type=int, help="global batch, split over processes")
-    fit.add_argument("--seed", type=int)
+    fit.add_argument(
+        "--batch-size", type=int, metavar="N", help="global batch, split over processes" + default
+    )
+    fit.add_argument("--seed", type=int, help=default.strip())
 
     run = p.add_argument_group("run")
     run.add_argument("--output", required=True, metavar="DIR", help="checkpoints and metrics")

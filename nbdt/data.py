@@ -9,6 +9,7 @@ in the data loader is an index lookup for the in-memory datasets.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import math
 import os
@@ -121,7 +122,6 @@ class FolderImages(torch.utils.data.Dataset):
             raise FileNotFoundError(
                 f"{root}: no image folder with class sub-folders ({e})"
             ) from None
-        self.root = Path(root)
         self.samples: list[tuple[str, int]] = list(folder.samples)
         self.classes, self.wnids = _folder_class_names(folder.classes)
         self.size = (int(size[0]), int(size[1]))
@@ -134,20 +134,20 @@ class FolderImages(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        from PIL import Image
         from torchvision.transforms.v2 import functional as TF
 
+        from nbdt.model import load_image
+
         path, target = self.samples[index]
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        image = load_image(path, channels=3)  # a damaged file is one ValueError naming it
         image = TF.resize(image, min(self.size), antialias=True)
         image = TF.center_crop(image, list(self.size))
         return TF.pil_to_tensor(image), torch.tensor(target)
 
     def head(self, n: int) -> FolderImages:
         """The first ``n`` images (all when there are fewer)."""
-        out = object.__new__(FolderImages)
-        out.__dict__.update(self.__dict__, samples=self.samples[:n])
+        out = copy.copy(self)
+        out.samples = self.samples[:n]
         return out
 
 

@@ -33,9 +33,9 @@ from nbdt import data as datasets
 from nbdt.hierarchy import Hierarchy
 from nbdt.loss import SOFT_VARIANTS, HardTreeSupLoss, SoftTreeSupLoss
 from nbdt.model import NBDT, read_checkpoint, save_checkpoint
+from nbdt.wordnet import DatasetClasses
 
 DEFAULT_ARCH = "resnet101"
-HIERARCHIES = ("induced", "wordnet", "random")
 LOSSES = ("soft", "hard")
 OPTIMIZERS = ("sgd", "adamw")
 # Base learning rates per 256 images (scaled linearly with the batch), from scratch and when
@@ -62,8 +62,9 @@ class TrainConfig:
     """Every setting of a run; the fields are ``nbdt-train``'s options (see its ``--help``).
 
     ``None`` means "resolve": ``arch`` (resnet101, or the checkpoint's), ``hierarchy`` (induced,
-    or the checkpoint's), ``lr`` and ``weight_decay`` (per optimiser, lr scaled with the batch),
-    ``workers`` (0 for in-memory data), ``device`` (cuda, mps, cpu).
+    or "checkpoint": the checkpoint's own, when its head has the dataset's classes), ``lr`` and
+    ``weight_decay`` (per optimiser, lr scaled with the batch), ``workers`` (0 for in-memory
+    data), ``device`` (cuda, mps, cpu).
     """
 
     output: str
@@ -139,6 +140,8 @@ class TrainConfig:
             raise FileNotFoundError(
                 f"{self.pretrained_file}: no such weights file (--pretrained-file)"
             )
+        if self.hierarchy == "checkpoint" and not self.checkpoint:
+            raise ValueError("--hierarchy checkpoint needs --checkpoint FILE")
         if self.checkpoint and (self.pretrained or self.pretrained_file):
             raise ValueError(
                 "--checkpoint already holds weights: drop --pretrained/--pretrained-file"
@@ -147,19 +150,20 @@ class TrainConfig:
 
 @dataclass
 class _Runtime:
-    """Where this process runs: device, rank and world size (1 outside torchrun)."""
+    """Where this process runs: device, rank and world size; ``distributed`` under torchrun."""
 
     device: torch.device
     rank: int = 0
     world: int = 1
+    distributed: bool = False
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     def all_reduce(self, tensor: Tensor) -> Tensor:
-        """Sum over processes (in place); a no-op in a single process."""
-        if self.world > 1:
+        """Sum over processes (in place); a no-op outside torchrun."""
+        if self.distributed:
             dist.all_reduce(tensor)
         return tensor
 
@@ -175,7 +179,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     try:
         return _Run(config, runtime).run()
     finally:
-        if runtime.world > 1:
+        if runtime.distributed:
             dist.destroy_process_group()
 
 
@@ -194,17 +198,15 @@ def _start_runtime(device_name: str | None) -> _Runtime:
         raise ValueError(
             f"unknown device {device_name!r} (--device: cuda, cuda:N, mps, cpu)"
         ) from None
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if "LOCAL_RANK" not in os.environ:  # not started by torchrun
         _check_device(device)
         return _Runtime(device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     _check_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Runtime(device, dist.get_rank(), dist.get_world_size())
+    return _Runtime(device, dist.get_rank(), dist.get_world_size(), distributed=True)
 
 
 def _check_device(device: torch.device) -> None:
@@ -245,6 +247,14 @@ class _Run:
         if self.train_set.classes != self.test_set.classes:
             raise ValueError(f"{config.dataset}: train and test splits have different classes")
         self.classes = _dataset_classes(config.dataset, self.train_set)
+        # A checkpoint whose head already predicts these classes needs no warm-up, and its
+        # hierarchy is the default one.
+        trained_head = source is not None and _classes_match(
+            Hierarchy.from_node_link(source["hierarchy"]), self.classes
+        )
+        if config.hierarchy is None:
+            kind = "checkpoint" if trained_head else "induced"
+            self.config = config = dataclasses.replace(config, hierarchy=kind)
         if len(self.train_set) < config.batch_size:
             raise ValueError(
                 f"{len(self.train_set)} training images, fewer than one batch"
@@ -252,8 +262,8 @@ class _Run:
             )
 
         torch.manual_seed(config.seed)
-        self.model, self.model_kwargs, head_trained = self._create_network(source)
-        self.warmup_epochs = 0 if head_trained else config.warmup_epochs
+        self.model, self.model_kwargs = self._create_network(source, trained_head)
+        self.warmup_epochs = 0 if trained_head else config.warmup_epochs
         self.total_epochs = self.warmup_epochs + config.epochs
         self.data_config = datasets.data_config(
             self.model, size or self.train_set.image_shape[1:], self.model_kwargs.get("in_chans", 3)
@@ -282,12 +292,11 @@ class _Run:
         self.best: dict[str, Any] | None = None
         self.resume_note = self._resume() if config.resume else None
 
-        ddp = None
-        if runtime.world > 1:
-            ddp = nn.parallel.DistributedDataParallel(
+        self.train_model = self.model
+        if runtime.distributed:
+            self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.train_model = ddp or self.model
         if config.compile:
             self.train_model = torch.compile(self.train_model)
         self.progress = _Progress(runtime.main, config.quiet)
@@ -306,7 +315,6 @@ class _Run:
             config,
             output=str(self.output),
             arch=arch,
-            hierarchy=config.hierarchy or ("checkpoint" if source else "induced"),
             lr=config.lr or base_lr * config.batch_size / 256,
             weight_decay=(
                 _WEIGHT_DECAY[config.optimizer]
@@ -318,19 +326,19 @@ class _Run:
         )
 
     def _create_network(
-        self, source: dict[str, Any] | None
-    ) -> tuple[nn.Module, dict[str, Any], bool]:
-        """The timm network with a head for the dataset's classes; whether that head is trained."""
+        self, source: dict[str, Any] | None, trained_head: bool
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """The timm network with a head for the dataset's classes, and its timm arguments."""
         import timm
 
         config = self.config
         num_classes = len(self.classes.names)
         if source is not None:
             model = NBDT.from_checkpoint(source, source=config.checkpoint).model
-            if _classes_match(Hierarchy.from_node_link(source["hierarchy"]), self.classes):
-                return model, dict(source["model_kwargs"]), True
+            if trained_head:
+                return model, dict(source["model_kwargs"])
             model.reset_classifier(num_classes)
-            return model, {**source["model_kwargs"], "num_classes": num_classes}, False
+            return model, {**source["model_kwargs"], "num_classes": num_classes}
         if not timm.is_model(config.arch):
             raise ValueError(
                 f"unknown timm architecture {config.arch!r} (--arch; see timm.list_models())"
@@ -353,7 +361,7 @@ class _Run:
             raise ValueError(
                 f"cannot load {config.arch} weights from {where}: {_first_line(e)}"
             ) from None
-        return model, kwargs, False
+        return model, kwargs
 
     def _fixed_hierarchy(self, source: dict[str, Any] | None) -> Hierarchy | None:
         """The hierarchy known before training, or None when it is induced from the head."""
@@ -713,7 +721,8 @@ class _Run:
             zip(pictures, targets, explanations, strict=True)
         ):
             path = folder / f"test-{i}.png"
-            picture.save(path)
+            with _atomic(path) as tmp:
+                picture.save(tmp, format="PNG")
             truth = self.classes.names[int(target)]
             records.append({"image": str(path), "true_label": truth, **explanation.to_dict()})
             self.progress.line(f"{path.name} (true: {truth}) {explanation}")
@@ -733,13 +742,12 @@ class _Run:
 
 
 # ------------------------------------------------------------------------------- helpers
-def _dataset_classes(name: str, dataset: datasets.ImageDataset) -> Any:
-    from nbdt.wordnet import DatasetClasses
-
+def _dataset_classes(name: str, dataset: datasets.ImageDataset) -> DatasetClasses:
+    """The dataset's names and wnids in the form the hierarchy builders take."""
     return DatasetClasses(name, tuple(dataset.classes), tuple(dataset.wnids))
 
 
-def _classes_match(hierarchy: Hierarchy, classes: Any) -> bool:
+def _classes_match(hierarchy: Hierarchy, classes: DatasetClasses) -> bool:
     """Whether a hierarchy's leaves are the dataset's classes, by WordNet id or by name."""
     leaves = hierarchy.leaves
     if len(leaves) != len(classes.names):
@@ -750,7 +758,7 @@ def _classes_match(hierarchy: Hierarchy, classes: Any) -> bool:
     )
 
 
-def _hierarchy_file(path: Path, classes: Any, dataset: str) -> Hierarchy:
+def _hierarchy_file(path: Path, classes: DatasetClasses, dataset: str) -> Hierarchy:
     """A hierarchy file whose leaves are the dataset's classes (matched by wnid, then name)."""
     if not path.is_file():
         raise FileNotFoundError(
@@ -858,10 +866,17 @@ def _write_lines(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: never half-written."""
+    with _atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` that is renamed to it when the block succeeds: a file
+    is never half-written."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -8,7 +8,8 @@ head) then starts every variant, each fine-tuned for the same epochs with a fres
 - ``soft-reference``: the reference implementation's soft loss (cross-entropy on probabilities);
 - ``hard``: hard tree supervision, cross-entropy at each node on the label's path.
 
-Reports network, NBDT-soft and NBDT-hard top-1 on the whole test split, as JSON.
+Reports network, NBDT-soft and NBDT-hard top-1 on the whole test split as JSON on stdout (the
+runs' progress lines go to stderr).
 
     nohup .venv/bin/python scripts/bench_accuracy.py --subset 10000 > bench_accuracy.json &
 """
@@ -16,7 +17,9 @@ Reports network, NBDT-soft and NBDT-hard top-1 on the whole test split, as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -60,27 +63,26 @@ def main() -> None:
         "quiet": True,
     }
     started = time.perf_counter()
-    warm = train.train(
-        train.TrainConfig(
-            output=str(args.output / "warmup"),
-            warmup_epochs=args.warmup_epochs,
-            epochs=0,
-            **common,
-        )
-    )
     results = {}
-    for name in args.variants:
-        summary = train.train(
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON alone
+        warm = train.train(
             train.TrainConfig(
-                output=str(args.output / name),
-                checkpoint=str(args.output / "warmup" / "last.pt"),
-                epochs=args.epochs,
+                output=str(args.output / "warmup"), warmup_epochs=args.warmup_epochs, epochs=0,
                 **common,
-                **VARIANTS[name],
             )
-        )
-        last = json.loads((Path(summary["output"]) / "metrics.jsonl").read_text().splitlines()[-1])
-        results[name] = {k: round(last[k], 3) for k in REPORTED}
+        )  # fmt: skip
+        for name in args.variants:
+            summary = train.train(
+                train.TrainConfig(
+                    output=str(args.output / name),
+                    checkpoint=str(args.output / "warmup" / "last.pt"),
+                    epochs=args.epochs,
+                    **common,
+                    **VARIANTS[name],
+                )
+            )
+            metrics = (Path(summary["output"]) / "metrics.jsonl").read_text().splitlines()
+            results[name] = {k: round(json.loads(metrics[-1])[k], 3) for k in REPORTED}
     result = {
         "arch": args.arch,
         "dataset": "fashion-mnist",

@@ -123,6 +123,15 @@ def test_image_folder_named_by_wnid_gets_wordnet_labels(tmp_path):
     assert train.classes == ("dog", "domestic cat") and train.wnids == ("n02084071", "n02121808")
 
 
+def test_image_folder_damaged_image_is_one_error_naming_it(tmp_path):
+    root = make_folder(tmp_path, ["cat", "dog"])
+    bad = root / "train" / "dog" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    train = data.load_dataset("folder", "train", root, image_size=(8, 8))
+    with pytest.raises(ValueError, match="1.png"):
+        train[3]
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="--data-dir"):
         data.load_dataset("folder")

@@ -88,6 +88,23 @@ def test_run_writes_real_metrics_and_outputs(finished_run, stripes_dir):
     assert not list(output.glob(".*tmp*"))
 
 
+@pytest.mark.slow
+def test_checkpoint_with_a_trained_head_skips_warmup_and_keeps_its_tree(
+    finished_run, stripes_dir, tmp_path
+):
+    source = finished_run[0] / "last.pt"
+    args = train_args(stripes_dir, tmp_path / "more", "--checkpoint", str(source))
+    args[args.index("--epochs") + 1] = "1"
+    args.remove("--arch")
+    args.remove(ARCH)
+    assert train_main(args) == 0
+    rows = read_metrics(tmp_path / "more")
+    assert [(r["epoch"], r["phase"]) for r in rows] == [(1, "tree")]
+    saved = json.loads((tmp_path / "more" / "args.json").read_text())
+    assert saved["hierarchy"] == "checkpoint" and saved["arch"] == ARCH
+    assert nbdt.load(tmp_path / "more" / "last.pt").hierarchy == nbdt.load(source).hierarchy
+
+
 def interrupt_evaluation(monkeypatch, epoch):
     """Raise KeyboardInterrupt (as Ctrl-C would) when the trainer starts evaluating ``epoch``."""
     original = train._Run._evaluate
@@ -200,6 +217,7 @@ def other_classes_hierarchy(path):
         ("checkpoint", "not an nbdt model file"),
         ("resume-corrupt", "not an nbdt model file"),
         ("batch", "fewer than one batch"),
+        ("hierarchy-checkpoint", "--hierarchy checkpoint needs --checkpoint"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, message, stripes_dir, tmp_path, capsys):
@@ -220,6 +238,8 @@ def test_bad_input_exits_2_with_one_line(case, message, stripes_dir, tmp_path, c
         output.mkdir()
         (output / "last.pt").write_bytes(b"PK\x03\x04 truncated zip")
         args += ["--resume"]
+    elif case == "hierarchy-checkpoint":
+        args += ["--hierarchy", "checkpoint"]
     elif case == "batch":
         args[args.index("--batch-size") + 1] = "1000"
     assert train_main(args) == 2
