@@ -196,27 +196,17 @@ def _hierarchy_classes(args: argparse.Namespace):
 
 
 def _load_tree(tree: str, classes):
-    """A hierarchy from a JSON file or, when no such file exists, a shipped hierarchy's name."""
-    from pathlib import Path
+    """A hierarchy from a JSON file or a shipped hierarchy's name."""
+    from nbdt.pretrained import load_hierarchy
 
-    from nbdt.hierarchy import Hierarchy
-    from nbdt.pretrained import shipped_hierarchies, shipped_hierarchy
-
-    if Path(tree).exists() or tree not in shipped_hierarchies():
-        if not Path(tree).is_file():
+    try:
+        return load_hierarchy(tree, classes=None if classes is None else list(classes))
+    except ValueError as e:
+        if classes is None and "no class order" in str(e):
             raise BadInput(
-                f"{tree}: no such hierarchy file or shipped hierarchy"
-                f" ({', '.join(shipped_hierarchies())})"
-            )
-        try:
-            return Hierarchy.load(tree, classes=None if classes is None else list(classes))
-        except ValueError as e:
-            if classes is None and "no class order" in str(e):
-                raise BadInput(
-                    f"{tree}: the file has no class order: give --dataset or --classes"
-                ) from None
-            raise
-    return shipped_hierarchy(tree)
+                f"{tree}: the file has no class order: give --dataset or --classes"
+            ) from None
+        raise
 
 
 def _weights_source(args: argparse.Namespace):
@@ -300,7 +290,8 @@ def _train_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--hierarchy",
         metavar="KIND|FILE",
-        help="induced, wordnet, random or a hierarchy JSON file (default: induced, or the"
+        help="induced, wordnet, random, a hierarchy JSON file or a shipped name such as"
+        " fashion-mnist-wordnet (default: induced, or the"
         " checkpoint's)",
     )
     model.add_argument("--node-score", choices=("mean", "marginal"), help=default.strip())
@@ -452,22 +443,14 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The NBDT to explain with, and a note to print (for the example model)."""
-    from pathlib import Path
 
-    from nbdt.hierarchy import Hierarchy
     from nbdt.model import NBDT, read_checkpoint
-
-    def hierarchy(value: str, classes: Sequence[str] | None) -> Hierarchy:
-        if Path(value).exists() or "/" in value or value.endswith(".json"):
-            return Hierarchy.load(value, classes=classes)
-        from nbdt.pretrained import shipped_hierarchy
-
-        return shipped_hierarchy(value)
+    from nbdt.pretrained import load_hierarchy
 
     if args.checkpoint:
         checkpoint = read_checkpoint(args.checkpoint)
         if args.hierarchy:
-            checkpoint["hierarchy"] = hierarchy(args.hierarchy, None).to_node_link()
+            checkpoint["hierarchy"] = load_hierarchy(args.hierarchy).to_node_link()
         checkpoint["mode"] = args.mode or checkpoint.get("mode")
         checkpoint["node_score"] = args.node_score or checkpoint.get("node_score")
         return NBDT.from_checkpoint(checkpoint, source=args.checkpoint).eval(), None
@@ -477,7 +460,7 @@ def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
 
     name = args.hierarchy or "imagenet-induced"
     # A hierarchy file is matched to ImageNet's class order by WordNet id (or node id, name).
-    tree = hierarchy(name, dataset_classes("imagenet").wnids)
+    tree = load_hierarchy(name, dataset_classes("imagenet").wnids)
     node_score = args.node_score or "marginal"
     try:
         network = efficientnet_lite0()

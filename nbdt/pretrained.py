@@ -7,6 +7,9 @@ and the hierarchies from the package data ``nbdt.hierarchies``.
 from __future__ import annotations
 
 import importlib.resources
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -60,7 +63,7 @@ def shipped_hierarchies() -> tuple[str, ...]:
     return tuple(sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json")))
 
 
-def shipped_hierarchy(name: str) -> Hierarchy:
+def shipped_hierarchy(name: str, classes: Sequence[str] | None = None) -> Hierarchy:
     """A shipped hierarchy by name, e.g. ``"imagenet-induced"`` or ``"cifar10-wordnet"``."""
     from nbdt.hierarchy import Hierarchy
 
@@ -70,4 +73,25 @@ def shipped_hierarchy(name: str) -> Hierarchy:
         raise ValueError(f"no shipped hierarchy {name!r}; available: {', '.join(available)}")
     resource = importlib.resources.files("nbdt.hierarchies") / f"{key}.json"
     with importlib.resources.as_file(resource) as path:
-        return Hierarchy.load(path)
+        return Hierarchy.load(path, classes=classes)
+
+
+def load_hierarchy(
+    name_or_path: str | os.PathLike[str], classes: Sequence[str] | None = None
+) -> Hierarchy:
+    """A hierarchy JSON file or, where no such file exists, a shipped hierarchy by name.
+
+    ``classes`` (leaf ids, WordNet ids or names, in class order) orders the leaves; see
+    :meth:`nbdt.hierarchy.Hierarchy.load`.
+    """
+    from nbdt.hierarchy import Hierarchy
+
+    path = Path(name_or_path)
+    if not path.exists() and str(name_or_path) in shipped_hierarchies():
+        return shipped_hierarchy(str(name_or_path), classes=classes)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such hierarchy file or shipped hierarchy"
+            f" ({', '.join(shipped_hierarchies())})"
+        )
+    return Hierarchy.load(path, classes=classes)

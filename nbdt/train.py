@@ -33,6 +33,7 @@ from nbdt import data as datasets
 from nbdt.hierarchy import Hierarchy
 from nbdt.loss import SOFT_VARIANTS, HardTreeSupLoss, SoftTreeSupLoss
 from nbdt.model import NBDT, read_checkpoint, save_checkpoint
+from nbdt.pretrained import load_hierarchy
 from nbdt.wordnet import DatasetClasses
 
 DEFAULT_ARCH = "resnet101"
@@ -380,7 +381,7 @@ class _Run:
             return Hierarchy.wordnet(self.classes)
         if kind == "random":
             return Hierarchy.random(self.classes, seed=self.config.seed)
-        return _hierarchy_file(Path(kind), self.classes, self.config.dataset)
+        return _hierarchy_file(kind, self.classes, self.config.dataset)
 
     def _induce(self) -> Hierarchy:
         """The hierarchy induced from the head's weights as they are now."""
@@ -758,16 +759,12 @@ def _classes_match(hierarchy: Hierarchy, classes: DatasetClasses) -> bool:
     )
 
 
-def _hierarchy_file(path: Path, classes: DatasetClasses, dataset: str) -> Hierarchy:
-    """A hierarchy file whose leaves are the dataset's classes (matched by wnid, then name)."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such hierarchy file (--hierarchy: induced, wordnet, random or a JSON file)"
-        )
+def _hierarchy_file(path: str, classes: DatasetClasses, dataset: str) -> Hierarchy:
+    """A hierarchy file or shipped name whose leaves are the dataset's classes (by wnid, name)."""
     errors = []
     for order in (classes.wnids, classes.names):
         try:
-            return Hierarchy.load(path, classes=list(order))
+            return load_hierarchy(path, classes=list(order))
         except ValueError as e:
             errors.append(str(e))
     raise ValueError(

@@ -225,3 +225,17 @@ def test_load_errors_name_the_file(tmp_path):
     nolinks.write_text(json.dumps({"nodes": []}))
     with pytest.raises(ValueError, match="nolinks.json: .*no 'links' or 'edges'"):
         Hierarchy.load(nolinks)
+
+
+def test_load_hierarchy_takes_a_file_or_a_shipped_name(tree, tmp_path):
+    from nbdt.pretrained import load_hierarchy, shipped_hierarchy
+
+    shipped = load_hierarchy("cifar10-wordnet")
+    assert shipped == shipped_hierarchy("cifar10-wordnet")
+    assert shipped.classes[3] == "cat"
+    reordered = load_hierarchy("cifar10-wordnet", classes=list(reversed(shipped.class_ids)))
+    assert reordered.classes == tuple(reversed(shipped.classes))
+    path = tree.save(tmp_path / "cifar10-wordnet")  # a file wins over a shipped name
+    assert load_hierarchy(path) == tree
+    with pytest.raises(FileNotFoundError, match=r"nope\.json: no such hierarchy file or shipped"):
+        load_hierarchy(tmp_path / "nope.json")
