@@ -6,6 +6,7 @@ Bad input ends with one line on stderr and exit status 2; nothing here holds log
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +26,9 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, ar
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nbdt-... | head`: the reader left, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (BadInput, ValueError, OSError) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
@@ -124,7 +128,6 @@ def _hierarchy_html(args: argparse.Namespace) -> int:
 def _hierarchy(args: argparse.Namespace) -> int:
     if args.command == "html":
         return _hierarchy_html(args)
-    import os
     import warnings
     from pathlib import Path
 
@@ -162,10 +165,7 @@ def _hierarchy(args: argparse.Namespace) -> int:
 
         hierarchy_html(tree, Path(args.html))
     if not args.quiet:
-        try:
-            print(tree.render(max_depth=args.max_depth), flush=True)
-        except BrokenPipeError:  # `nbdt-hierarchy ... | head`: the reader left, not an error
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(tree.render(max_depth=args.max_depth), flush=True)
     return 0
 
 

@@ -44,3 +44,15 @@ def test_cli_help(command):
 def test_ruff_clean(args):
     out = subprocess.run([BIN / "ruff", *args, "."], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    pipe = subprocess.Popen(
+        [BIN / "nbdt-hierarchy", "show", "imagenet-induced"],  # 100 kB: more than a pipe holds
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert pipe.stdout.readline().startswith(b"entity")
+    pipe.stdout.close()  # like `| head -1`
+    assert pipe.wait(timeout=60) == 0
+    assert pipe.stderr.read() == b""
