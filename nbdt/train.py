@@ -79,7 +79,7 @@ class TrainConfig:
     hierarchy: str | None = None
     loss: str = "soft"
     soft_variant: str = "nll"
-    tree_weight: float = 1.0
+    tree_weight: float = 4.0  # measured: scripts/bench_accuracy.py, README's Results
     ce_weight: float = 1.0
     tree_weight_end: float | None = None
     tree_weight_power: float = 1.0

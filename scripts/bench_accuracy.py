@@ -6,7 +6,10 @@ head) then starts every variant, each fine-tuned for the same epochs with a fres
 - ``ce``: plain cross-entropy (the soft loss with ``tree_weight`` 0: the same loop, no tree term);
 - ``soft-nll``: soft tree supervision, the label's negative log-likelihood under soft inference;
 - ``soft-reference``: the reference implementation's soft loss (cross-entropy on probabilities);
-- ``hard``: hard tree supervision, cross-entropy at each node on the label's path.
+- ``hard``: hard tree supervision, cross-entropy at each node on the label's path;
+  these three with tree weight 1, to compare the losses;
+- ``soft-nll-w2``, ``soft-nll-w4`` (nbdt-train's default), ``soft-nll-w8``: the chosen loss with
+  heavier tree terms.
 
 Reports network, NBDT-soft and NBDT-hard top-1 on the whole test split as JSON on stdout (the
 runs' progress lines go to stderr).
@@ -29,9 +32,13 @@ from nbdt import data, train
 
 VARIANTS = {
     "ce": {"loss": "soft", "tree_weight": 0.0},
-    "soft-nll": {"loss": "soft", "soft_variant": "nll"},
-    "soft-reference": {"loss": "soft", "soft_variant": "reference"},
-    "hard": {"loss": "hard"},
+    "soft-nll": {"loss": "soft", "soft_variant": "nll", "tree_weight": 1.0},
+    "soft-reference": {"loss": "soft", "soft_variant": "reference", "tree_weight": 1.0},
+    "hard": {"loss": "hard", "tree_weight": 1.0},
+    **{
+        f"soft-nll-w{w}": {"loss": "soft", "soft_variant": "nll", "tree_weight": float(w)}
+        for w in (2, 4, 8)
+    },
 }
 REPORTED = ("top1", "nbdt_soft_top1", "nbdt_hard_top1", "test_ce", "train_images_per_s")
 
