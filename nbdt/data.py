@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nbdt.wordnet import cache_dir
+
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "folder")
 SPLITS = ("train", "test")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -30,12 +32,6 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # IDX element types (the third magic byte) as big-endian numpy dtypes.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-def cache_dir() -> Path:
-    """nbdt's folder in the user cache: ``$XDG_CACHE_HOME/nbdt``, default ``~/.cache/nbdt``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "nbdt"
 
 
 def read_idx(path: str | os.PathLike[str]) -> Tensor:

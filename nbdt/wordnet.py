@@ -73,8 +73,8 @@ class WordNetNotFound(FileNotFoundError):
     """WordNet 3.0 is in neither nltk's data nor Debian's folder."""
 
 
-def _cache_root() -> Path:
-    """``$XDG_CACHE_HOME/nbdt``, default ``~/.cache/nbdt``."""
+def cache_dir() -> Path:
+    """nbdt's folder in the user cache: ``$XDG_CACHE_HOME/nbdt``, default ``~/.cache/nbdt``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nbdt"
 
@@ -141,7 +141,7 @@ def _locate() -> Any:
     source = _source_dir()
     if source is None:
         raise WordNetNotFound(_missing_message())
-    data_root = (_cache_root() / "nltk_data").resolve()
+    data_root = (cache_dir() / "nltk_data").resolve()
     target = data_root / "corpora" / "wordnet"
     if not _complete(target):
         log.info("building an nltk copy of WordNet from %s in %s", source, target)

@@ -1,10 +1,18 @@
 """Shared test set-up: no network, and a private cache folder for the whole session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# nbdt's user cache (the WordNet copy, datasets) goes to a folder of this test session alone,
+# inherited by the CLIs the tests start, so the user's ~/.cache is neither read nor written.
+_CACHE = tempfile.mkdtemp(prefix="nbdt-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 # ---- helper C: image files that nbdt must refuse with one line naming the file
