@@ -30,8 +30,9 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, ar
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (BadInput, ValueError, OSError) as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -1,5 +1,6 @@
 """Package-level contracts: a side-effect-free import, the public API, CLIs' help, lint."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -56,3 +57,13 @@ def test_a_reader_that_leaves_early_is_no_error():
     pipe.stdout.close()  # like `| head -1`
     assert pipe.wait(timeout=60) == 0
     assert pipe.stderr.read() == b""
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_bad_input_is_reported_once_under_torchrun(rank, tmp_path):
+    env = {**os.environ, "RANK": rank}
+    command = [BIN / "nbdt-hierarchy", "show", str(tmp_path / "missing.json")]
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert out.returncode == 2
+    expected = 1 if rank == "0" else 0  # only rank 0 speaks; every rank exits 2
+    assert len(out.stderr.splitlines()) == expected
