@@ -86,7 +86,16 @@ class Explanation:
     path: tuple[Step, ...]
 
     def __str__(self) -> str:
-        decisions = " -> ".join(f"{s.child_label} ({s.probability:.1%})" for s in self.path)
+        """One line. Consecutive steps into children of one label (an induced tree's nodes may
+        share their lowest common hypernym) read as one decision: their probabilities multiply,
+        the probability of reaching the last of them. ``path`` keeps every step."""
+        merged: list[list[Any]] = []
+        for step in self.path:
+            if merged and merged[-1][0] == step.child_label:
+                merged[-1][1] *= step.probability
+            else:
+                merged.append([step.child_label, step.probability])
+        decisions = " -> ".join(f"{label} ({p:.1%})" for label, p in merged)
         return f"Prediction: {self.label} // Decisions: {decisions}"
 
     def to_dict(self) -> dict[str, Any]:

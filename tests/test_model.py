@@ -12,7 +12,7 @@ from PIL import Image
 
 import nbdt
 from nbdt.hierarchy import Hierarchy, Node
-from nbdt.model import NBDT, Explanation, load_image, read_checkpoint, to_model_mode
+from nbdt.model import NBDT, Explanation, Step, load_image, read_checkpoint, to_model_mode
 
 CLASSES = [f"c{i}" for i in range(7)]
 STEP_KEYS = {
@@ -184,6 +184,16 @@ def test_text_and_json_forms(net, batch):
     assert all(set(step) == STEP_KEYS for step in data["path"])
     assert [set(t) for t in data["top_k"]] == [{"class_index", "label", "probability"}] * 2
     assert data["top_k"][0]["class_index"] == data["class_index"]
+
+
+def test_text_form_merges_consecutive_children_of_one_label():
+    def step(child: str, p: float) -> Step:
+        return Step("n", "node", None, 0.5, child, child, p, "r", "other", 1 - p)
+
+    path = (step("whole", 0.9), step("whole", 0.5), step("cat", 0.8), step("whole", 0.6))
+    exp = Explanation(3, "cat", None, 0.216, "soft", "mean", (), path)
+    assert str(exp) == "Prediction: cat // Decisions: whole (45.0%) -> cat (80.0%) -> whole (60.0%)"
+    assert len(exp.to_dict()["path"]) == 4  # the data keeps every step
 
 
 def test_input_kinds_give_the_same_explanations(net, tmp_path):
