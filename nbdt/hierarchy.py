@@ -277,8 +277,9 @@ class Hierarchy:
     ) -> Hierarchy:
         """Read node-link data: ours, networkx's (``"links"`` or ``"edges"``), or the reference's.
 
-        The class order is the file's ``graph.classes``, else ``classes`` (leaf ids, WordNet ids or
-        leaf labels, in class order); the reference implementation's files carry none.
+        ``classes`` (leaf ids, WordNet ids or leaf labels, in class order) sets the class order,
+        for instance a dataset's, and takes precedence over the file's own ``graph.classes``;
+        without it the file's order is used. The reference implementation's files carry none.
         """
         if not isinstance(data, Mapping) or "nodes" not in data:
             raise ValueError("not node-link JSON: no 'nodes' list")
@@ -318,9 +319,14 @@ class Hierarchy:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write node-link JSON atomically (a temporary file, then a rename)."""
         path = Path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_node_link(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(self.to_node_link(), indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -368,14 +374,31 @@ class Hierarchy:
 
 
 def _match_leaves(nodes: Sequence[Node], order: Sequence[str]) -> list[str]:
-    """Turn a class order given as leaf ids, WordNet ids or labels into leaf ids."""
+    """Turn a class order given as leaf ids, WordNet ids or labels into leaf ids.
+
+    The kind of key is the one that matches the most classes; an error names the classes it
+    misses, or a label that several leaves share.
+    """
     leaves = [n for n in nodes if n.is_leaf]
+    best: tuple[list[str], dict[str, list[str]]] | None = None
     for key in (lambda n: n.id, lambda n: n.wnid, lambda n: n.label):
-        table: dict[str | None, str] = {}
+        table: dict[str, list[str]] = {}
         for n in leaves:
-            table.setdefault(key(n), n.id)
-        if all(c in table for c in order):
-            return [table[c] for c in order]
-    known = {n.id for n in leaves}
-    unknown = [c for c in order if c not in known]
-    raise ValueError(f"classes {unknown[:5]} match no leaf (by id, wnid or label)")
+            if key(n) is not None:
+                table.setdefault(key(n), []).append(n.id)
+        missing = [c for c in order if c not in table]
+        if best is None or len(missing) < len(best[0]):
+            best = (missing, table)
+    missing, table = best
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(order)} classes match no leaf (by id, wnid or label):"
+            f" {missing[:5]}"
+        )
+    shared = next((c for c in order if len(table[c]) > 1), None)
+    if shared is not None:
+        raise ValueError(
+            f"class {shared!r} names {len(table[shared])} leaves ({', '.join(table[shared])}):"
+            " give the classes as leaf ids or WordNet ids"
+        )
+    return [table[c][0] for c in order]

@@ -32,7 +32,8 @@ class WeightSchedule:
     power: float = 1.0
 
     def at(self, epoch: int, total_epochs: int) -> float:
-        """The weight in 0-based ``epoch`` of ``total_epochs``: ``start`` first, ``end`` last."""
+        """The weight in 0-based ``epoch`` of ``total_epochs``: ``start`` first, ``end`` last
+        (a run of a single epoch stays at ``start``)."""
         progress = min(epoch / max(total_epochs - 1, 1), 1.0)
         return self.start + (self.end - self.start) * progress**self.power
 
@@ -135,7 +136,7 @@ class _TreeSupLoss(nn.Module):
             )
         if target.shape == logits.shape and not target.is_floating_point():
             raise ValueError("target of shape (batch, classes) must hold float probabilities")
-        if self._inputs_checked:
+        if self._inputs_checked or logits.shape[0] == 0:  # an empty batch shows nothing
             return
         with torch.no_grad():
             x = logits.detach().float()

@@ -200,7 +200,8 @@ class NBDT(nn.Module):
     ``node_score`` picks how a child is scored from the logits (see ``DecisionRules``): "mean"
     for tree-supervised networks, "marginal" to explain any classifier as it is.
     ``arch`` and ``model_kwargs`` (the ``timm.create_model`` name and arguments) are needed only
-    by :meth:`save`; they are read from the model when not given. ``data_config`` is timm's
+    by :meth:`save`; when not given, they are the model's architecture with its class count and
+    input channels, and :meth:`save` checks that they rebuild the network. ``data_config`` is timm's
     preprocessing config, resolved from the model when not given.
     """
 
@@ -241,6 +242,7 @@ class NBDT(nn.Module):
         )
         self.data_config = dict(data_config or _resolve_data_config(model, in_chans))
 
+        self._rebuildable = False  # checked by the first checkpoint()
         self._inner_nodes = hierarchy.inner_nodes  # the hierarchy builds these tuples per call
         self._leaves = hierarchy.leaves
         self.train(model.training)  # a wrapped model in eval mode stays in eval mode
@@ -501,6 +503,7 @@ class NBDT(nn.Module):
             )
         _check_plain("model_kwargs", self.model_kwargs)
         _check_plain("data_config", self.data_config)
+        self._check_rebuildable()
         return {
             **extra,
             "format": FORMAT_NAME,
@@ -513,6 +516,28 @@ class NBDT(nn.Module):
             "node_score": self.node_score,
             "data_config": dict(self.data_config),
         }
+
+    def _check_rebuildable(self) -> None:
+        """Fail when saving, not when loading, if ``arch`` and ``model_kwargs`` would build a
+        network of other parameter shapes (e.g. a ViT made with ``img_size=32``). The twin is
+        built once, on the meta device: no memory, no initialisation cost."""
+        if self._rebuildable:
+            return
+        import timm
+
+        with torch.device("meta"):
+            twin = timm.create_model(self.arch, **self.model_kwargs)
+        ours = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        if differ:
+            key = differ[0]
+            raise ValueError(
+                f"save: timm.create_model({self.arch!r}, **{self.model_kwargs}) would not rebuild"
+                f" this network ({key}: {theirs.get(key)} there, {ours.get(key)} here): pass the"
+                " model's timm arguments (e.g. img_size) to NBDT(..., model_kwargs=...)"
+            )
+        self._rebuildable = True
 
     def save(self, path: str | os.PathLike[str], **extra: Any) -> Path:
         """Write :meth:`checkpoint` to ``path`` atomically; read it back with :func:`load`."""

@@ -87,8 +87,9 @@ def load_hierarchy(
     from nbdt.hierarchy import Hierarchy
 
     path = Path(name_or_path)
-    if not path.exists() and str(name_or_path) in shipped_hierarchies():
-        return shipped_hierarchy(str(name_or_path), classes=classes)
+    if not path.exists() and path.name.removesuffix(".json") in shipped_hierarchies():
+        if str(path.parent) == ".":  # a bare name, with or without .json
+            return shipped_hierarchy(path.name, classes=classes)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no such hierarchy file or shipped hierarchy"

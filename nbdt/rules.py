@@ -312,12 +312,12 @@ class DecisionRules(nn.Module):
         mask = self.child_mask[nodes].transpose(1, 2)
         if self.node_score == "marginal":
             slots = self.slot_edge[nodes].transpose(1, 2).flatten(1)
-            scores = self._edge_logsumexp(logits).gather(1, slots).reshape(batch, k, -1)
+            scores = self._edge_logsumexp(logits).gather(1, slots).reshape(batch, k, nodes.shape[1])
         else:
             start = self.child_start[nodes].transpose(1, 2).flatten(1)
             end = self.child_end[nodes].transpose(1, 2).flatten(1)
             sums = _RangeSum.apply(logits, start, end, self.leaf_order, self.leaf_position)
-            scores = sums.reshape(batch, k, -1) / self.child_size[nodes].transpose(1, 2)
+            scores = sums.reshape(batch, k, nodes.shape[1]) / self.child_size[nodes].transpose(1, 2)
         return scores.masked_fill(~mask, float("-inf"))
 
     def _edge_logsumexp(self, logits: Tensor) -> Tensor:

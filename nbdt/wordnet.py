@@ -74,8 +74,13 @@ class WordNetNotFound(FileNotFoundError):
 
 
 def cache_dir() -> Path:
-    """nbdt's folder in the user cache: ``$XDG_CACHE_HOME/nbdt``, default ``~/.cache/nbdt``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """nbdt's folder in the user cache: ``$XDG_CACHE_HOME/nbdt``, default ``~/.cache/nbdt``.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification asks: never the cwd.
+    """
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nbdt"
 
 

@@ -231,6 +231,7 @@ def test_load_hierarchy_takes_a_file_or_a_shipped_name(tree, tmp_path):
     from nbdt.pretrained import load_hierarchy, shipped_hierarchy
 
     shipped = load_hierarchy("cifar10-wordnet")
+    assert load_hierarchy("cifar10-wordnet.json") == shipped
     assert shipped == shipped_hierarchy("cifar10-wordnet")
     assert shipped.classes[3] == "cat"
     reordered = load_hierarchy("cifar10-wordnet", classes=list(reversed(shipped.class_ids)))
@@ -239,3 +240,29 @@ def test_load_hierarchy_takes_a_file_or_a_shipped_name(tree, tmp_path):
     assert load_hierarchy(path) == tree
     with pytest.raises(FileNotFoundError, match=r"nope\.json: no such hierarchy file or shipped"):
         load_hierarchy(tmp_path / "nope.json")
+
+
+def test_class_order_errors_name_the_classes_at_fault():
+    nodes = [
+        Node("r", "entity", None, ("n01", "n02", "n03")),
+        Node("n01", "crane", "n02012849"),  # the bird
+        Node("n02", "crane", "n03126707"),  # the machine
+        Node("n03", "cat", "n02121808"),
+    ]
+    data = Hierarchy(nodes, ["n01", "n02", "n03"]).to_node_link()
+    by_wnid = Hierarchy.from_node_link(data, classes=["n03126707", "n02121808", "n02012849"])
+    assert by_wnid.class_ids == ("n02", "n03", "n01")
+    with pytest.raises(ValueError, match=r"1 of 3 classes match no leaf .*\['dgo'\]"):
+        Hierarchy.from_node_link(data, classes=["crane", "dgo", "cat"])
+    with pytest.raises(ValueError, match=r"class 'crane' names 2 leaves \(n01, n02\): give"):
+        Hierarchy.from_node_link(data, classes=["crane", "crane", "cat"])
+
+
+def test_save_into_a_missing_folder_names_it_and_leaves_nothing(tree, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"tree\.json: the folder .*nope does not exist"):
+        tree.save(tmp_path / "nope" / "tree.json")
+    target = tmp_path / "tree.json"
+    target.mkdir()  # the rename fails: the temporary file must not stay behind
+    with pytest.raises(OSError):
+        tree.save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree.json"]

@@ -183,3 +183,16 @@ def test_autocast_training_step():
         assert value.dtype == torch.float32 and torch.isfinite(value)
         assert torch.isfinite(layer.weight.grad).all()
         layer.zero_grad()
+
+
+@pytest.mark.parametrize("node_score", ["mean", "marginal"])
+def test_an_empty_batch_is_no_error(node_score):
+    h = ref.random_tree(10, 3)
+    empty, none = torch.zeros(0, 10, requires_grad=True), torch.zeros(0, dtype=torch.long)
+    for loss in (
+        SoftTreeSupLoss(h, node_score=node_score),
+        HardTreeSupLoss(h, node_score=node_score),
+    ):
+        for _ in range(2):  # before and after the first-batch input check
+            assert loss(empty, none).isnan()  # as torch's CrossEntropyLoss: a mean over nothing
+            loss(*batch(h))

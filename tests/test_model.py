@@ -380,3 +380,14 @@ def test_bad_model_files_raise_one_line_naming_the_file(net, tmp_path, kind, mes
 def test_missing_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt: no such file"):
         nbdt.load(tmp_path / "nope.pt")
+
+
+def test_save_refuses_kwargs_that_would_not_rebuild_the_network(tmp_path):
+    h = Hierarchy([Node("r", "r", None, ("a", "b")), Node("a", "a"), Node("b", "b")], ["a", "b"])
+    vit = timm.create_model("test_vit", img_size=32, num_classes=2)
+    with pytest.raises(ValueError, match=r"would not rebuild this network \(pos_embed: .*img_size"):
+        NBDT(vit, h).save(tmp_path / "vit.pt")
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    kwargs = {"img_size": 32, "num_classes": 2}
+    NBDT(vit, h, model_kwargs=kwargs).save(tmp_path / "vit.pt")
+    assert nbdt.load(tmp_path / "vit.pt").model_kwargs == kwargs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import shutil
+from pathlib import Path
 
 import nltk
 import pytest
@@ -316,3 +317,11 @@ def test_no_wordnet_anywhere_names_both_fixes(tmp_path, monkeypatch):
 
 def _not_found(*args, **kwargs):
     raise LookupError("not here")
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")
+    assert wn.cache_dir() == Path.home() / ".cache" / "nbdt"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "abs"))
+    assert wn.cache_dir() == tmp_path / "abs" / "nbdt"
