@@ -132,13 +132,7 @@ def classifier_weights(source: Any, num_classes: int | None = None) -> np.ndarra
     """
     import torch
 
-    if isinstance(source, str | os.PathLike):
-        try:
-            source = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{source}: no such checkpoint file") from None
-        except Exception as e:  # torch raises many kinds for a file that is no checkpoint
-            raise ValueError(f"{source}: not a readable torch checkpoint ({e})") from None
+    source = _read_checkpoint(source)
     if isinstance(source, torch.nn.Module):
         return _module_weights(source)
     if isinstance(source, Mapping):
@@ -149,6 +143,37 @@ def classifier_weights(source: Any, num_classes: int | None = None) -> np.ndarra
         f"cannot take classifier weights from {type(source).__name__}: pass a (C, D) tensor,"
         " a state dict, a checkpoint path or a timm model"
     )
+
+
+def _read_checkpoint(source: Any) -> Any:
+    """A checkpoint path's contents (``torch.load(weights_only=True)``); anything else as it is."""
+    import torch
+
+    if not isinstance(source, str | os.PathLike):
+        return source
+    try:
+        return torch.load(os.fspath(source), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{source}: no such checkpoint file") from None
+    except Exception as e:  # torch raises many kinds for a file that is no checkpoint
+        raise ValueError(f"{source}: not a readable torch checkpoint ({e})") from None
+
+
+def _check_model_file_classes(source: Any, names: Sequence[str], ids: Sequence[str], where: str):
+    """An nbdt model file names its classes (its hierarchy's leaves): they must be these."""
+    if not (isinstance(source, Mapping) and isinstance(source.get("hierarchy"), Mapping)):
+        return
+    leaves = Hierarchy.from_node_link(source["hierarchy"]).leaves
+    same = len(leaves) == len(names) and all(
+        leaf.wnid == wnid or leaf.label == name
+        for leaf, name, wnid in zip(leaves, names, ids, strict=False)
+    )
+    if not same:
+        shown = ", ".join(leaf.label for leaf in leaves[:3])
+        raise ValueError(
+            f"{where}: an nbdt model of {len(leaves)} other classes ({shown}, ...), not the"
+            " classes given: pass that model's classes"
+        )
 
 
 def _as_matrix(weight: Any, what: str) -> np.ndarray:
@@ -270,7 +295,9 @@ def induced(
         raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}, got {linkage!r}")
     branching = _check_branching(branching)
     names, ids = _classes(classes, wnids)
-    weight = classifier_weights(weights_or_model, num_classes=len(names))
+    source = _read_checkpoint(weights_or_model)
+    _check_model_file_classes(source, names, ids, where=str(weights_or_model))
+    weight = classifier_weights(source, num_classes=len(names))
     if weight.shape[0] != len(names):
         raise ValueError(
             f"classifier has {weight.shape[0]} classes but {len(names)} class names were given"

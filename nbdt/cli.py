@@ -31,9 +31,22 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, ar
         return 0
     except (BadInput, ValueError, OSError) as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            print(f"{prog}: error: {message}", file=sys.stderr)
+            print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _one_line(error: BaseException) -> str:
+    """The line of an error's message that says what was wrong.
+
+    An error raised in a DataLoader worker arrives re-raised as "Caught ValueError in DataLoader
+    worker process 0." followed by the worker's traceback: its last line is the original message.
+    """
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0]
 
 
 # ---------------------------------------------------------------- nbdt-hierarchy (issue 2, 5)
@@ -60,7 +73,9 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--out", metavar="TREE.json", help="write the hierarchy as JSON")
         sub.add_argument("--html", metavar="OUT.html", help="write the hierarchy as HTML")
-        sub.add_argument("--max-depth", type=int, metavar="N", help="print only N levels")
+        sub.add_argument(
+            "--max-depth", type=_non_negative_int, metavar="N", help="print only N levels"
+        )
         sub.add_argument("--quiet", action="store_true", help="do not print the tree")
 
     induced = commands.add_parser(
@@ -90,7 +105,7 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
 
     random = commands.add_parser("random", help="a seeded random tree (ablation baseline)")
     common(random)
-    random.add_argument("--seed", type=int, default=0)
+    random.add_argument("--seed", type=_non_negative_int, default=0)
     random.add_argument("--branching", type=int, default=2, help="children per node, at most")
 
     show = commands.add_parser("show", help="print a hierarchy file or a shipped hierarchy")
@@ -444,14 +459,17 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The NBDT to explain with, and a note to print (for the example model)."""
-
+    from nbdt.hierarchy import Hierarchy
     from nbdt.model import NBDT, read_checkpoint
-    from nbdt.pretrained import load_hierarchy
+    from nbdt.pretrained import load_hierarchy_for
 
     if args.checkpoint:
         checkpoint = read_checkpoint(args.checkpoint)
         if args.hierarchy:
-            checkpoint["hierarchy"] = load_hierarchy(args.hierarchy).to_node_link()
+            own = Hierarchy.from_node_link(checkpoint["hierarchy"])
+            wnids = [leaf.wnid for leaf in own.leaves]
+            tree = load_hierarchy_for(args.hierarchy, own.classes, wnids)
+            checkpoint["hierarchy"] = tree.to_node_link()
         checkpoint["mode"] = args.mode or checkpoint.get("mode")
         checkpoint["node_score"] = args.node_score or checkpoint.get("node_score")
         return NBDT.from_checkpoint(checkpoint, source=args.checkpoint).eval(), None
@@ -460,8 +478,8 @@ def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
     from nbdt.wordnet import dataset_classes
 
     name = args.hierarchy or "imagenet-induced"
-    # A hierarchy file is matched to ImageNet's class order by WordNet id (or node id, name).
-    tree = load_hierarchy(name, dataset_classes("imagenet").wnids)
+    imagenet = dataset_classes("imagenet")
+    tree = load_hierarchy_for(name, imagenet.names, imagenet.wnids)
     node_score = args.node_score or "marginal"
     try:
         network = efficientnet_lite0()

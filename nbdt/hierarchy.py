@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbdt._io import write_text
+
 _WNID = re.compile(r"^n\d{8}$")
 
 FORMAT_NAME = "nbdt-hierarchy"
@@ -318,16 +320,7 @@ class Hierarchy:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write node-link JSON atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_node_link(), indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_text(path, json.dumps(self.to_node_link(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], classes: Sequence[str] | None = None) -> Hierarchy:

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from nbdt._io import atomic_path
 from nbdt.hierarchy import Hierarchy
+from nbdt.images import to_8bit
 from nbdt.rules import DecisionRules
 
 FORMAT_NAME = "nbdt-model"
@@ -167,16 +168,11 @@ def to_model_mode(image: Image.Image, channels: int = 3) -> Image.Image:
     """Convert any Pillow mode to RGB (``channels=3``) or greyscale ``L`` (``channels=1``).
 
     Transparent images are composited onto white (dropping alpha would expose whatever colour
-    the transparent pixels hold); 16- and 32-bit integer images are read as 16-bit data
-    (0..65535, as PNG and TIFF store them) and float images as 0..255.
+    the transparent pixels hold); high bit depths are scaled by :func:`nbdt.images.to_8bit`.
     """
     if channels not in (1, 3):
         raise ValueError(f"images can feed models with 1 or 3 input channels, not {channels}")
-    if image.mode.startswith("I"):
-        data = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(data), 0, 255).astype(np.uint8))
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    image = to_8bit(image)
     if "A" in image.mode or "a" in image.mode or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
@@ -549,14 +545,9 @@ class NBDT(nn.Module):
 
 def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(dict(checkpoint), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def read_checkpoint(

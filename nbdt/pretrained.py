@@ -96,3 +96,25 @@ def load_hierarchy(
             f" ({', '.join(shipped_hierarchies())})"
         )
     return Hierarchy.load(path, classes=classes)
+
+
+def load_hierarchy_for(
+    name_or_path: str | os.PathLike[str], names: Sequence[str], wnids: Sequence[str | None]
+) -> Hierarchy:
+    """A hierarchy file or shipped name whose leaves are exactly these classes, in this order.
+
+    Leaves are matched by WordNet id, else by name; a hierarchy of other classes is an error
+    rather than a silently relabelled model.
+    """
+    errors = []
+    for order in (wnids, names):
+        if any(c is None for c in order):
+            continue
+        try:
+            return load_hierarchy(name_or_path, classes=[str(c) for c in order])
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(
+        f"{name_or_path}: its leaves are not the {len(names)} classes {list(names[:3])}..."
+        f" ({errors[-1]})"
+    )

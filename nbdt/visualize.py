@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from nbdt._io import write_text
 from nbdt.hierarchy import Hierarchy, is_wordnet_id
 
 IMAGE_MAX_SIDE = 320
@@ -61,7 +62,7 @@ def hierarchy_html(
     if title is None:
         title = f"{hierarchy.root.label}: {hierarchy.num_classes} classes"
     data["title"] = title
-    return _write_atomic(path, _page("hierarchy", title, data))
+    return write_text(path, _page("hierarchy", title, data))
 
 
 def explanation_html(
@@ -106,7 +107,7 @@ def explanation_html(
         title = (
             "NBDT explanation" if len(items) == 1 else f"NBDT explanations ({len(items)} images)"
         )
-    return _write_atomic(path, _page("explanation", title, {"title": title, "items": items}))
+    return write_text(path, _page("explanation", title, {"title": title, "items": items}))
 
 
 # ------------------------------------------------------------------------- page assembly
@@ -144,22 +145,6 @@ def embed_json(data: Any) -> str:
     for char in "<>&\u2028\u2029":
         text = text.replace(char, f"\\u{ord(char):04x}")
     return text
-
-
-def _write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ------------------------------------------------------------------------ hierarchy data
@@ -319,6 +304,8 @@ def _image_data_uri(image: Any) -> str:
     """
     from PIL import Image, UnidentifiedImageError
 
+    from nbdt.images import to_8bit
+
     if isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as opened:
@@ -335,8 +322,9 @@ def _image_data_uri(image: Any) -> str:
         raise TypeError(
             f"images must be PIL images, file paths or None, got {type(image).__name__}"
         )
+    img = to_8bit(img)
     has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
-    img = img.convert("RGBA" if has_alpha else "L" if img.mode in ("1", "L", "I;16") else "RGB")
+    img = img.convert("RGBA" if has_alpha else "L" if img.mode in ("1", "L") else "RGB")
     img.thumbnail((IMAGE_MAX_SIDE, IMAGE_MAX_SIDE), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     if has_alpha or max(img.size) <= _SMALL_IMAGE:

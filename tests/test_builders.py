@@ -276,3 +276,21 @@ def test_offline_efficientnet_lite0_sees_a_cat():
     assert float(probs[281:286].sum()) > 0.8
     tree = builders.induced(model, wn.dataset_classes("imagenet"))
     assert tree == shipped_hierarchy("imagenet-induced")
+
+
+def test_induced_refuses_an_nbdt_model_file_of_other_classes(tmp_path):
+    import timm
+
+    import nbdt
+    from nbdt.hierarchy import Hierarchy, Node
+
+    names = ["cat", "dog", "ship"]
+    tree = Hierarchy(
+        [Node("r", "r", None, ("x", "ship")), Node("x", "x", None, ("cat", "dog"))]
+        + [Node(n, n) for n in names],
+        names,
+    )
+    path = nbdt.NBDT(timm.create_model("test_resnet", num_classes=3), tree).save(tmp_path / "m.pt")
+    assert builders.induced(path, names).classes == tuple(names)
+    with pytest.raises(ValueError, match=r"m\.pt: an nbdt model of 3 other classes \(cat, dog"):
+        builders.induced(path, ["airplane", "car", "truck"])

@@ -160,3 +160,20 @@ def test_argparse_errors_exit_2(capsys):
         hierarchy_main(["induced", "--dataset", "cifar10"])  # no weights
     assert error.value.code == 2
     assert "one of the arguments --model --checkpoint is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["random", "--dataset", "cifar10", "--seed", "-1"],
+        ["show", "cifar10-wordnet", "--max-depth", "-1"],
+    ],
+)
+def test_negative_counts_are_refused_naming_the_option(capsys, argv):
+    with pytest.raises(SystemExit) as error:
+        hierarchy_main(argv)
+    assert error.value.code == 2
+    option = argv[-2]
+    assert (
+        f"argument {option}: expected a non-negative integer, got '-1'" in capsys.readouterr().err
+    )

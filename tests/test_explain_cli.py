@@ -153,6 +153,10 @@ class Payload:
         (["--checkpoint", "{tmp}/notes.txt"], "notes.txt: not an nbdt model file"),
         (["--checkpoint", "{ckpt}", "--hierarchy", "{tmp}/none.json"], "none.json"),
         (["--checkpoint", "{ckpt}", "--hierarchy", "{tmp}/notes.txt"], "notes.txt"),
+        (
+            ["--checkpoint", "{ckpt}", "--hierarchy", "cifar10-wordnet"],
+            "cifar10-wordnet: its leaves are not the 4 classes",
+        ),
         (["--top-k", "-1"], "--top-k: expected a non-negative integer"),
         (["--mode", "greedy"], "--mode: invalid choice"),
     ],

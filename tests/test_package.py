@@ -67,3 +67,15 @@ def test_bad_input_is_reported_once_under_torchrun(rank, tmp_path):
     assert out.returncode == 2
     expected = 1 if rank == "0" else 0  # only rank 0 speaks; every rank exits 2
     assert len(out.stderr.splitlines()) == expected
+
+
+def test_an_error_from_a_dataloader_worker_reads_as_its_own_message():
+    from nbdt.cli import _one_line
+
+    worker = ValueError(
+        "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call"
+        ' last):\n  File "x.py", line 1, in f\nValueError: data/dog/0.png: not an image file\n'
+    )
+    assert _one_line(worker) == "data/dog/0.png: not an image file"
+    assert _one_line(ValueError("first line\nsecond")) == "first line"
+    assert _one_line(OSError()) == "OSError"

@@ -7,6 +7,7 @@ import json
 import re
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -234,6 +235,18 @@ def test_images_are_downscaled_and_embedded(tmp_path, make_tree, explanation_dic
     assert [im.size for im in images] == [(320, 213), (320, 213), (28, 28), (320, 64)]
     assert images[3].mode == "RGBA"
     assert out.stat().st_size < 200_000
+
+
+def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path, make_tree, explanation_dict):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    wide = Image.fromarray(ramp)  # mode I;16: 0..65535
+    assert wide.mode == "I;16"
+    out = explanation_html([explanation_dict(make_tree(5), 0)], [wide], tmp_path / "e.html")
+    [item] = page_data(out.read_text())["items"]
+    _, shown = _decode(item["image"])
+    pixels = np.asarray(shown)
+    assert shown.mode == "L" and pixels.min() == 0 and pixels.max() == 255
+    assert abs(pixels.mean() - 127.5) < 2  # a clipped image would be almost all white
 
 
 @pytest.mark.parametrize(
