@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml Makefile
 # images/), then the same PNGs by nbdt-explain from the checkpoint.
 demo: setup
 	$(VENV)/bin/nbdt-train --arch resnet18 --dataset fashion-mnist --output $(DEMO_DIR) \
-	  --warmup-epochs 2 --epochs 1 --subset 15000 --explain 4
+	  --warmup-epochs 2 --epochs 1 --subset 15000 --explain 4 --overwrite
 	$(VENV)/bin/nbdt-explain --checkpoint $(DEMO_DIR)/best.pt --top-k 3 \
 	  --html $(DEMO_DIR)/explain-cli.html $(DEMO_DIR)/images/test-*.png
 	@echo "demo outputs in $(abspath $(DEMO_DIR)): hierarchy.html, explanations.html,"\
@@ -54,4 +54,4 @@ bench: setup
 	$(PY) scripts/bench_rules.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs
+	rm -rf $(VENV) build *.egg-info

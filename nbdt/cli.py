@@ -345,6 +345,7 @@ def _train_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--output", required=True, metavar="DIR", help="checkpoints and metrics")
     run.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in DIR")
     run.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
     run.add_argument("--no-amp", dest="amp", action="store_false", help="no CUDA autocast")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -14,6 +14,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,13 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
     path = Path(path)
     try:
         raw = path.read_bytes()
-        if raw[:2] == _GZIP_MAGIC:
+    except OSError as e:
+        raise OSError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if raw[:2] == _GZIP_MAGIC:
+        try:
             raw = gzip.decompress(raw)
-    except (EOFError, gzip.BadGzipFile) as e:
-        raise ValueError(f"{path}: damaged gzip file ({e})") from None
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise ValueError(f"{path}: damaged gzip file ({e})") from None
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]
@@ -178,14 +182,21 @@ def load_dataset(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if name == "fashion-mnist":
-        return _fashion_mnist(Path(data_dir) if data_dir else FASHION_MNIST_DIR, split)
-    if name in ("cifar10", "cifar100"):
-        return _cifar(name, Path(data_dir) if data_dir else cache_dir() / "data", split, download)
-    if name == "folder":
+        folder = Path(data_dir) if data_dir else FASHION_MNIST_DIR
+        dataset = _fashion_mnist(folder, split)
+    elif name in ("cifar10", "cifar100"):
+        folder = Path(data_dir) if data_dir else cache_dir() / "data"
+        dataset = _cifar(name, folder, split, download)
+    elif name == "folder":
         if data_dir is None:
             raise ValueError("the folder dataset needs a data folder (--data-dir)")
-        return FolderImages(_split_folder(Path(data_dir), split), image_size)
-    raise ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
+        folder = _split_folder(Path(data_dir), split)
+        dataset = FolderImages(folder, image_size)
+    else:
+        raise ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
+    if not len(dataset):  # caught here, not after a training epoch divides by it
+        raise ValueError(f"{folder}: the {split} split holds no images")
+    return dataset
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
@@ -204,13 +215,21 @@ def _fashion_mnist(folder: Path, split: str) -> TensorImages:
 
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte"))
+    label_file = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+    labels = read_idx(label_file)
     if images.dim() != 3 or images.dtype != torch.uint8 or labels.shape != images.shape[:1]:
         raise ValueError(
             f"{folder}: Fashion-MNIST {split} files hold images {tuple(images.shape)} and labels"
             f" {tuple(labels.shape)}; expected (N, H, W) uint8 and (N,)"
         )
     info = dataset_classes("fashion-mnist")
+    if labels.is_floating_point():
+        raise ValueError(f"{label_file}: labels are {labels.dtype}, not integers")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(info.names):
+        raise ValueError(
+            f"{label_file}: labels run from {int(labels.min())} to {int(labels.max())}, outside"
+            f" the {len(info.names)} classes [0, {len(info.names)})"
+        )
     return TensorImages(images.unsqueeze(1), labels, info.names, info.wnids)
 
 

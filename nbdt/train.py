@@ -33,7 +33,7 @@ from nbdt import data as datasets
 from nbdt.hierarchy import Hierarchy
 from nbdt.loss import SOFT_VARIANTS, HardTreeSupLoss, SoftTreeSupLoss
 from nbdt.model import NBDT, read_checkpoint, save_checkpoint
-from nbdt.pretrained import load_hierarchy
+from nbdt.pretrained import load_hierarchy_for
 from nbdt.wordnet import DatasetClasses
 
 DEFAULT_ARCH = "resnet101"
@@ -45,8 +45,16 @@ _BASE_LR = {"sgd": (0.1, 0.01), "adamw": (1e-3, 1e-4)}
 _WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 # Settings that do not change what a run computes: --resume may differ in these only.
 _OPERATIONAL = frozenset(
-    {"output", "data_dir", "download", "workers", "device", "compile", "resume", "quiet", "explain"}
-)
+    {
+        "output", "data_dir", "download", "workers", "device", "compile", "resume", "overwrite",
+        "quiet", "explain",
+    }
+)  # fmt: skip
+# What a run writes into its output folder; --overwrite removes these first.
+_RUN_FILES = (
+    "last.pt", "best.pt", "metrics.jsonl", "args.json", "hierarchy.json", "hierarchy.html",
+    "explanations.json", "explanations.html",
+)  # fmt: skip
 _CHECK_EVERY = 20  # steps between running-loss read-outs (a device sync) and the NaN check
 
 
@@ -102,11 +110,13 @@ class TrainConfig:
     amp: bool = True
     compile: bool = False
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
     explain: int = 0
 
     def validate(self) -> None:
-        """Check values once, at the boundary; a ``ValueError`` names the setting."""
+        """Check values once, at the boundary, before anything is written; a ``ValueError``
+        names the option."""
         choices = {
             "dataset": datasets.DATASETS,
             "loss": LOSSES,
@@ -117,11 +127,12 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
-                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                    f"{_option(name)} must be one of {', '.join(allowed)},"
+                    f" got {getattr(self, name)!r}"
                 )
         non_negative = (
             "warmup_epochs", "epochs", "seed", "explain", "workers", "tree_weight", "ce_weight",
-            "tree_weight_end", "ce_weight_end",
+            "tree_weight_end", "ce_weight_end", "weight_decay",
         )  # fmt: skip
         positive = (
             "batch_size", "subset", "eval_subset", "image_size", "lr", "tree_weight_power",
@@ -131,12 +142,24 @@ class TrainConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            if not (value > 0 if name in positive else value >= 0):  # NaN fails both
+            finite = not isinstance(value, float) or math.isfinite(value)
+            if not (finite and (value > 0 if name in positive else value >= 0)):
                 raise ValueError(
-                    f"{name} must be {'>' if name in positive else '>='} 0, got {value}"
+                    f"{_option(name)} must be a finite number {'>' if name in positive else '>='}"
+                    f" 0, got {value}"
                 )
         if self.warmup_epochs + self.epochs == 0:
-            raise ValueError("nothing to do: warmup_epochs and epochs are both 0")
+            raise ValueError("nothing to do: --warmup-epochs and --epochs are both 0")
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "--resume continues the run in --output, --overwrite replaces it: pass one of them"
+            )
+        output = Path(self.output).expanduser()
+        if not (self.resume or self.overwrite) and (output / "last.pt").exists():
+            raise ValueError(
+                f"{output} holds a run (last.pt): pass --resume to continue it, --overwrite to"
+                " replace it, or another --output"
+            )
         if self.pretrained_file and not Path(self.pretrained_file).is_file():
             raise FileNotFoundError(
                 f"{self.pretrained_file}: no such weights file (--pretrained-file)"
@@ -178,7 +201,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     config.validate()
     runtime = _start_runtime(config.device)
     try:
-        return _Run(config, runtime).run()
+        summary = _Run(config, runtime).run()
+        if runtime.distributed:
+            dist.barrier()  # rank 0 still writes pages and explanations: leave the group together
+        return summary
     finally:
         if runtime.distributed:
             dist.destroy_process_group()
@@ -381,7 +407,7 @@ class _Run:
             return Hierarchy.wordnet(self.classes)
         if kind == "random":
             return Hierarchy.random(self.classes, seed=self.config.seed)
-        return _hierarchy_file(kind, self.classes, self.config.dataset)
+        return load_hierarchy_for(kind, self.classes.names, self.classes.wnids)
 
     def _induce(self) -> Hierarchy:
         """The hierarchy induced from the head's weights as they are now."""
@@ -462,9 +488,12 @@ class _Run:
 
     # ------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
+        """Write the run's files (only now: every setting has been checked) and train."""
         config = self.config
         if self.runtime.main:
             self.output.mkdir(parents=True, exist_ok=True)
+            if config.overwrite:
+                self._remove_previous_run()
             _write_json(self.output / "args.json", dataclasses.asdict(config))
             if self.resume_note:
                 self.progress.line(self.resume_note)
@@ -476,10 +505,9 @@ class _Run:
                 self._epoch(epoch)
         except KeyboardInterrupt:
             done = self.saved_epoch
+            when = f"after epoch {done}" if done == epoch + 1 else f"during epoch {epoch + 1}"
             where = f"{self.output / 'last.pt'} holds epoch {done}" if done else "no epoch finished"
-            raise Interrupted(
-                f"during epoch {epoch + 1}: {where}; continue with --resume"
-            ) from None
+            raise Interrupted(f"{when}: {where}; continue with --resume") from None
         summary = self._summary()
         if self.runtime.main:
             self._html()
@@ -495,6 +523,7 @@ class _Run:
             self.hierarchy = self._induce()
             self._publish_hierarchy(self.hierarchy)
         criterion = self._criterion(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's first step
         train_stats = self._train_epoch(epoch, criterion)
         hierarchy = self.hierarchy
         if not tree_phase and config.hierarchy == "induced":
@@ -508,7 +537,7 @@ class _Run:
         metrics = {
             "epoch": epoch + 1,
             "phase": "tree" if tree_phase else "warmup",
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             **train_stats,
             **test_stats,
         }
@@ -518,15 +547,14 @@ class _Run:
             self.best = {"epoch": epoch + 1, "nbdt_soft_top1": metrics["nbdt_soft_top1"]}
         if self.runtime.main:
             checkpoint = nbdt.checkpoint(train=self._train_state(epoch + 1))
+            # A Ctrl-C here fires after the block: the files are whole, the epoch is reported.
             with _interrupts_deferred():
-                for name in ("last.pt", "best.pt") if improved else ("last.pt",):
-                    try:
-                        save_checkpoint(checkpoint, self.output / name)
-                    except OSError as e:
-                        raise OSError(f"{self.output / name}: not written ({e})") from None
+                self._save(checkpoint, "last.pt")
+                self.saved_epoch = epoch + 1
+                if improved:
+                    self._save(checkpoint, "best.pt")
                 _write_lines(self.output / "metrics.jsonl", self.history)
-            self.saved_epoch = epoch + 1
-            self.progress.epoch(metrics, self.total_epochs)
+                self.progress.epoch(metrics, self.total_epochs)
 
     def _criterion(self, epoch: int) -> nn.Module:
         """Cross-entropy while warming up, then the tree-supervision loss at this epoch."""
@@ -672,6 +700,19 @@ class _Run:
             "best": self.best,
         }
 
+    def _save(self, checkpoint: dict[str, Any], name: str) -> None:
+        try:
+            save_checkpoint(checkpoint, self.output / name)
+        except OSError as e:
+            raise OSError(f"{self.output / name}: not written ({e})") from None
+
+    def _remove_previous_run(self) -> None:
+        """--overwrite: drop the files of the run the folder held, so none outlives it."""
+        for name in _RUN_FILES:
+            (self.output / name).unlink(missing_ok=True)
+        for image in self.output.glob("images/test-*.png"):
+            image.unlink()
+
     def _last_good(self) -> str:
         if not self.saved_epoch:
             return "no checkpoint was written"
@@ -759,19 +800,6 @@ def _classes_match(hierarchy: Hierarchy, classes: DatasetClasses) -> bool:
     )
 
 
-def _hierarchy_file(path: str, classes: DatasetClasses, dataset: str) -> Hierarchy:
-    """A hierarchy file or shipped name whose leaves are the dataset's classes (by wnid, name)."""
-    errors = []
-    for order in (classes.wnids, classes.names):
-        try:
-            return load_hierarchy(path, classes=list(order))
-        except ValueError as e:
-            errors.append(str(e))
-    raise ValueError(
-        f"{path}: its leaves are not the {len(classes.names)} {dataset} classes ({errors[-1]})"
-    )
-
-
 def _default_size(arch: str, source: dict[str, Any] | None) -> tuple[int, int]:
     """Image size for folder datasets: the checkpoint's, else the architecture's default."""
     if source is not None and source.get("data_config"):
@@ -831,6 +859,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def _option(field: str) -> str:
+    """A ``TrainConfig`` field as the command-line option the user typed."""
+    return "--" + field.replace("_", "-")
 
 
 def _first_line(error: BaseException) -> str:

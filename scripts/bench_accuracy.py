@@ -68,6 +68,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "quiet": True,
+        "overwrite": True,  # the bench's own folders: a rerun replaces the last one
     }
     started = time.perf_counter()
     results = {}

@@ -51,14 +51,29 @@ def test_read_idx_big_endian_int32(tmp_path):
         (b"PK\x03\x04rest", "not an IDX file"),
         (struct.pack(">BBBBI", 0, 0, 0x08, 1, 10) + b"\x00" * 3, "holds 3 bytes"),
         (gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 40)[:-12], "damaged gzip"),
+        # a whole gzip file whose deflate stream starts with a reserved block type: zlib.error
+        (gzip.compress(b"\x00" * 44)[:10] + b"\x07" + gzip.compress(b"\x00" * 44)[11:],
+         "damaged gzip.*invalid block type"),
     ],
-)
+)  # fmt: skip
 def test_read_idx_rejects_bad_files(tmp_path, content, message):
     path = tmp_path / "bad.gz"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message) as info:
         data.read_idx(path)
     assert str(path) in str(info.value)
+
+
+def test_read_idx_unreadable_file_is_one_error_naming_it(tmp_path, write_idx, monkeypatch):
+    path = write_idx(tmp_path / "x.idx", np.zeros(3))
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "read_bytes", denied)  # root reads through chmod 000
+    with pytest.raises(OSError, match="cannot read it") as info:
+        data.read_idx(path)
+    assert str(info.value) == f"{path}: cannot read it (Permission denied)"
 
 
 # ---------------------------------------------------------------------------- Fashion-MNIST
@@ -85,6 +100,37 @@ def test_fashion_mnist_missing_folder_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist") as info:
         data.load_dataset("fashion-mnist", "train", tmp_path / "nowhere")
     assert "nowhere" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.full(20, 10), "labels run from 10 to 10, outside the 10 classes"),
+        (np.arange(20, dtype=">f4"), "labels are torch.float32, not integers"),
+    ],
+)
+def test_fashion_mnist_bad_labels_name_the_label_file(
+    tmp_path, write_fashion_mnist, labels, message
+):
+    folder = write_fashion_mnist(tmp_path / "fm", compress=False)
+    label_file = folder / "t10k-labels-idx1-ubyte"
+    if labels.dtype.kind == "f":  # an IDX file of big-endian float32 (type 0x0D)
+        label_file.write_bytes(struct.pack(">BBBBI", 0, 0, 0x0D, 1, 20) + labels.tobytes())
+    else:
+        label_file.write_bytes(label_file.read_bytes()[:8] + labels.astype(np.uint8).tobytes())
+    with pytest.raises(ValueError, match=message) as info:
+        data.load_dataset("fashion-mnist", "test", folder)
+    assert str(info.value).startswith(f"{label_file}: ")
+    assert len(data.load_dataset("fashion-mnist", "train", folder)) == 30
+
+
+def test_empty_split_is_refused_when_loaded(tmp_path, write_fashion_mnist, write_idx):
+    folder = write_fashion_mnist(tmp_path / "fm")
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(0))
+    with pytest.raises(ValueError) as info:
+        data.load_dataset("fashion-mnist", "test", folder)
+    assert str(info.value) == f"{folder}: the test split holds no images"
 
 
 @pytest.mark.skipif(not data.FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist")

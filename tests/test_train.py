@@ -39,6 +39,11 @@ def without_timing(rows):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
+def folder_bytes(folder):
+    """Every file under ``folder`` with its content, to show that a refused run changed none."""
+    return {p: p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="module")
 def finished_run(stripes_dir, tmp_path_factory):
     """One unstopped run, explaining two test images at the end; (output folder, stdout)."""
@@ -63,6 +68,8 @@ def test_run_writes_real_metrics_and_outputs(finished_run, stripes_dir):
         assert all(0 <= row[k] <= 100 for k in ("top1", "nbdt_soft_top1", "nbdt_hard_top1"))
         assert row["train_images_per_s"] > 0 and row["test_loss"] > 0
     assert rows[-1]["top1"] > 40 and rows[-1]["nbdt_soft_top1"] > 40  # chance is 10%
+    # The rate each epoch trained with, at its first step: cosine over 30 steps from 0.01.
+    assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.0075, 0.0025])
 
     args = json.loads((output / "args.json").read_text())
     assert args["arch"] == ARCH and args["hierarchy"] == "induced" and args["lr"] == 0.01
@@ -140,20 +147,28 @@ def test_stopped_and_resumed_run_ends_like_the_unstopped_one(
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_checkpoint_write_finishes_the_write(stripes_dir, tmp_path, monkeypatch):
+def test_ctrl_c_during_a_checkpoint_write_finishes_the_write(
+    stripes_dir, tmp_path, monkeypatch, capsys
+):
     output = tmp_path / "run"
-    save = torch.save
+    save = train.save_checkpoint
 
-    def interrupted_save(obj, path, *args, **kwargs):
+    def interrupted_save(checkpoint, path):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while the file is being written
-        return save(obj, path, *args, **kwargs)
+        return save(checkpoint, path)
 
-    monkeypatch.setattr(torch, "save", interrupted_save)
+    monkeypatch.setattr(train, "save_checkpoint", interrupted_save)
     args = train_args(stripes_dir, output)
     args[args.index("--epochs") + 1] = "0"
     assert train_main(args) == 130
+    out, err = capsys.readouterr()
+    assert out.startswith("epoch 1/1 warmup train loss")  # the epoch's line came out first
+    assert err == (
+        f"nbdt-train: interrupted after epoch 1: {output / 'last.pt'} holds epoch 1;"
+        " continue with --resume\n"
+    )
     assert torch.load(output / "last.pt", weights_only=True)["train"]["epoch"] == 1
-    assert (output / "best.pt").is_file()
+    assert (output / "best.pt").is_file() and [r["epoch"] for r in read_metrics(output)] == [1]
     assert not list(output.glob(".*tmp*"))
 
 
@@ -212,15 +227,21 @@ def other_classes_hierarchy(path):
     [
         ("arch", "unknown timm architecture 'no_such_net'"),
         ("data", "no Fashion-MNIST file"),
-        ("hierarchy", "its leaves are not the 10 fashion-mnist classes"),
+        ("hierarchy", "its leaves are not the 10 classes ['T-shirt/top'"),
         ("hierarchy-missing", "no such hierarchy file"),
         ("checkpoint", "not an nbdt model file"),
         ("resume-corrupt", "not an nbdt model file"),
         ("batch", "fewer than one batch"),
         ("hierarchy-checkpoint", "--hierarchy checkpoint needs --checkpoint"),
+        ("weight-decay", "--weight-decay must be a finite number >= 0, got -0.1"),
+        ("lr-inf", "--lr must be a finite number > 0, got inf"),
+        ("tree-weight-nan", "--tree-weight must be a finite number >= 0, got nan"),
+        ("run-exists", "out holds a run (last.pt): pass --resume to continue it, --overwrite"),
+        ("resume-overwrite", "--overwrite replaces it: pass one of them"),
+        ("empty-test", "empty: the test split holds no images"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(case, message, stripes_dir, tmp_path, capsys):
+def test_bad_input_exits_2_with_one_line(case, message, stripes_dir, tmp_path, capsys, write_idx):
     output = tmp_path / "out"
     args = train_args(stripes_dir, output)
     if case == "arch":
@@ -242,10 +263,30 @@ def test_bad_input_exits_2_with_one_line(case, message, stripes_dir, tmp_path, c
         args += ["--hierarchy", "checkpoint"]
     elif case == "batch":
         args[args.index("--batch-size") + 1] = "1000"
+    elif case in ("weight-decay", "lr-inf", "tree-weight-nan"):
+        option, value = {
+            "weight-decay": ("--weight-decay", "-0.1"),
+            "lr-inf": ("--lr", "inf"),
+            "tree-weight-nan": ("--tree-weight", "nan"),
+        }[case]
+        args += [option, value]
+    elif case == "run-exists":
+        output.mkdir()
+        (output / "last.pt").write_bytes(b"a run's checkpoint")
+    elif case == "resume-overwrite":
+        args += ["--resume", "--overwrite"]
+    elif case == "empty-test":
+        empty = shutil.copytree(stripes_dir, tmp_path / "empty")
+        write_idx(empty / "t10k-images-idx3-ubyte.gz", torch.zeros(0, 28, 28).numpy())
+        write_idx(empty / "t10k-labels-idx1-ubyte.gz", torch.zeros(0).numpy())
+        args[args.index(str(stripes_dir))] = str(empty)
+    before = folder_bytes(output) if output.exists() else None
     assert train_main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("nbdt-train: error: ") and err.count("\n") == 1
     assert message in err
+    # Refused before anything is written: no folder made, nothing in an existing one touched.
+    assert (folder_bytes(output) if output.exists() else None) == before
 
 
 @pytest.mark.slow
@@ -255,6 +296,29 @@ def test_resume_refuses_other_settings(finished_run, stripes_dir, tmp_path, caps
     shutil.copy(finished_run[0] / "last.pt", output / "last.pt")
     assert train_main(train_args(stripes_dir, output, "--resume", "--lr", "0.02")) == 2
     assert "--resume: lr is 0.02 here but 0.01" in capsys.readouterr().err
+    assert [p.name for p in output.iterdir()] == ["last.pt"]  # no args.json of a refused run
+
+
+@pytest.mark.slow
+def test_a_run_folder_is_replaced_only_with_overwrite(finished_run, stripes_dir, tmp_path, capsys):
+    output = shutil.copytree(finished_run[0], tmp_path / "run")
+    before = folder_bytes(output)
+    assert train_main(train_args(stripes_dir, output)) == 2
+    assert capsys.readouterr().err == (
+        f"nbdt-train: error: {output} holds a run (last.pt): pass --resume to continue it,"
+        " --overwrite to replace it, or another --output\n"
+    )
+    assert folder_bytes(output) == before
+
+    args = train_args(stripes_dir, output, "--overwrite")
+    args[args.index("--epochs") + 1] = "0"
+    assert train_main(args) == 0
+    assert [r["epoch"] for r in read_metrics(output)] == [1]
+    assert json.loads((output / "args.json").read_text())["epochs"] == 0
+    assert torch.load(output / "best.pt", weights_only=True)["train"]["epoch"] == 1
+    # The replaced run's explanations (this run explains none) went with it.
+    assert not (output / "explanations.json").exists() and not list(output.glob("images/*"))
+    assert (output / "hierarchy.html").is_file()
 
 
 def test_cli_entry_point_exit_status(tmp_path):
