@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nbdt import data as datasets
+from nbdt._io import atomic_path, write_text
 from nbdt.hierarchy import Hierarchy
 from nbdt.loss import SOFT_VARIANTS, HardTreeSupLoss, SoftTreeSupLoss
 from nbdt.model import NBDT, read_checkpoint, save_checkpoint
@@ -763,7 +764,7 @@ class _Run:
             zip(pictures, targets, explanations, strict=True)
         ):
             path = folder / f"test-{i}.png"
-            with _atomic(path) as tmp:
+            with atomic_path(path) as tmp:
                 picture.save(tmp, format="PNG")
             truth = self.classes.names[int(target)]
             records.append({"image": str(path), "true_label": truth, **explanation.to_dict()})
@@ -888,28 +889,11 @@ def _interrupts_deferred() -> Iterator[None]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, indent=1) + "\n")
+    write_text(path, json.dumps(value, indent=1) + "\n")
 
 
 def _write_lines(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    _write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
-
-
-def _write_text(path: Path, text: str) -> None:
-    with _atomic(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that is renamed to it when the block succeeds: a file
-    is never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 class _Progress:
