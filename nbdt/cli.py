@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from nbdt._messages import one_line
+
 EXIT_BAD_INPUT = 2
 
 
@@ -31,22 +33,8 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, ar
         return 0
     except (BadInput, ValueError, OSError) as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike
-            print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-
-def _one_line(error: BaseException) -> str:
-    """The line of an error's message that says what was wrong.
-
-    An error raised in a DataLoader worker arrives re-raised as "Caught ValueError in DataLoader
-    worker process 0." followed by the worker's traceback: its last line is the original message.
-    """
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
-        return lines[-1].split(": ", 1)[-1]
-    return lines[0]
 
 
 # ---------------------------------------------------------------- nbdt-hierarchy (issue 2, 5)
@@ -253,9 +241,8 @@ def _weights_source(args: argparse.Namespace):
         return timm.create_model(args.model, pretrained=True, **kwargs)
     except Exception as e:  # timm and the hub raise many kinds; all mean "no weights"
         where = args.pretrained_file or "timm's hub (offline?)"
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BadInput(
-            f"--model {args.model}: cannot load weights from {where}: {message}"
+            f"--model {args.model}: cannot load weights from {where}: {one_line(e)}"
         ) from None
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from nbdt._io import atomic_path
+from nbdt._messages import one_line
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import to_8bit
 from nbdt.rules import DecisionRules
@@ -155,7 +156,7 @@ def load_image(path: str | os.PathLike[str], channels: int | None = None) -> Ima
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except _DECODE_ERRORS as e:
-        raise ValueError(f"{path}: cannot decode image ({_first_line(e)})") from None
+        raise ValueError(f"{path}: cannot decode image ({one_line(e)})") from None
     if channels is None:
         return image
     try:
@@ -573,10 +574,10 @@ def read_checkpoint(
                 " nbdt model files hold only tensors and plain data"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-        reason = detail.group(1).strip() if detail else _first_line(e)
+        reason = detail.group(1).strip() if detail else one_line(e)
         raise ValueError(f"{path}: not an nbdt model file ({reason})") from None
     except Exception as e:  # arbitrary bytes make the unpickler raise almost any error type
-        raise ValueError(f"{path}: not an nbdt model file ({_first_line(e)})") from None
+        raise ValueError(f"{path}: not an nbdt model file ({one_line(e)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}: not an nbdt model file (no 'format': '{FORMAT_NAME}')")
     return data
@@ -595,11 +596,6 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device | None =
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _head_classes(model: nn.Module) -> int | None:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from nbdt import data as datasets
 from nbdt._io import atomic_path, write_text
+from nbdt._messages import one_line
 from nbdt.hierarchy import Hierarchy
 from nbdt.loss import SOFT_VARIANTS, HardTreeSupLoss, SoftTreeSupLoss
 from nbdt.model import NBDT, read_checkpoint, save_checkpoint
@@ -387,7 +388,7 @@ class _Run:
                 raise
             where = config.pretrained_file or "timm's hub (--pretrained needs internet or a cache)"
             raise ValueError(
-                f"cannot load {config.arch} weights from {where}: {_first_line(e)}"
+                f"cannot load {config.arch} weights from {where}: {one_line(e)}"
             ) from None
         return model, kwargs
 
@@ -479,7 +480,7 @@ class _Run:
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise ValueError(f"{path}: cannot restore the run ({_first_line(e)})") from None
+            raise ValueError(f"{path}: cannot restore the run ({one_line(e)})") from None
         self.start_epoch = self.saved_epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.best = state["best"]
@@ -865,11 +866,6 @@ def _sync(device: torch.device) -> None:
 def _option(field: str) -> str:
     """A ``TrainConfig`` field as the command-line option the user typed."""
     return "--" + field.replace("_", "-")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextlib.contextmanager

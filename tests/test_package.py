@@ -70,12 +70,12 @@ def test_bad_input_is_reported_once_under_torchrun(rank, tmp_path):
 
 
 def test_an_error_from_a_dataloader_worker_reads_as_its_own_message():
-    from nbdt.cli import _one_line
+    from nbdt._messages import one_line
 
     worker = ValueError(
         "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call"
         ' last):\n  File "x.py", line 1, in f\nValueError: data/dog/0.png: not an image file\n'
     )
-    assert _one_line(worker) == "data/dog/0.png: not an image file"
-    assert _one_line(ValueError("first line\nsecond")) == "first line"
-    assert _one_line(OSError()) == "OSError"
+    assert one_line(worker) == "data/dog/0.png: not an image file"
+    assert one_line(ValueError("first line\nsecond")) == "first line"
+    assert one_line(OSError()) == "OSError"
