@@ -403,7 +403,7 @@ def _explain(args: argparse.Namespace) -> int:
     """Explain every readable image; unreadable ones are reported and make the exit status 2."""
     import json
 
-    from nbdt.model import load_image
+    from nbdt.images import load_image
 
     model, note = _explain_model(args)
     channels = model.data_config["input_size"][0]

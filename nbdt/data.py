@@ -136,7 +136,7 @@ class FolderImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         from torchvision.transforms.v2 import functional as TF
 
-        from nbdt.model import load_image
+        from nbdt.images import load_image
 
         path, target = self.samples[index]
         image = load_image(path, channels=3)  # a damaged file is one ValueError naming it

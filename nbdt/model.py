@@ -10,9 +10,6 @@ import math
 import os
 import pickle
 import re
-import struct
-import warnings
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,7 @@ from torch import nn
 from nbdt._io import atomic_path
 from nbdt._messages import one_line
 from nbdt.hierarchy import Hierarchy
-from nbdt.images import to_8bit
+from nbdt.images import load_image, to_model_mode
 from nbdt.rules import DecisionRules
 
 FORMAT_NAME = "nbdt-model"
@@ -36,8 +33,6 @@ NODE_SCORES = ("mean", "marginal")
 ImageInput = Image.Image | str | os.PathLike | torch.Tensor
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 _REQUIRED_KEYS = ("arch", "model_kwargs", "state_dict", "hierarchy", "mode", "node_score")
-# Errors Pillow's decoders raise on damaged files, besides OSError ("image file is truncated").
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 
 
 # ----------------------------------------------------------------------------- explanations
@@ -132,55 +127,6 @@ class Explanation:
 
 
 # ----------------------------------------------------------------------------------- images
-def load_image(path: str | os.PathLike[str], channels: int | None = None) -> Image.Image:
-    """Open and fully decode an image file; any failure is one ``ValueError`` naming the file.
-
-    Pillow's decompression-bomb warning counts as an error here: an image that large is refused
-    rather than decoded. With ``channels`` (1 or 3) the image is converted with
-    :func:`to_model_mode`.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, not an image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except PermissionError:
-        raise ValueError(f"{path}: permission denied") from None
-    except Image.UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image file (Pillow cannot identify it)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"{path}: refused as a possible decompression bomb ({e})") from None
-    except _DECODE_ERRORS as e:
-        raise ValueError(f"{path}: cannot decode image ({one_line(e)})") from None
-    if channels is None:
-        return image
-    try:
-        return to_model_mode(image, channels)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
-def to_model_mode(image: Image.Image, channels: int = 3) -> Image.Image:
-    """Convert any Pillow mode to RGB (``channels=3``) or greyscale ``L`` (``channels=1``).
-
-    Transparent images are composited onto white (dropping alpha would expose whatever colour
-    the transparent pixels hold); high bit depths are scaled by :func:`nbdt.images.to_8bit`.
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"images can feed models with 1 or 3 input channels, not {channels}")
-    image = to_8bit(image)
-    if "A" in image.mode or "a" in image.mode or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    target = "RGB" if channels == 3 else "L"
-    return image if image.mode == target else image.convert(target)
-
-
 # ------------------------------------------------------------------------------------ model
 class NBDT(nn.Module):
     """A timm classifier read through a decision tree over its classes.

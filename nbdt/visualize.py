@@ -302,20 +302,12 @@ def _image_data_uri(image: Any) -> str:
     Small images (Fashion-MNIST's 28 px) and images with transparency stay PNG, so no pixel is
     blurred; photos become JPEG to keep the page small.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    from nbdt.images import to_8bit
+    from nbdt.images import load_image, to_8bit
 
     if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as opened:
-                opened.draft(None, (2 * IMAGE_MAX_SIDE, 2 * IMAGE_MAX_SIDE))  # JPEG: decode smaller
-                opened.load()
-                img = opened.copy()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{image}: no such image file") from None
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
-            raise ValueError(f"{image}: not a readable image ({e})") from None
+        img = load_image(image, draft=2 * IMAGE_MAX_SIDE)  # a JPEG decodes smaller
     elif isinstance(image, Image.Image):
         img = image.copy()
     else:

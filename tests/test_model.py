@@ -12,7 +12,8 @@ from PIL import Image
 
 import nbdt
 from nbdt.hierarchy import Hierarchy, Node
-from nbdt.model import NBDT, Explanation, Step, load_image, read_checkpoint, to_model_mode
+from nbdt.images import load_image, to_model_mode
+from nbdt.model import NBDT, Explanation, Step, read_checkpoint
 
 CLASSES = [f"c{i}" for i in range(7)]
 STEP_KEYS = {
