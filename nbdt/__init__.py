@@ -18,7 +18,7 @@ _EXPORTS = {
     "SoftTreeSupLoss": "nbdt.loss",
     "HardTreeSupLoss": "nbdt.loss",
     "NBDT": "nbdt.model",
-    "Explanation": "nbdt.model",
+    "Explanation": "nbdt.explanation",
     "load": "nbdt.model",
     "hierarchy_html": "nbdt.visualize",
     "explanation_html": "nbdt.visualize",

@@ -37,7 +37,7 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, ar
         return EXIT_BAD_INPUT
 
 
-# ---------------------------------------------------------------- nbdt-hierarchy (issue 2, 5)
+# ---------------------------------------------------------------------- nbdt-hierarchy
 def hierarchy_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-hierarchy: build, show and export class hierarchies."""
     return _run("nbdt-hierarchy", _hierarchy, _hierarchy_parser(), argv)
@@ -246,7 +246,7 @@ def _weights_source(args: argparse.Namespace):
         ) from None
 
 
-# ---------------------------------------------------------------- nbdt-train (issue 4)
+# -------------------------------------------------------------------------- nbdt-train
 def train_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-train: tree-supervised fine-tuning (see ``nbdt.train``)."""
     return _run("nbdt-train", _train, _train_parser(), argv)
@@ -355,7 +355,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- nbdt-explain (issue 3, 5)
+# ------------------------------------------------------------------------ nbdt-explain
 def explain_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-explain: predict images with an NBDT and print each decision path."""
     parser = argparse.ArgumentParser(

@@ -11,7 +11,6 @@ import os
 import pickle
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from nbdt._io import atomic_path
 from nbdt._messages import one_line
+from nbdt.explanation import Explanation, Step, TopClass
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
 from nbdt.rules import DecisionRules
@@ -35,98 +35,6 @@ _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "cr
 _REQUIRED_KEYS = ("arch", "model_kwargs", "state_dict", "hierarchy", "mode", "node_score")
 
 
-# ----------------------------------------------------------------------------- explanations
-@dataclass(frozen=True)
-class Step:
-    """One decision on the path: at ``node_id`` the child ``child_id`` was taken.
-
-    ``probability`` is that child's branch probability at the node, ``entropy`` (nats) measures
-    how undecided the node was over all its children, and the runner-up is the best other child.
-    """
-
-    node_id: str
-    label: str
-    wnid: str | None
-    entropy: float
-    child_id: str
-    child_label: str
-    probability: float
-    runner_up_id: str
-    runner_up_label: str
-    runner_up_probability: float
-
-
-@dataclass(frozen=True)
-class TopClass:
-    """A class and its probability under soft inference."""
-
-    class_index: int
-    label: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """A prediction and the decisions, root to leaf, that led to it.
-
-    ``probability`` is the predicted class's soft-inference probability, which is the product
-    of the path's branch probabilities; ``top_k`` ranks classes by that same probability.
-    """
-
-    class_index: int
-    label: str
-    wnid: str | None
-    probability: float
-    mode: str
-    node_score: str
-    top_k: tuple[TopClass, ...]
-    path: tuple[Step, ...]
-
-    def __str__(self) -> str:
-        """One line. Consecutive steps into children of one label (an induced tree's nodes may
-        share their lowest common hypernym) read as one decision: their probabilities multiply,
-        the probability of reaching the last of them. ``path`` keeps every step."""
-        merged: list[list[Any]] = []
-        for step in self.path:
-            if merged and merged[-1][0] == step.child_label:
-                merged[-1][1] *= step.probability
-            else:
-                merged.append([step.child_label, step.probability])
-        decisions = " -> ".join(f"{label} ({p:.1%})" for label, p in merged)
-        return f"Prediction: {self.label} // Decisions: {decisions}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable data (the documented explanation format)."""
-        return {
-            "class_index": self.class_index,
-            "label": self.label,
-            "wnid": self.wnid,
-            "probability": self.probability,
-            "mode": self.mode,
-            "node_score": self.node_score,
-            "top_k": [
-                {"class_index": t.class_index, "label": t.label, "probability": t.probability}
-                for t in self.top_k
-            ],
-            "path": [
-                {
-                    "node_id": s.node_id,
-                    "label": s.label,
-                    "wnid": s.wnid,
-                    "entropy": s.entropy,
-                    "child_id": s.child_id,
-                    "child_label": s.child_label,
-                    "probability": s.probability,
-                    "runner_up_id": s.runner_up_id,
-                    "runner_up_label": s.runner_up_label,
-                    "runner_up_probability": s.runner_up_probability,
-                }
-                for s in self.path
-            ],
-        }
-
-
-# ----------------------------------------------------------------------------------- images
 # ------------------------------------------------------------------------------------ model
 class NBDT(nn.Module):
     """A timm classifier read through a decision tree over its classes.

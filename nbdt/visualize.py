@@ -12,7 +12,6 @@ import hashlib
 import html
 import io
 import json
-import math
 import operator
 import os
 import re
@@ -22,23 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from nbdt._io import write_text
+from nbdt.explanation import Explanation
 from nbdt.hierarchy import Hierarchy, is_wordnet_id
 
 IMAGE_MAX_SIDE = 320
 """Images are downscaled to at most this many pixels per side before they are embedded."""
 
 _SMALL_IMAGE = 96  # at most this size, PNG keeps the pixels exact; larger photos become JPEG
-_STEP_KEYS = (
-    "node_id",
-    "label",
-    "child_id",
-    "child_label",
-    "probability",
-    "runner_up_id",
-    "runner_up_label",
-    "runner_up_probability",
-    "entropy",
-)
 _SLOT = re.compile(r"\{\{(\w+)\}\}")
 
 
@@ -203,71 +192,13 @@ def _is_single_image(images: Any) -> bool:
 
 def _explanation_record(exp: Any, i: int) -> dict[str, Any]:
     """Check one explanation (object or dict) against the ``to_dict`` contract."""
-    where = f"explanation {i}"
     if hasattr(exp, "to_dict"):
         exp = exp.to_dict()
     if not isinstance(exp, Mapping):
-        raise TypeError(f"{where}: expected an Explanation or its dict, got {type(exp).__name__}")
-    missing = [k for k in ("class_index", "label", "probability", "path") if k not in exp]
-    if missing:
-        raise ValueError(f"{where}: missing keys {missing}")
-    steps = []
-    for s, step in enumerate(exp["path"]):
-        absent = [k for k in _STEP_KEYS if k not in step]
-        if absent:
-            raise ValueError(f"{where}: path step {s} is missing keys {absent}")
-        steps.append(
-            {
-                "node_id": str(step["node_id"]),
-                "label": str(step["label"]),
-                "wnid": _optional_str(step.get("wnid")),
-                "child_id": str(step["child_id"]),
-                "child_label": str(step["child_label"]),
-                "probability": _probability(step["probability"], f"{where} step {s} probability"),
-                "runner_up_id": str(step["runner_up_id"]),
-                "runner_up_label": str(step["runner_up_label"]),
-                "runner_up_probability": _probability(
-                    step["runner_up_probability"], f"{where} step {s} runner_up_probability"
-                ),
-                "entropy": _finite(step["entropy"], f"{where} step {s} entropy"),
-            }
+        raise TypeError(
+            f"explanation {i}: expected an Explanation or its dict, got {type(exp).__name__}"
         )
-    top_k = [
-        {
-            "class_index": int(entry["class_index"]),
-            "label": str(entry["label"]),
-            "probability": _probability(entry["probability"], f"{where} top_k probability"),
-        }
-        for entry in exp.get("top_k", ())
-    ]
-    return {
-        "class_index": int(exp["class_index"]),
-        "label": str(exp["label"]),
-        "wnid": _optional_str(exp.get("wnid")),
-        "probability": _probability(exp["probability"], f"{where} probability"),
-        "mode": str(exp.get("mode", "")),
-        "node_score": str(exp.get("node_score", "")),
-        "top_k": top_k,
-        "path": steps,
-    }
-
-
-def _optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _finite(value: Any, what: str) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{what} is {number}, expected a finite number")
-    return number
-
-
-def _probability(value: Any, what: str) -> float:
-    number = _finite(value, what)
-    if not -1e-6 <= number <= 1 + 1e-6:
-        raise ValueError(f"{what} is {number}, expected a probability in [0, 1]")
-    return min(max(number, 0.0), 1.0)
+    return Explanation.from_dict(exp, where=f"explanation {i}").to_dict()
 
 
 def _path_context(h: Hierarchy, record: Mapping[str, Any], i: int) -> list[list[dict[str, Any]]]:

@@ -15,7 +15,7 @@ os.environ["XDG_CACHE_HOME"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
-# ---- helper C: image files that nbdt must refuse with one line naming the file
+# ---- image files that nbdt must refuse with one line naming the file
 def _png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
     """A valid PNG whose header then claims ``width`` x ``height`` (a decompression bomb)."""
     import io
@@ -61,7 +61,7 @@ def bad_image_files(tmp_path):
     return files
 
 
-# ---- helper E: hierarchies of any size and contract-shaped explanations for the HTML tests
+# ---- hierarchies of any size and contract-shaped explanations for the HTML tests
 def _make_tree(num_classes: int, *, branching: int = 3, labels=None, seed: int = 0):
     """A seeded random tree over ``num_classes`` leaves ``c0..``; even inner nodes get wnids."""
     import random
@@ -94,6 +94,8 @@ def _explanation_dict(h, class_index: int, branch_probability: float = 0.9) -> d
     import itertools
     import math
 
+    from nbdt.explanation import Explanation, Step, TopClass
+
     path = h.path(class_index)
     steps = []
     for node, child in itertools.pairwise(path):
@@ -101,35 +103,21 @@ def _explanation_dict(h, class_index: int, branch_probability: float = 0.9) -> d
         runner_p = (1 - branch_probability) * 0.75
         rest = (1 - branch_probability - runner_p) / max(len(node.children) - 2, 1)
         probs = [branch_probability, runner_p] + [rest] * (len(node.children) - 2)
+        entropy = -sum(p * math.log(p) for p in probs if p > 0)
         steps.append(
-            {
-                "node_id": node.id,
-                "label": node.label,
-                "wnid": node.wnid,
-                "entropy": -sum(p * math.log(p) for p in probs if p > 0),
-                "child_id": child.id,
-                "child_label": child.label,
-                "probability": branch_probability,
-                "runner_up_id": runner,
-                "runner_up_label": h[runner].label,
-                "runner_up_probability": runner_p,
-            }
-        )
+            Step(node.id, node.label, node.wnid, entropy, child.id, child.label,
+                 branch_probability, runner, h[runner].label, runner_p)
+        )  # fmt: skip
     probability = branch_probability ** len(steps)
     other = (class_index + 1) % h.num_classes
-    return {
-        "class_index": class_index,
-        "label": path[-1].label,
-        "wnid": path[-1].wnid,
-        "probability": probability,
-        "mode": "soft",
-        "node_score": "mean",
-        "top_k": [
-            {"class_index": class_index, "label": path[-1].label, "probability": probability},
-            {"class_index": other, "label": h.classes[other], "probability": 1 - probability},
-        ],
-        "path": steps,
-    }
+    top_k = (
+        TopClass(class_index, path[-1].label, probability),
+        TopClass(other, h.classes[other], 1 - probability),
+    )
+    leaf = path[-1]
+    return Explanation(
+        class_index, leaf.label, leaf.wnid, probability, "soft", "mean", top_k, tuple(steps)
+    ).to_dict()
 
 
 @pytest.fixture
@@ -144,7 +132,7 @@ def explanation_dict():
     return _explanation_dict
 
 
-# ---- helper D: Fashion-MNIST folders in the official IDX file names, for data and train tests
+# ---- Fashion-MNIST folders in the official IDX file names, for data and train tests
 def _write_idx(path, array, compress: bool = True):
     """An IDX file (the MNIST family's format) of a uint8 array, gzipped when asked."""
     import gzip

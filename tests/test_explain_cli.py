@@ -12,22 +12,13 @@ import torch
 from PIL import Image
 
 from nbdt.cli import explain_main
+from nbdt.explanation import Explanation, field_names
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.model import NBDT
 
 CLASSES = ["cat", "dog", "car", "ship"]
 FELINE = "n02120997"
-KEYS = {
-    "image",
-    "class_index",
-    "label",
-    "wnid",
-    "probability",
-    "mode",
-    "node_score",
-    "top_k",
-    "path",
-}
+KEYS = {"image", *field_names(Explanation)}
 
 
 def hierarchy(grouping: str) -> Hierarchy:

@@ -11,33 +11,14 @@ import torch
 from PIL import Image
 
 import nbdt
+from nbdt.explanation import Explanation, Step, TopClass, field_names
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.images import load_image, to_model_mode
-from nbdt.model import NBDT, Explanation, Step, read_checkpoint
+from nbdt.model import NBDT, read_checkpoint
 
 CLASSES = [f"c{i}" for i in range(7)]
-STEP_KEYS = {
-    "node_id",
-    "label",
-    "wnid",
-    "entropy",
-    "child_id",
-    "child_label",
-    "probability",
-    "runner_up_id",
-    "runner_up_label",
-    "runner_up_probability",
-}
-EXPLANATION_KEYS = {
-    "class_index",
-    "label",
-    "wnid",
-    "probability",
-    "mode",
-    "node_score",
-    "top_k",
-    "path",
-}
+STEP_KEYS = set(field_names(Step))
+EXPLANATION_KEYS = set(field_names(Explanation))
 
 
 def small_hierarchy() -> Hierarchy:
@@ -183,7 +164,7 @@ def test_text_and_json_forms(net, batch):
     data = json.loads(json.dumps(exp.to_dict()))
     assert set(data) == EXPLANATION_KEYS
     assert all(set(step) == STEP_KEYS for step in data["path"])
-    assert [set(t) for t in data["top_k"]] == [{"class_index", "label", "probability"}] * 2
+    assert [set(t) for t in data["top_k"]] == [set(field_names(TopClass))] * 2
     assert data["top_k"][0]["class_index"] == data["class_index"]
 
 
@@ -392,3 +373,8 @@ def test_save_refuses_kwargs_that_would_not_rebuild_the_network(tmp_path):
     kwargs = {"img_size": 32, "num_classes": 2}
     NBDT(vit, h, model_kwargs=kwargs).save(tmp_path / "vit.pt")
     assert nbdt.load(tmp_path / "vit.pt").model_kwargs == kwargs
+
+
+def test_explanation_round_trips_through_its_dict(net, batch):
+    exp = NBDT(net, small_hierarchy()).explain(batch[0], top_k=3)
+    assert Explanation.from_dict(json.loads(json.dumps(exp.to_dict()))) == exp

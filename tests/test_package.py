@@ -23,6 +23,15 @@ def test_import_is_cheap_and_silent():
     assert out.stderr == ""
 
 
+def test_the_explanation_format_needs_no_torch():
+    code = (
+        "import sys, nbdt; nbdt.Explanation.from_dict; import nbdt.explanation;"
+        " print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("name", nbdt.__all__)
 def test_public_names_resolve(name):
     assert getattr(nbdt, name) is not None
