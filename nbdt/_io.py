@@ -1,4 +1,4 @@
-"""Atomic file writes: every file nbdt writes appears whole or not at all.
+"""Where nbdt writes: atomically (every file appears whole or not at all) and its cache folder.
 
 The data goes to a temporary file beside the target, which a rename then puts in place; a crash,
 a full disk or Ctrl-C leaves the previous file as it was and no temporary file behind.
@@ -33,3 +33,14 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp, open(tmp, "x", encoding="utf-8", newline="\n") as f:
         f.write(text)
     return Path(path)
+
+
+def cache_dir() -> Path:
+    """nbdt's folder in the user cache: ``$XDG_CACHE_HOME/nbdt``, default ``~/.cache/nbdt``.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification asks: never the cwd.
+    """
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nbdt"

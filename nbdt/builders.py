@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from nbdt import wordnet as wn
-from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
+from nbdt.classes import DatasetClasses, is_wordnet_id
+from nbdt.hierarchy import Hierarchy, Node
 
 LINKAGES = ("ward", "complete", "average", "single")
 
@@ -25,12 +26,12 @@ Shape = list[list[int]]
 # ------------------------------------------------------------------ classes
 def _classes(classes: Sequence[str], wnids: Sequence[str] | None) -> tuple[list[str], list[str]]:
     """Class names and WordNet ids (resolved when not given) after checking them."""
-    if isinstance(classes, str) or not isinstance(classes, Sequence | wn.DatasetClasses):
+    if isinstance(classes, str) or not isinstance(classes, Sequence | DatasetClasses):
         raise TypeError("classes must be a sequence of class names or WordNet ids")
     names = [str(c) for c in classes]
     if len(names) < 2:
         raise ValueError(f"a hierarchy needs at least two classes, got {len(names)}")
-    if wnids is None and isinstance(classes, wn.DatasetClasses):
+    if wnids is None and isinstance(classes, DatasetClasses):
         wnids = classes.wnids
     if wnids is None:
         wnids = wn.resolve(names)
@@ -147,32 +148,24 @@ def classifier_weights(source: Any, num_classes: int | None = None) -> np.ndarra
 
 def _read_checkpoint(source: Any) -> Any:
     """A checkpoint path's contents (``torch.load(weights_only=True)``); anything else as it is."""
-    import torch
+    from nbdt.checkpoint import read_torch_file
 
     if not isinstance(source, str | os.PathLike):
         return source
-    try:
-        return torch.load(os.fspath(source), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{source}: no such checkpoint file") from None
-    except Exception as e:  # torch raises many kinds for a file that is no checkpoint
-        raise ValueError(f"{source}: not a readable torch checkpoint ({e})") from None
+    return read_torch_file(source, kind="a readable torch checkpoint")
 
 
 def _check_model_file_classes(source: Any, names: Sequence[str], ids: Sequence[str], where: str):
     """An nbdt model file names its classes (its hierarchy's leaves): they must be these."""
     if not (isinstance(source, Mapping) and isinstance(source.get("hierarchy"), Mapping)):
         return
-    leaves = Hierarchy.from_node_link(source["hierarchy"]).leaves
-    same = len(leaves) == len(names) and all(
-        leaf.wnid == wnid or leaf.label == name
-        for leaf, name, wnid in zip(leaves, names, ids, strict=False)
-    )
+    hierarchy = Hierarchy.from_node_link(source["hierarchy"])
+    same = hierarchy.has_classes(names, ids)
     if not same:
-        shown = ", ".join(leaf.label for leaf in leaves[:3])
+        shown = ", ".join(hierarchy.classes[:3])
         raise ValueError(
-            f"{where}: an nbdt model of {len(leaves)} other classes ({shown}, ...), not the"
-            " classes given: pass that model's classes"
+            f"{where}: an nbdt model of {hierarchy.num_classes} other classes ({shown}, ...),"
+            " not the classes given: pass that model's classes"
         )
 
 

@@ -44,7 +44,7 @@ def hierarchy_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _hierarchy_parser() -> argparse.ArgumentParser:
-    from nbdt.wordnet import DATASETS
+    from nbdt.classes import CLASS_LISTS
 
     parser = argparse.ArgumentParser(
         prog="nbdt-hierarchy",
@@ -55,7 +55,7 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
 
     def common(sub: argparse.ArgumentParser, classes_required: bool = True) -> None:
         source = sub.add_mutually_exclusive_group(required=classes_required)
-        source.add_argument("--dataset", choices=DATASETS, help="a shipped class list")
+        source.add_argument("--dataset", choices=CLASS_LISTS, help="a shipped class list")
         source.add_argument(
             "--classes", metavar="FILE", help="class names or WordNet ids, one per line"
         )
@@ -111,7 +111,7 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
     )
     html.add_argument("--title", help="the page title (default: root label and class count)")
     order = html.add_mutually_exclusive_group()
-    order.add_argument("--dataset", choices=DATASETS, help="class order for files without one")
+    order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
     order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
     return parser
 
@@ -175,28 +175,16 @@ def _hierarchy(args: argparse.Namespace) -> int:
 
 def _hierarchy_classes(args: argparse.Namespace):
     """The class list from --dataset or --classes (None for `show` without either)."""
-    from pathlib import Path
-
-    from nbdt.wordnet import dataset_classes
+    from nbdt.classes import dataset_classes, read_class_file
 
     if args.dataset:
         return dataset_classes(args.dataset)
     if not args.classes:
         return None
     try:
-        text = Path(args.classes).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise BadInput(f"--classes {args.classes}: not a UTF-8 text file") from None
-    except OSError as e:
-        raise BadInput(f"--classes {args.classes}: {e.strerror or e}") from None
-    names = [line.strip() for line in text.splitlines()]
-    names = [n for n in names if n and not n.startswith("#")]
-    if len(names) < 2:
-        raise BadInput(f"--classes {args.classes}: needs at least two class names, one per line")
-    if len(set(names)) != len(names):
-        duplicate = next(n for n in names if names.count(n) > 1)
-        raise BadInput(f"--classes {args.classes}: class {duplicate!r} is listed twice")
-    return names
+        return read_class_file(args.classes)
+    except (ValueError, OSError) as e:
+        raise BadInput(f"--classes {e}") from None
 
 
 def _load_tree(tree: str, classes):
@@ -462,8 +450,8 @@ def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
         checkpoint["node_score"] = args.node_score or checkpoint.get("node_score")
         return NBDT.from_checkpoint(checkpoint, source=args.checkpoint).eval(), None
 
+    from nbdt.classes import dataset_classes
     from nbdt.pretrained import efficientnet_lite0
-    from nbdt.wordnet import dataset_classes
 
     name = args.hierarchy or "imagenet-induced"
     imagenet = dataset_classes("imagenet")

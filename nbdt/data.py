@@ -24,7 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nbdt.wordnet import cache_dir
+from nbdt import networks
+from nbdt._io import cache_dir
+from nbdt.classes import dataset_classes, is_wordnet_id
+from nbdt.images import load_image
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "folder")
 SPLITS = ("train", "test")
@@ -136,8 +139,6 @@ class FolderImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         from torchvision.transforms.v2 import functional as TF
 
-        from nbdt.images import load_image
-
         path, target = self.samples[index]
         image = load_image(path, channels=3)  # a damaged file is one ValueError naming it
         image = TF.resize(image, min(self.size), antialias=True)
@@ -157,7 +158,6 @@ ImageDataset = TensorImages | FolderImages
 def _folder_class_names(folders: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Class names and WordNet ids of an ImageFolder's sub-folders (named by class or by wnid)."""
     from nbdt import wordnet
-    from nbdt.hierarchy import is_wordnet_id
 
     if all(is_wordnet_id(f) for f in folders):
         return tuple(wordnet.label(f) for f in folders), tuple(folders)
@@ -211,8 +211,6 @@ def _find_idx(folder: Path, stem: str) -> Path:
 
 
 def _fashion_mnist(folder: Path, split: str) -> TensorImages:
-    from nbdt.wordnet import dataset_classes
-
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))
     label_file = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
@@ -235,8 +233,6 @@ def _fashion_mnist(folder: Path, split: str) -> TensorImages:
 
 def _cifar(name: str, root: Path, split: str, download: bool) -> TensorImages:
     from torchvision import datasets
-
-    from nbdt.wordnet import dataset_classes
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
@@ -265,13 +261,7 @@ def data_config(model: nn.Module, size: Sequence[int], channels: int = 3) -> dic
     with ``in_chans=1``, whose mean and std are then the channel averages); the images are used
     whole (``crop_pct`` 1) at ``size`` (H, W).
     """
-    from timm.data import resolve_model_data_config
-
-    config = dict(resolve_model_data_config(model))
-    for key in ("mean", "std"):
-        values = tuple(config[key])
-        if len(values) != channels:
-            config[key] = (sum(values) / len(values),) * channels
+    config = networks.data_config(model, channels)
     config.update(input_size=(channels, *size[-2:]), crop_pct=1.0, crop_mode="center")
     return config
 

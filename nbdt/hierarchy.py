@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nbdt._io import write_text
-
-_WNID = re.compile(r"^n\d{8}$")
+from nbdt.classes import is_wordnet_id
 
 FORMAT_NAME = "nbdt-hierarchy"
 FORMAT_VERSION = 1
-
-
-def is_wordnet_id(wnid: str | None) -> bool:
-    """True for a real WordNet 3.0 noun offset id such as ``n02084071``."""
-    return wnid is not None and bool(_WNID.match(wnid))
 
 
 @dataclass(frozen=True)
@@ -137,6 +130,9 @@ class Hierarchy:
                     sorted(i for child in node.children for i in leaves_under[child])
                 )
         self._leaves_under = leaves_under
+        self._all = tuple(by_id[i] for i in order)
+        self._inner = tuple(n for n in self._all if not n.is_leaf)
+        self._leaves = tuple(by_id[i] for i in leaf_ids)
 
     # ------------------------------------------------------------------ access
     @property
@@ -160,17 +156,17 @@ class Hierarchy:
     @property
     def nodes(self) -> tuple[Node, ...]:
         """All nodes, root first, breadth first."""
-        return tuple(self._nodes[i] for i in self._order)
+        return self._all
 
     @property
     def inner_nodes(self) -> tuple[Node, ...]:
         """Inner nodes, root first, breadth first: the order the decision rules index."""
-        return tuple(n for n in self.nodes if not n.is_leaf)
+        return self._inner
 
     @property
     def leaves(self) -> tuple[Node, ...]:
         """Leaf nodes in class order."""
-        return tuple(self._nodes[i] for i in self._leaf_ids)
+        return self._leaves
 
     def __getitem__(self, node_id: str) -> Node:
         try:
@@ -209,6 +205,18 @@ class Hierarchy:
             node_id = self._parent[node_id]
             out.append(self._nodes[node_id])
         return tuple(reversed(out))
+
+    def has_classes(self, names: Sequence[str], wnids: Sequence[str | None] = ()) -> bool:
+        """Whether the leaves, in class order, are these classes: matched by WordNet id, else
+        by name (or leaf id), as a class order given to :meth:`from_node_link` is."""
+        for order in (wnids, names):
+            if len(order) == self.num_classes and all(c is not None for c in order):
+                try:
+                    if _match_leaves(self._leaves, [str(c) for c in order]) == list(self._leaf_ids):
+                        return True
+                except ValueError:
+                    pass
+        return False
 
     # ------------------------------------------------------------ value semantics
     def __eq__(self, other: object) -> bool:

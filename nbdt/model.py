@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,21 +16,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from nbdt._io import atomic_path
-from nbdt._messages import one_line
+from nbdt import networks
+from nbdt.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint, save_checkpoint
 from nbdt.explanation import Explanation, Step, TopClass
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
+from nbdt.networks import input_channels, network_from_checkpoint, rebuild_errors
 from nbdt.rules import DecisionRules
 
-FORMAT_NAME = "nbdt-model"
-FORMAT_VERSION = 1
 MODES = ("soft", "hard")
 NODE_SCORES = ("mean", "marginal")
 
 ImageInput = Image.Image | str | os.PathLike | torch.Tensor
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-_REQUIRED_KEYS = ("arch", "model_kwargs", "state_dict", "hierarchy", "mode", "node_score")
 
 
 # ------------------------------------------------------------------------------------ model
@@ -72,14 +68,14 @@ class NBDT(nn.Module):
         _check_choice("node_score", node_score, NODE_SCORES)
         if not isinstance(hierarchy, Hierarchy):
             raise TypeError(f"hierarchy must be a nbdt.Hierarchy, got {type(hierarchy).__name__}")
-        head_classes = _head_classes(model)
+        head_classes = networks.head_classes(model)
         if head_classes is not None and head_classes != hierarchy.num_classes:
             raise ValueError(
                 f"hierarchy has {hierarchy.num_classes} leaves, model head has {head_classes}"
                 " classes: build the hierarchy from this model"
                 " (nbdt.Hierarchy.induced(model, classes) or nbdt-hierarchy induced)"
             )
-        in_chans = _input_channels(model)
+        in_chans = input_channels(model)
         self.model = model
         self.hierarchy = hierarchy
         self.rules = DecisionRules(hierarchy, node_score=node_score)
@@ -91,11 +87,9 @@ class NBDT(nn.Module):
             if model_kwargs is not None
             else {"num_classes": hierarchy.num_classes, "in_chans": in_chans}
         )
-        self.data_config = dict(data_config or _resolve_data_config(model, in_chans))
+        self.data_config = dict(data_config or networks.data_config(model, in_chans))
 
         self._rebuildable = False  # checked by the first checkpoint()
-        self._inner_nodes = hierarchy.inner_nodes  # the hierarchy builds these tuples per call
-        self._leaves = hierarchy.leaves
         self.train(model.training)  # a wrapped model in eval mode stays in eval mode
 
     # ------------------------------------------------------------------------ constructors
@@ -122,7 +116,7 @@ class NBDT(nn.Module):
         model_kwargs.setdefault("num_classes", hierarchy.num_classes)
         model = timm.create_model(arch, pretrained=pretrained, **model_kwargs)
         stored = {k: v for k, v in model_kwargs.items() if not k.startswith("pretrained_cfg")}
-        stored.setdefault("in_chans", _input_channels(model))
+        stored.setdefault("in_chans", input_channels(model))
         return cls(
             model,
             hierarchy,
@@ -136,35 +130,17 @@ class NBDT(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any], source: str = "checkpoint") -> NBDT:
         """Rebuild a model from a :meth:`checkpoint` dict (``source`` names it in errors)."""
-        missing = [k for k in _REQUIRED_KEYS if k not in checkpoint]
-        if checkpoint.get("format") != FORMAT_NAME or missing:
-            raise ValueError(f"{source}: not an nbdt model file (missing {missing or ['format']})")
-        if checkpoint.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{source}: nbdt model format version {checkpoint.get('version')!r};"
-                f" this nbdt reads version {FORMAT_VERSION}"
-            )
-        import timm
-
-        try:
-            hierarchy = Hierarchy.from_node_link(checkpoint["hierarchy"])
-            model = timm.create_model(
-                checkpoint["arch"], pretrained=False, **dict(checkpoint["model_kwargs"])
-            )
-            model.load_state_dict(checkpoint["state_dict"])
+        network = network_from_checkpoint(checkpoint, source)
+        with rebuild_errors(source):
             return cls(
-                model,
-                hierarchy,
+                network,
+                Hierarchy.from_node_link(checkpoint["hierarchy"]),
                 checkpoint["mode"],
                 checkpoint["node_score"],
                 arch=checkpoint["arch"],
                 model_kwargs=checkpoint["model_kwargs"],
                 data_config=checkpoint.get("data_config"),
             )
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            # load_state_dict lists the mismatched keys on later lines: keep them, on one line.
-            reason = " ".join(str(e).split())[:300] or type(e).__name__
-            raise ValueError(f"{source}: cannot rebuild the model ({reason})") from None
 
     # ---------------------------------------------------------------------------- inference
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -311,10 +287,10 @@ class NBDT(nn.Module):
         top_prob: list[float],
     ) -> Explanation:
         """Build one explanation from its already computed numbers."""
-        h, leaves = self.hierarchy, self._leaves
+        h, leaves = self.hierarchy, self.hierarchy.leaves
         steps = []
         for d in range(length):
-            node = self._inner_nodes[nodes[d]]
+            node = h.inner_nodes[nodes[d]]
             child = h[node.children[slots[d]]]
             runner_up = h[node.children[runner_up_slots[d]]]
             steps.append(
@@ -398,45 +374,6 @@ class NBDT(nn.Module):
         return f"mode={self.mode!r}, node_score={self.node_score!r}, arch={self.arch!r}"
 
 
-def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(checkpoint), tmp)
-    return Path(path)
-
-
-def read_checkpoint(
-    path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu"
-) -> dict[str, Any]:
-    """Read an nbdt model file as a dict with ``torch.load(weights_only=True)``.
-
-    A file that would need pickled Python code to load, or that is not an nbdt model file,
-    raises one ``ValueError`` naming it.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, not an nbdt model file")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except pickle.UnpicklingError as e:  # the weights-only unpickler names what it refused
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if code:
-            raise ValueError(
-                f"{path}: refused: loading it would run pickled Python code ({code.group(1)});"
-                " nbdt model files hold only tensors and plain data"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-        reason = detail.group(1).strip() if detail else one_line(e)
-        raise ValueError(f"{path}: not an nbdt model file ({reason})") from None
-    except Exception as e:  # arbitrary bytes make the unpickler raise almost any error type
-        raise ValueError(f"{path}: not an nbdt model file ({one_line(e)})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path}: not an nbdt model file (no 'format': '{FORMAT_NAME}')")
-    return data
-
-
 def load(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> NBDT:
     """Load a model written by :meth:`NBDT.save` (or the trainer), in eval mode.
 
@@ -450,38 +387,6 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device | None =
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def _head_classes(model: nn.Module) -> int | None:
-    """The number of classes the model's head predicts, asked the timm way."""
-    num_classes = getattr(model, "num_classes", None)
-    if isinstance(num_classes, int):
-        return num_classes
-    get_classifier = getattr(model, "get_classifier", None)
-    head = get_classifier() if callable(get_classifier) else None
-    return getattr(head, "out_features", None)
-
-
-def _input_channels(model: nn.Module) -> int:
-    """Input channels of the first convolution (timm's configs always say 3)."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
-
-
-def _resolve_data_config(model: nn.Module, in_chans: int) -> dict[str, Any]:
-    """timm's data config, with the input size and statistics fitted to ``in_chans``."""
-    from timm.data import resolve_model_data_config
-
-    config = dict(resolve_model_data_config(model))
-    if config["input_size"][0] != in_chans:
-        config["input_size"] = (in_chans, *config["input_size"][1:])
-        for key in ("mean", "std"):
-            values = tuple(config[key])
-            if len(values) != in_chans:
-                config[key] = (sum(values) / len(values),) * in_chans
-    return config
 
 
 def _check_plain(name: str, value: Any) -> None:

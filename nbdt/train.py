@@ -32,11 +32,11 @@ from torch import Tensor, nn
 from nbdt import data as datasets
 from nbdt._io import atomic_path, write_text
 from nbdt._messages import one_line
+from nbdt.classes import DatasetClasses
 from nbdt.hierarchy import Hierarchy
 from nbdt.loss import SOFT_VARIANTS, HardTreeSupLoss, SoftTreeSupLoss
 from nbdt.model import NBDT, read_checkpoint, save_checkpoint
 from nbdt.pretrained import load_hierarchy_for
-from nbdt.wordnet import DatasetClasses
 
 DEFAULT_ARCH = "resnet101"
 LOSSES = ("soft", "hard")

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from nbdt._io import write_text
+from nbdt.classes import is_wordnet_id
 from nbdt.explanation import Explanation
-from nbdt.hierarchy import Hierarchy, is_wordnet_id
+from nbdt.hierarchy import Hierarchy
 
 IMAGE_MAX_SIDE = 320
 """Images are downscaled to at most this many pixels per side before they are embedded."""

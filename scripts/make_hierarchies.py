@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from nbdt import builders
+from nbdt.classes import CLASS_LISTS, dataset_classes
 from nbdt.pretrained import efficientnet_lite0
-from nbdt.wordnet import DATASETS, dataset_classes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=REPO / "hierarchies")
     out_dir = parser.parse_args().out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    built = {f"{name}-wordnet": builders.wordnet(dataset_classes(name)) for name in DATASETS}
+    built = {f"{name}-wordnet": builders.wordnet(dataset_classes(name)) for name in CLASS_LISTS}
     built["imagenet-induced"] = builders.induced(efficientnet_lite0(), dataset_classes("imagenet"))
     summary = {}
     for name, tree in built.items():

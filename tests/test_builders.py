@@ -10,10 +10,11 @@ import torch.nn as nn
 
 from nbdt import builders
 from nbdt import wordnet as wn
+from nbdt.classes import CLASS_LISTS, dataset_classes
 from nbdt.hierarchy import Hierarchy
 from nbdt.pretrained import shipped_hierarchies, shipped_hierarchy
 
-CIFAR100 = wn.dataset_classes("cifar100")
+CIFAR100 = dataset_classes("cifar100")
 
 
 def assert_labels_true(tree: Hierarchy) -> None:
@@ -39,7 +40,7 @@ def sibling_set(tree: Hierarchy, *names: str) -> set[str]:
 
 # ------------------------------------------------------------------ wordnet
 def test_cifar10_wordnet_tree_groups():
-    tree = builders.wordnet(wn.dataset_classes("cifar10"))
+    tree = builders.wordnet(dataset_classes("cifar10"))
     assert sibling_set(tree, "cat", "dog") == {"cat", "dog"}
     assert sibling_set(tree, "deer", "horse") == {"deer", "horse"}
     assert sibling_set(tree, "automobile", "truck") == {"automobile", "truck"}
@@ -198,7 +199,7 @@ def test_weight_errors(tmp_path):
 
 # ------------------------------------------------------------------ random
 def test_random_is_seeded_balanced_and_named():
-    classes = wn.dataset_classes("cifar10")
+    classes = dataset_classes("cifar10")
     tree = builders.random(classes, seed=0, branching=3)
     assert tree == builders.random(classes, seed=0, branching=3)
     assert tree != builders.random(classes, seed=1, branching=3)
@@ -211,7 +212,7 @@ def test_random_is_seeded_balanced_and_named():
 
 
 def test_shared_labels_keep_unique_ids():
-    tree = builders.random(wn.dataset_classes("cifar10"), seed=0)
+    tree = builders.random(dataset_classes("cifar10"), seed=0)
     labels = [n.label for n in tree.inner_nodes]
     assert len(set(labels)) < len(labels)  # random groups share general names like "whole"
     assert len({n.id for n in tree.nodes}) == len(tree.nodes)
@@ -236,10 +237,10 @@ def test_synthetic_names_where_leaves_lack_synsets():
 
 
 # ------------------------------------------------------------------ shipped + pretrained
-@pytest.mark.parametrize("dataset", wn.DATASETS)
+@pytest.mark.parametrize("dataset", CLASS_LISTS)
 def test_shipped_wordnet_hierarchies(dataset):
     tree = shipped_hierarchy(f"{dataset}-wordnet")
-    classes = wn.dataset_classes(dataset)
+    classes = dataset_classes(dataset)
     assert tree.classes == classes.names
     assert tuple(leaf.wnid for leaf in tree.leaves) == classes.wnids
     assert all(node.from_wordnet for node in tree.inner_nodes)
@@ -272,9 +273,9 @@ def test_offline_efficientnet_lite0_sees_a_cat():
         probs = model(transform(Image.fromarray(chelsea())).unsqueeze(0)).softmax(-1)[0]
     top = int(probs.argmax())
     cats = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
-    assert wn.dataset_classes("imagenet").names[top] in cats
+    assert dataset_classes("imagenet").names[top] in cats
     assert float(probs[281:286].sum()) > 0.8
-    tree = builders.induced(model, wn.dataset_classes("imagenet"))
+    tree = builders.induced(model, dataset_classes("imagenet"))
     assert tree == shipped_hierarchy("imagenet-induced")
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nbdt import builders
-from nbdt import wordnet as wn
+from nbdt.classes import dataset_classes
 from nbdt.cli import hierarchy_main
 from nbdt.hierarchy import Hierarchy
 
@@ -27,7 +27,7 @@ def test_wordnet_prints_and_saves(capsys, tmp_path):
     assert (code, err) == (0, "")
     assert out.splitlines()[0] == "whole  (10 classes)"
     assert "        cat  (class 3)" in out.splitlines()
-    assert Hierarchy.load(out_file) == builders.wordnet(wn.dataset_classes("cifar10"))
+    assert Hierarchy.load(out_file) == builders.wordnet(dataset_classes("cifar10"))
 
 
 def test_random_with_options(capsys, tmp_path):
@@ -37,7 +37,7 @@ def test_random_with_options(capsys, tmp_path):
         "--out", str(out_file), "--quiet",
     )  # fmt: skip
     assert code == 0 and out == ""
-    expected = builders.random(wn.dataset_classes("cifar10"), seed=3, branching=3)
+    expected = builders.random(dataset_classes("cifar10"), seed=3, branching=3)
     assert Hierarchy.load(out_file) == expected
 
 
@@ -71,7 +71,7 @@ def test_show_file_and_shipped_name(capsys, tmp_path):
 
 
 def test_show_reference_file_needs_a_class_order(capsys, tmp_path):
-    tree = builders.wordnet(wn.dataset_classes("cifar10"))
+    tree = builders.wordnet(dataset_classes("cifar10"))
     data = tree.to_node_link()
     del data["graph"]["classes"]  # the reference's files carry no class order
     path = tmp_path / "reference.json"
@@ -93,7 +93,7 @@ def test_html_option_calls_the_visualizer(capsys, tmp_path, monkeypatch):
     code, _, _ = run(capsys, "wordnet", "--dataset", "fashion-mnist", "--html",
                      str(tmp_path / "t.html"), "--quiet")  # fmt: skip
     assert code == 0
-    assert calls == [(builders.wordnet(wn.dataset_classes("fashion-mnist")), tmp_path / "t.html")]
+    assert calls == [(builders.wordnet(dataset_classes("fashion-mnist")), tmp_path / "t.html")]
 
 
 def test_unresolved_classes_warn_in_one_line(capsys, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from nbdt import data
-from nbdt.hierarchy import is_wordnet_id
+from nbdt.classes import is_wordnet_id
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
+from nbdt.classes import is_wordnet_id
+from nbdt.hierarchy import Hierarchy, Node
 
 # A small tree:        root
 #                    /      \

@@ -10,6 +10,8 @@ import nltk
 import pytest
 
 from nbdt import wordnet as wn
+from nbdt._io import cache_dir
+from nbdt.classes import CLASS_LISTS, dataset_classes
 
 # Hand-checked: each class with the synset it must map to.
 CIFAR100_SYNSETS = {
@@ -214,21 +216,21 @@ def test_unresolved_names_get_marked_ids_and_a_warning():
 
 
 def test_cifar10_mapping():
-    classes = wn.dataset_classes("cifar10")
+    classes = dataset_classes("cifar10")
     assert dict(zip(classes.names, map(synset_name, classes.wnids), strict=True)) == (
         CIFAR10_SYNSETS
     )
 
 
 def test_cifar100_mapping_hand_checked():
-    classes = wn.dataset_classes("cifar100")
+    classes = dataset_classes("cifar100")
     assert len(classes) == 100 and classes.names == tuple(sorted(CIFAR100_SYNSETS))
     shipped = dict(zip(classes.names, map(synset_name, classes.wnids), strict=True))
     assert shipped == CIFAR100_SYNSETS
 
 
 def test_fashion_mnist_mapping_hand_checked():
-    classes = wn.dataset_classes("fashion-mnist")
+    classes = dataset_classes("fashion-mnist")
     assert classes.names == tuple(FASHION_MNIST_SYNSETS)  # torchvision's class order
     shipped = dict(zip(classes.names, map(synset_name, classes.wnids), strict=True))
     assert shipped == FASHION_MNIST_SYNSETS
@@ -236,12 +238,12 @@ def test_fashion_mnist_mapping_hand_checked():
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "fashion-mnist"])
 def test_resolver_reproduces_shipped_lists(dataset):
-    classes = wn.dataset_classes(dataset)
+    classes = dataset_classes(dataset)
     assert tuple(wn.resolve(classes.names)) == classes.wnids
 
 
 def test_imagenet_list_is_timms_order_and_valid():
-    classes = wn.dataset_classes("imagenet")
+    classes = dataset_classes("imagenet")
     timm_info = importlib.resources.files("timm") / "data" / "_info" / "imagenet_synsets.txt"
     assert classes.wnids == tuple(timm_info.read_text().split())
     assert classes.names[:3] == ("tench", "goldfish", "great white shark")
@@ -251,11 +253,11 @@ def test_imagenet_list_is_timms_order_and_valid():
 
 
 def test_dataset_names_and_aliases():
-    assert wn.DATASETS == ("cifar10", "cifar100", "fashion-mnist", "imagenet")
-    assert wn.dataset_classes("Fashion_MNIST") is wn.dataset_classes("fashion-mnist")
-    assert list(wn.dataset_classes("cifar10"))[:2] == ["airplane", "automobile"]
+    assert CLASS_LISTS == ("cifar10", "cifar100", "fashion-mnist", "imagenet")
+    assert dataset_classes("Fashion_MNIST") is dataset_classes("fashion-mnist")
+    assert list(dataset_classes("cifar10"))[:2] == ["airplane", "automobile"]
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
-        wn.dataset_classes("mnist")
+        dataset_classes("mnist")
 
 
 # ------------------------------------------------------------------ locating WordNet
@@ -322,6 +324,6 @@ def _not_found(*args, **kwargs):
 def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", "relative")
-    assert wn.cache_dir() == Path.home() / ".cache" / "nbdt"
+    assert cache_dir() == Path.home() / ".cache" / "nbdt"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "abs"))
-    assert wn.cache_dir() == tmp_path / "abs" / "nbdt"
+    assert cache_dir() == tmp_path / "abs" / "nbdt"
