@@ -6,8 +6,9 @@ lowest WordNet hypernym common to all leaves under it, so every name is true.
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -389,3 +390,25 @@ def random(
 
     split(order)
     return _assemble(shape, names, ids)
+
+
+# The hierarchy builders by name: nbdt-hierarchy's commands and nbdt-train's --hierarchy kinds.
+BUILDERS: dict[str, Callable[..., Hierarchy]] = {
+    "induced": induced,
+    "wordnet": wordnet,
+    "random": random,
+}
+
+
+def build(kind: str, classes: Sequence[str], *, weights: Any = None, **options: Any) -> Hierarchy:
+    """Build with the builder named ``kind``, passing it the ``options`` it takes (the others
+    are left out, so callers can offer one set of settings to every builder); ``weights`` go to
+    a builder that clusters them."""
+    if kind not in BUILDERS:
+        raise ValueError(f"unknown hierarchy builder {kind!r}; known: {', '.join(BUILDERS)}")
+    builder = BUILDERS[kind]
+    parameters = inspect.signature(builder).parameters
+    taken = {k: v for k, v in options.items() if k in parameters}
+    if "weights_or_model" in parameters:
+        return builder(weights, classes, **taken)
+    return builder(classes, **taken)

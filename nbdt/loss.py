@@ -198,3 +198,7 @@ class HardTreeSupLoss(_TreeSupLoss):
             return -(target * per_class).sum(1)
         steps = self.rules.path_log_probs(logits, target)
         return -steps.sum(1) / self.rules.path_length[target]
+
+
+# The tree-supervision losses by name (nbdt-train's --loss).
+LOSSES: dict[str, type[_TreeSupLoss]] = {"soft": SoftTreeSupLoss, "hard": HardTreeSupLoss}

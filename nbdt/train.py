@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,34 +30,36 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nbdt import builders
 from nbdt import data as datasets
 from nbdt._io import atomic_path, write_text
 from nbdt._messages import one_line
+from nbdt.checkpoint import check_format, read_checkpoint, save_checkpoint
 from nbdt.classes import DatasetClasses
 from nbdt.hierarchy import Hierarchy
-from nbdt.loss import SOFT_VARIANTS, HardTreeSupLoss, SoftTreeSupLoss
-from nbdt.model import NBDT, read_checkpoint, save_checkpoint
+from nbdt.loss import LOSSES, SOFT_VARIANTS, SoftTreeSupLoss
+from nbdt.model import NBDT
+from nbdt.networks import create_model, network_from_checkpoint, rebuild_errors
 from nbdt.pretrained import load_hierarchy_for
+from nbdt.rules import NODE_SCORES, DecisionRules
 
 DEFAULT_ARCH = "resnet101"
-LOSSES = ("soft", "hard")
-OPTIMIZERS = ("sgd", "adamw")
-# Base learning rates per 256 images (scaled linearly with the batch), from scratch and when
-# starting from trained weights; weight decay per optimiser.
-_BASE_LR = {"sgd": (0.1, 0.01), "adamw": (1e-3, 1e-4)}
-_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
-# Settings that do not change what a run computes: --resume may differ in these only.
-_OPERATIONAL = frozenset(
-    {
-        "output", "data_dir", "download", "workers", "device", "compile", "resume", "overwrite",
-        "quiet", "explain",
-    }
-)  # fmt: skip
-# What a run writes into its output folder; --overwrite removes these first.
-_RUN_FILES = (
-    "last.pt", "best.pt", "metrics.jsonl", "args.json", "hierarchy.json", "hierarchy.html",
-    "explanations.json", "explanations.html",
-)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """An optimiser's base learning rates per 256 images (scaled linearly with the batch), from
+    scratch and when starting from trained weights, and its weight decay."""
+
+    base_lr: tuple[float, float]
+    weight_decay: float
+
+
+# Optimisers by timm's name (timm.optim.create_optimizer_v2 builds them).
+OPTIMIZERS = {
+    "sgd": OptimizerDefaults(base_lr=(0.1, 0.01), weight_decay=5e-4),
+    "adamw": OptimizerDefaults(base_lr=(1e-3, 1e-4), weight_decay=0.05),
+}
 _CHECK_EVERY = 20  # steps between running-loss read-outs (a device sync) and the NaN check
 
 
@@ -123,7 +126,7 @@ class TrainConfig:
             "dataset": datasets.DATASETS,
             "loss": LOSSES,
             "soft_variant": SOFT_VARIANTS,
-            "node_score": ("mean", "marginal"),
+            "node_score": NODE_SCORES,
             "optimizer": OPTIMIZERS,
         }
         for name, allowed in choices.items():
@@ -152,16 +155,7 @@ class TrainConfig:
                 )
         if self.warmup_epochs + self.epochs == 0:
             raise ValueError("nothing to do: --warmup-epochs and --epochs are both 0")
-        if self.resume and self.overwrite:
-            raise ValueError(
-                "--resume continues the run in --output, --overwrite replaces it: pass one of them"
-            )
-        output = Path(self.output).expanduser()
-        if not (self.resume or self.overwrite) and (output / "last.pt").exists():
-            raise ValueError(
-                f"{output} holds a run (last.pt): pass --resume to continue it, --overwrite to"
-                " replace it, or another --output"
-            )
+        RunFolder.check(self.output, self.resume, self.overwrite)
         if self.pretrained_file and not Path(self.pretrained_file).is_file():
             raise FileNotFoundError(
                 f"{self.pretrained_file}: no such weights file (--pretrained-file)"
@@ -175,7 +169,7 @@ class TrainConfig:
 
 
 @dataclass
-class _Runtime:
+class Runtime:
     """Where this process runs: device, rank and world size; ``distributed`` under torchrun."""
 
     device: torch.device
@@ -201,9 +195,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     loss stops being finite and :class:`Interrupted` on Ctrl-C.
     """
     config.validate()
-    runtime = _start_runtime(config.device)
+    runtime = start_runtime(config.device)
     try:
-        summary = _Run(config, runtime).run()
+        summary = _Fit(make_plan(config, runtime.device), runtime).run()
         if runtime.distributed:
             dist.barrier()  # rank 0 still writes pages and explanations: leave the group together
         return summary
@@ -212,7 +206,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _start_runtime(device_name: str | None) -> _Runtime:
+def start_runtime(device_name: str | None) -> Runtime:
     """Pick the device and, under torchrun, join the process group (NCCL on CUDA, else gloo)."""
     if device_name is None:
         if torch.cuda.is_available():
@@ -229,13 +223,13 @@ def _start_runtime(device_name: str | None) -> _Runtime:
         ) from None
     if "LOCAL_RANK" not in os.environ:  # not started by torchrun
         _check_device(device)
-        return _Runtime(device)
+        return Runtime(device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     _check_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Runtime(device, dist.get_rank(), dist.get_world_size(), distributed=True)
+    return Runtime(device, dist.get_rank(), dist.get_world_size(), distributed=True)
 
 
 def _check_device(device: torch.device) -> None:
@@ -247,318 +241,86 @@ def _check_device(device: torch.device) -> None:
         raise ValueError("--device mps: MPS is not available")
 
 
-class _Run:
-    """One training run: its state lives here so the epoch steps stay short."""
+# ---------------------------------------------------------------------------------- plan
+@dataclass
+class Plan:
+    """What a run trains, resolved once from a :class:`TrainConfig`: the settings with every
+    default filled in (what args.json records), the checkpoint it starts from (read and its
+    hierarchy parsed once), the dataset's splits and classes, and where the hierarchy comes from.
+    """
 
-    def __init__(self, config: TrainConfig, runtime: _Runtime):
-        self.runtime = runtime
-        self.device = runtime.device
-        self.output = Path(config.output).expanduser().resolve()
-        source = read_checkpoint(config.checkpoint) if config.checkpoint else None
-        if source is not None and config.arch and config.arch != source["arch"]:
-            raise ValueError(
-                f"--arch {config.arch} but {config.checkpoint} holds a {source['arch']}:"
-                " drop --arch"
-            )
-        self.config = config = self._resolve(config, source)
+    config: TrainConfig
+    train_set: datasets.ImageDataset
+    test_set: datasets.ImageDataset
+    classes: DatasetClasses
+    image_size: tuple[int, int] | None = None
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_hierarchy: Hierarchy | None = None
 
-        # Folders are read at a fixed size; in-memory datasets keep theirs unless --image-size.
-        size = (config.image_size,) * 2 if config.image_size else None
-        if size is None and config.dataset == "folder":
-            size = _default_size(config.arch, source)
-        load = {"download": config.download, "image_size": size or (224, 224)}
-        self.train_set = datasets.load_dataset(config.dataset, "train", config.data_dir, **load)
-        self.test_set = datasets.load_dataset(config.dataset, "test", config.data_dir, **load)
-        if config.subset:
-            self.train_set = self.train_set.head(config.subset)
-        if config.eval_subset:
-            self.test_set = self.test_set.head(config.eval_subset)
-        if self.train_set.classes != self.test_set.classes:
-            raise ValueError(f"{config.dataset}: train and test splits have different classes")
-        self.classes = _dataset_classes(config.dataset, self.train_set)
-        # A checkpoint whose head already predicts these classes needs no warm-up, and its
-        # hierarchy is the default one.
-        trained_head = source is not None and _classes_match(
-            Hierarchy.from_node_link(source["hierarchy"]), self.classes
-        )
-        if config.hierarchy is None:
-            kind = "checkpoint" if trained_head else "induced"
-            self.config = config = dataclasses.replace(config, hierarchy=kind)
-        if len(self.train_set) < config.batch_size:
-            raise ValueError(
-                f"{len(self.train_set)} training images, fewer than one batch"
-                f" ({config.batch_size}): lower --batch-size or raise --subset"
-            )
-
-        torch.manual_seed(config.seed)
-        self.model, self.model_kwargs = self._create_network(source, trained_head)
-        self.warmup_epochs = 0 if trained_head else config.warmup_epochs
-        self.total_epochs = self.warmup_epochs + config.epochs
-        self.data_config = datasets.data_config(
-            self.model, size or self.train_set.image_shape[1:], self.model_kwargs.get("in_chans", 3)
-        )
-        self.train_transform = datasets.BatchTransform(self.data_config, augment=config.augment)
-        self.eval_transform = datasets.BatchTransform(self.data_config)
-        self.hierarchy = self._fixed_hierarchy(source)
-
-        self.channels_last = self.device.type == "cuda"
-        self.model.to(self.device, memory_format=self.channels_last_format)
-        self.train_transform.to(self.device)
-        self.eval_transform.to(self.device)
-        self.amp_dtype = _amp_dtype(self.device) if config.amp else None
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16
-        )
-
-        self.train_loader, self.sampler = self._train_loader()
-        self.test_loader = self._test_loader()
-        self.optimizer = _optimizer(config, self.model)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=self.total_epochs * len(self.train_loader)
-        )
-        self.start_epoch = self.saved_epoch = 0
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
-        self.resume_note = self._resume() if config.resume else None
-
-        self.train_model = self.model
-        if runtime.distributed:
-            self.train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        if config.compile:
-            self.train_model = torch.compile(self.train_model)
-        self.progress = _Progress(runtime.main, config.quiet)
-
-    # ----------------------------------------------------------------------------- setup
     @property
-    def channels_last_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.preserve_format
+    def trained_head(self) -> bool:
+        """Whether the checkpoint's head already predicts these classes: no warm-up then."""
+        tree = self.checkpoint_hierarchy
+        return tree is not None and tree.has_classes(self.classes.names, self.classes.wnids)
 
-    def _resolve(self, config: TrainConfig, source: dict[str, Any] | None) -> TrainConfig:
-        """Fill in the settings left to defaults, so args.json records what the run used."""
-        arch = config.arch or (source["arch"] if source else DEFAULT_ARCH)
-        trained = bool(source or config.pretrained or config.pretrained_file)
-        base_lr = _BASE_LR[config.optimizer][trained]
-        return dataclasses.replace(
-            config,
-            output=str(self.output),
-            arch=arch,
-            lr=config.lr or base_lr * config.batch_size / 256,
-            weight_decay=(
-                _WEIGHT_DECAY[config.optimizer]
-                if config.weight_decay is None
-                else config.weight_decay
-            ),
-            workers=config.workers if config.workers is not None else _default_workers(config),
-            device=str(self.device),
-        )
+    @property
+    def warmup_epochs(self) -> int:
+        return 0 if self.trained_head else self.config.warmup_epochs
 
-    def _create_network(
-        self, source: dict[str, Any] | None, trained_head: bool
-    ) -> tuple[nn.Module, dict[str, Any]]:
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup_epochs + self.config.epochs
+
+    def network(self) -> tuple[nn.Module, dict[str, Any]]:
         """The timm network with a head for the dataset's classes, and its timm arguments."""
+        config, num_classes = self.config, len(self.classes.names)
+        if self.checkpoint is not None:
+            model = network_from_checkpoint(self.checkpoint, config.checkpoint)
+            if self.trained_head:
+                return model, dict(self.checkpoint["model_kwargs"])
+            model.reset_classifier(num_classes)
+            return model, {**self.checkpoint["model_kwargs"], "num_classes": num_classes}
         import timm
 
-        config = self.config
-        num_classes = len(self.classes.names)
-        if source is not None:
-            model = NBDT.from_checkpoint(source, source=config.checkpoint).model
-            if trained_head:
-                return model, dict(source["model_kwargs"])
-            model.reset_classifier(num_classes)
-            return model, {**source["model_kwargs"], "num_classes": num_classes}
         if not timm.is_model(config.arch):
             raise ValueError(
                 f"unknown timm architecture {config.arch!r} (--arch; see timm.list_models())"
             )
         kwargs: dict[str, Any] = {"num_classes": num_classes}
-        weights: dict[str, Any] = {}
-        if config.pretrained_file:
-            weights = {
-                "pretrained": True,
-                "pretrained_cfg_overlay": {"file": config.pretrained_file},
-            }
-        elif config.pretrained:
-            weights = {"pretrained": True}
-        try:
-            model = timm.create_model(config.arch, **kwargs, **weights)
-        except Exception as e:  # timm, the hub and torch.load raise many kinds for bad weights
-            if not weights:
-                raise
-            where = config.pretrained_file or "timm's hub (--pretrained needs internet or a cache)"
-            raise ValueError(
-                f"cannot load {config.arch} weights from {where}: {one_line(e)}"
-            ) from None
+        model = create_model(
+            config.arch,
+            pretrained=config.pretrained,
+            pretrained_file=config.pretrained_file,
+            **kwargs,
+        )
         return model, kwargs
 
-    def _fixed_hierarchy(self, source: dict[str, Any] | None) -> Hierarchy | None:
+    def data_config(self, model: nn.Module, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """timm's data config of the network, at the size the images are read."""
+        size = self.image_size or self.train_set.image_shape[1:]
+        return datasets.data_config(model, size, model_kwargs.get("in_chans", 3))
+
+    def fixed_hierarchy(self) -> Hierarchy | None:
         """The hierarchy known before training, or None when it is induced from the head."""
-        kind = self.config.hierarchy
+        kind, classes = self.config.hierarchy, self.classes
         if kind == "induced":
             return None
         if kind == "checkpoint":
-            hierarchy = Hierarchy.from_node_link(source["hierarchy"])
-            if not _classes_match(hierarchy, self.classes):
+            if not self.trained_head:
                 raise ValueError(
                     f"{self.config.checkpoint}: its hierarchy's classes are not the"
                     f" {self.config.dataset} classes: pass --hierarchy induced|wordnet|random|FILE"
                 )
-            return hierarchy
-        if kind == "wordnet":
-            return Hierarchy.wordnet(self.classes)
-        if kind == "random":
-            return Hierarchy.random(self.classes, seed=self.config.seed)
-        return load_hierarchy_for(kind, self.classes.names, self.classes.wnids)
+            return self.checkpoint_hierarchy
+        if kind in builders.BUILDERS:
+            return builders.build(kind, classes, seed=self.config.seed)
+        return load_hierarchy_for(kind, classes.names, classes.wnids)
 
-    def _induce(self) -> Hierarchy:
+    def induce(self, model: nn.Module) -> Hierarchy:
         """The hierarchy induced from the head's weights as they are now."""
-        return Hierarchy.induced(self.model, self.classes, wnids=list(self.classes.wnids))
+        return builders.build("induced", self.classes, weights=model)
 
-    def _train_loader(
-        self,
-    ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DistributedSampler]:
-        """Shuffled batches; the sampler also serves one process, so any world size sees the
-        same global batches (the ranks' shares of each batch interleave)."""
-        config, runtime = self.config, self.runtime
-        if config.batch_size % runtime.world:
-            raise ValueError(
-                f"--batch-size {config.batch_size} does not split over {runtime.world} processes"
-            )
-        sampler = torch.utils.data.DistributedSampler(
-            self.train_set,
-            num_replicas=runtime.world,
-            rank=runtime.rank,
-            shuffle=True,
-            seed=config.seed,
-        )
-        loader = torch.utils.data.DataLoader(
-            self.train_set,
-            batch_size=config.batch_size // runtime.world,
-            sampler=sampler,
-            drop_last=True,
-            **_loader_options(config.workers, self.device),
-        )
-        return loader, sampler
-
-    def _test_loader(self) -> torch.utils.data.DataLoader:
-        """Each rank evaluates every world-th image, none twice, so summed counts are exact."""
-        runtime = self.runtime
-        shard = torch.utils.data.Subset(
-            self.test_set, range(runtime.rank, len(self.test_set), runtime.world)
-        )
-        return torch.utils.data.DataLoader(
-            shard,
-            batch_size=self.config.batch_size,
-            **_loader_options(self.config.workers, self.device),
-        )
-
-    def _resume(self) -> str:
-        """Restore the run in ``last.pt`` of the output folder, if there is one; say what."""
-        path = self.output / "last.pt"
-        if not path.is_file():
-            return f"no {path} yet: starting afresh"
-        checkpoint = read_checkpoint(path, map_location=self.device)
-        state = checkpoint.get("train")
-        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-            raise ValueError(f"{path}: a model file without training state: cannot resume from it")
-        before = state["config"]
-        changed = [
-            k
-            for k, v in dataclasses.asdict(self.config).items()
-            if k not in _OPERATIONAL and before.get(k) != v
-        ]
-        if changed:
-            key = changed[0]
-            raise ValueError(
-                f"--resume: {key} is {getattr(self.config, key)!r} here but {before.get(key)!r} in"
-                f" {path}'s run: resume with the same settings, or use another --output"
-            )
-        try:
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise ValueError(f"{path}: cannot restore the run ({one_line(e)})") from None
-        self.start_epoch = self.saved_epoch = int(state["epoch"])
-        self.history = list(state["history"])
-        self.best = state["best"]
-        if self.hierarchy is None and self.start_epoch >= self.warmup_epochs:
-            self.hierarchy = Hierarchy.from_node_link(checkpoint["hierarchy"])
-        return f"resuming {path} after epoch {self.start_epoch}"
-
-    # ------------------------------------------------------------------------------ run
-    def run(self) -> dict[str, Any]:
-        """Write the run's files (only now: every setting has been checked) and train."""
-        config = self.config
-        if self.runtime.main:
-            self.output.mkdir(parents=True, exist_ok=True)
-            if config.overwrite:
-                self._remove_previous_run()
-            _write_json(self.output / "args.json", dataclasses.asdict(config))
-            if self.resume_note:
-                self.progress.line(self.resume_note)
-        if self.hierarchy is not None:
-            self._publish_hierarchy(self.hierarchy)
-        epoch = self.start_epoch
-        try:
-            for epoch in range(self.start_epoch, self.total_epochs):
-                self._epoch(epoch)
-        except KeyboardInterrupt:
-            done = self.saved_epoch
-            when = f"after epoch {done}" if done == epoch + 1 else f"during epoch {epoch + 1}"
-            where = f"{self.output / 'last.pt'} holds epoch {done}" if done else "no epoch finished"
-            raise Interrupted(f"{when}: {where}; continue with --resume") from None
-        summary = self._summary()
-        if self.runtime.main:
-            self._html()
-            if config.explain:
-                self._explain(config.explain)
-            self.progress.summary(summary)
-        return summary
-
-    def _epoch(self, epoch: int) -> None:
-        config = self.config
-        tree_phase = epoch >= self.warmup_epochs
-        if tree_phase and self.hierarchy is None:  # no warm-up epoch ran before this one here
-            self.hierarchy = self._induce()
-            self._publish_hierarchy(self.hierarchy)
-        criterion = self._criterion(epoch)
-        lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's first step
-        train_stats = self._train_epoch(epoch, criterion)
-        hierarchy = self.hierarchy
-        if not tree_phase and config.hierarchy == "induced":
-            # Evaluate the warm-up with the tree of the head as it is now; the last one stays.
-            hierarchy = self._induce()
-            self._publish_hierarchy(hierarchy)
-            if epoch + 1 == self.warmup_epochs:
-                self.hierarchy = hierarchy
-        nbdt = self._nbdt(hierarchy)
-        test_stats = self._evaluate(nbdt, criterion)
-        metrics = {
-            "epoch": epoch + 1,
-            "phase": "tree" if tree_phase else "warmup",
-            "lr": lr,
-            **train_stats,
-            **test_stats,
-        }
-        self.history.append(metrics)
-        improved = self.best is None or metrics["nbdt_soft_top1"] > self.best["nbdt_soft_top1"]
-        if improved:
-            self.best = {"epoch": epoch + 1, "nbdt_soft_top1": metrics["nbdt_soft_top1"]}
-        if self.runtime.main:
-            checkpoint = nbdt.checkpoint(train=self._train_state(epoch + 1))
-            # A Ctrl-C here fires after the block: the files are whole, the epoch is reported.
-            with _interrupts_deferred():
-                self._save(checkpoint, "last.pt")
-                self.saved_epoch = epoch + 1
-                if improved:
-                    self._save(checkpoint, "best.pt")
-                _write_lines(self.output / "metrics.jsonl", self.history)
-                self.progress.epoch(metrics, self.total_epochs)
-
-    def _criterion(self, epoch: int) -> nn.Module:
+    def criterion(self, epoch: int, hierarchy: Hierarchy | None, device: torch.device) -> nn.Module:
         """Cross-entropy while warming up, then the tree-supervision loss at this epoch."""
         if epoch < self.warmup_epochs:
             return nn.CrossEntropyLoss()
@@ -570,12 +332,588 @@ class _Run:
                 "ce_weight_end", "ce_weight_power", "node_score",
             )
         }  # fmt: skip
-        if config.loss == "soft":
-            loss = SoftTreeSupLoss(self.hierarchy, variant=config.soft_variant, **options)
-        else:
-            loss = HardTreeSupLoss(self.hierarchy, **options)
+        if LOSSES[config.loss] is SoftTreeSupLoss:
+            options["variant"] = config.soft_variant
+        loss = LOSSES[config.loss](hierarchy, **options)
         loss.set_epoch(epoch - self.warmup_epochs, config.epochs)
-        return loss.to(self.device)
+        return loss.to(device)
+
+
+def make_plan(config: TrainConfig, device: torch.device) -> Plan:
+    """Read the checkpoint (once) and the data, and fill in every default of ``config``."""
+    checkpoint = tree = None
+    if config.checkpoint:
+        checkpoint = read_checkpoint(config.checkpoint)
+        check_format(checkpoint, config.checkpoint)
+        with rebuild_errors(config.checkpoint):
+            tree = Hierarchy.from_node_link(checkpoint["hierarchy"])
+    if checkpoint is not None and config.arch and config.arch != checkpoint["arch"]:
+        raise ValueError(
+            f"--arch {config.arch} but {config.checkpoint} holds a {checkpoint['arch']}:"
+            " drop --arch"
+        )
+    config = _resolve(config, checkpoint, device)
+    # Folders are read at a fixed size; in-memory datasets keep theirs unless --image-size.
+    size = (config.image_size,) * 2 if config.image_size else None
+    if size is None and config.dataset == "folder":
+        size = _default_size(config.arch, checkpoint)
+    load = {"download": config.download, "image_size": size or (224, 224)}
+    train_set = datasets.load_dataset(config.dataset, "train", config.data_dir, **load)
+    test_set = datasets.load_dataset(config.dataset, "test", config.data_dir, **load)
+    if config.subset:
+        train_set = train_set.head(config.subset)
+    if config.eval_subset:
+        test_set = test_set.head(config.eval_subset)
+    if train_set.classes != test_set.classes:
+        raise ValueError(f"{config.dataset}: train and test splits have different classes")
+    classes = DatasetClasses(config.dataset, tuple(train_set.classes), tuple(train_set.wnids))
+    plan = Plan(config, train_set, test_set, classes, size, checkpoint, tree)
+    if config.hierarchy is None:  # a trained head's hierarchy is the default one
+        kind = "checkpoint" if plan.trained_head else "induced"
+        plan.config = dataclasses.replace(config, hierarchy=kind)
+    if len(train_set) < config.batch_size:
+        raise ValueError(
+            f"{len(train_set)} training images, fewer than one batch"
+            f" ({config.batch_size}): lower --batch-size or raise --subset"
+        )
+    return plan
+
+
+def _resolve(
+    config: TrainConfig, checkpoint: dict[str, Any] | None, device: torch.device
+) -> TrainConfig:
+    """Fill in the settings left to defaults, so args.json records what the run used."""
+    trained = bool(checkpoint or config.pretrained or config.pretrained_file)
+    defaults = OPTIMIZERS[config.optimizer]
+    return dataclasses.replace(
+        config,
+        output=str(Path(config.output).expanduser().resolve()),
+        arch=config.arch or (checkpoint["arch"] if checkpoint else DEFAULT_ARCH),
+        lr=config.lr or defaults.base_lr[trained] * config.batch_size / 256,
+        weight_decay=(
+            defaults.weight_decay if config.weight_decay is None else config.weight_decay
+        ),
+        workers=config.workers if config.workers is not None else _default_workers(config),
+        device=str(device),
+    )
+
+
+# ------------------------------------------------------------------------- epoch steps
+@dataclass
+class StepContext:
+    """How batches run here: device, precision (autocast dtype, grad scaler), memory format,
+    the process group (sums over ranks) and the progress display."""
+
+    runtime: Runtime
+    amp_dtype: torch.dtype | None = None
+    progress: Progress | None = None
+    scaler: torch.amp.GradScaler = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        if self.progress is None:
+            self.progress = Progress(self.runtime.main, quiet=True)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def inputs(self, images: Tensor, transform: nn.Module, generator=None) -> Tensor:
+        """A loader's uint8 batch as the model's input, on the device."""
+        images = images.to(self.device, non_blocking=True)
+        return transform(images, generator).contiguous(memory_format=self.memory_format)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    transform: nn.Module,
+    context: StepContext,
+    *,
+    generator: torch.Generator | None = None,
+    description: str = "train",
+) -> dict[str, float]:
+    """One pass over ``loader``: a step of ``optimizer`` (and ``scheduler``) per batch.
+
+    Returns the mean loss, top-1 and throughput over all processes; raises
+    :class:`LossDiverged` when the running loss stops being finite.
+    """
+    model.train()
+    device = context.device
+    sums = torch.zeros(2, device=device)  # loss * n, correct
+    count = 0
+    steps = len(loader)
+    bar = context.progress.bar(steps, description)
+    _sync(device)
+    start = time.perf_counter()
+    for step, (images, targets) in enumerate(loader, 1):
+        inputs = context.inputs(images, transform, generator)
+        targets = targets.to(device, non_blocking=True)
+        with context.autocast():
+            logits = model(inputs)
+        loss = criterion(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        context.scaler.scale(loss).backward()
+        context.scaler.step(optimizer)
+        context.scaler.update()
+        scheduler.step()
+        with torch.no_grad():
+            correct = (logits.argmax(1) == targets).sum()
+            sums += torch.stack([loss.detach() * len(targets), correct.float()])
+        count += len(targets)
+        if step % _CHECK_EVERY == 0 or step == steps:
+            total = context.runtime.all_reduce(torch.cat([sums, sums.new_tensor([count])]))
+            total = total.tolist()
+            running = total[0] / total[2]
+            if not math.isfinite(running):
+                raise LossDiverged(f"loss became {running} in {description} near step {step}")
+            if bar is not None:
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{running:.3f}", top1=f"{100 * total[1] / total[2]:.1f}%")
+    _sync(device)
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    loss_sum, correct, count = total
+    return {
+        "train_loss": loss_sum / count,
+        "train_top1": 100 * correct / count,
+        "train_images": int(count),
+        "train_images_per_s": count / seconds,
+    }
+
+
+@torch.inference_mode()
+def validate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    criterion: nn.Module,
+    rules: DecisionRules,
+    transform: nn.Module,
+    context: StepContext,
+) -> dict[str, float]:
+    """Network, NBDT-soft and NBDT-hard top-1 and losses over ``loader``, from one pass
+    (summed over processes: give each rank its own share of the images)."""
+    model.eval()
+    device = context.device
+    sums = torch.zeros(5, device=device)  # loss, cross-entropy, correct: net, soft, hard
+    count = 0
+    bar = context.progress.bar(len(loader), "  test")
+    _sync(device)
+    start = time.perf_counter()
+    for images, targets in loader:
+        inputs = context.inputs(images, transform)
+        targets = targets.to(device, non_blocking=True)
+        with context.autocast():
+            logits = model(inputs)
+        logits = logits.float()
+        sums += torch.stack(
+            [
+                criterion(logits, targets) * len(targets),
+                F.cross_entropy(logits, targets, reduction="sum"),
+                (logits.argmax(1) == targets).sum().float(),
+                (rules.soft(logits).argmax(1) == targets).sum().float(),
+                (rules.hard(logits) == targets).sum().float(),
+            ]
+        )
+        count += len(targets)
+        if bar is not None:
+            bar.update()
+    total = context.runtime.all_reduce(torch.cat([sums, sums.new_tensor([count])])).tolist()
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    loss, ce, net, soft, hard, count = total
+    return {
+        "test_loss": loss / count,
+        "test_ce": ce / count,
+        "top1": 100 * net / count,
+        "nbdt_soft_top1": 100 * soft / count,
+        "nbdt_hard_top1": 100 * hard / count,
+        "test_images": int(count),
+        "test_images_per_s": count / seconds,
+    }
+
+
+def train_loader(
+    dataset: torch.utils.data.Dataset, config: TrainConfig, runtime: Runtime
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DistributedSampler]:
+    """Shuffled batches; the sampler also serves one process, so any world size sees the
+    same global batches (the ranks' shares of each batch interleave)."""
+    if config.batch_size % runtime.world:
+        raise ValueError(
+            f"--batch-size {config.batch_size} does not split over {runtime.world} processes"
+        )
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=runtime.world, rank=runtime.rank, shuffle=True, seed=config.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size // runtime.world,
+        sampler=sampler,
+        drop_last=True,
+        **_loader_options(config.workers, runtime.device),
+    )
+    return loader, sampler
+
+
+def test_loader(
+    dataset: torch.utils.data.Dataset, config: TrainConfig, runtime: Runtime
+) -> torch.utils.data.DataLoader:
+    """Each rank evaluates every world-th image, none twice, so summed counts are exact."""
+    shard = torch.utils.data.Subset(dataset, range(runtime.rank, len(dataset), runtime.world))
+    return torch.utils.data.DataLoader(
+        shard, batch_size=config.batch_size, **_loader_options(config.workers, runtime.device)
+    )
+
+
+test_loader.__test__ = False  # a loader of test images, not a pytest test
+
+
+# ---------------------------------------------------------------------------- run folder
+@dataclass
+class RunResult:
+    """What a finished run hands its output stages: the final model and the test images."""
+
+    model: NBDT
+    config: TrainConfig
+    classes: DatasetClasses
+    test_set: datasets.ImageDataset
+    transform: nn.Module
+    progress: Progress
+
+
+OutputStage = Callable[["RunFolder", RunResult], None]
+
+
+def hierarchy_page(folder: RunFolder, result: RunResult) -> None:
+    """hierarchy.html, when the HTML module is installed."""
+    try:
+        from nbdt.visualize import hierarchy_html
+    except ImportError as e:
+        result.progress.line(f"note: hierarchy.html skipped ({e})")
+        return
+    hierarchy_html(
+        result.model.hierarchy,
+        folder.path / "hierarchy.html",
+        title=f"{result.config.dataset} hierarchy",
+    )
+
+
+def explanations(folder: RunFolder, result: RunResult) -> None:
+    """Explain the first ``--explain`` test images: text, explanations.json/.html and PNGs."""
+    count = result.config.explain
+    if not count:
+        return
+    test_set, model = result.test_set, result.model.eval()
+    images, targets = zip(*(test_set[i] for i in range(min(count, len(test_set)))), strict=True)
+    device = next(model.parameters()).device
+    explained = model.explain(result.transform(torch.stack(images).to(device)))
+    pictures = [datasets.to_pil(image) for image in images]
+    (folder.path / "images").mkdir(exist_ok=True)
+    records = []
+    for i, (picture, target, explanation) in enumerate(
+        zip(pictures, targets, explained, strict=True)
+    ):
+        path = folder.path / "images" / f"test-{i}.png"
+        with atomic_path(path) as tmp:
+            picture.save(tmp, format="PNG")
+        truth = result.classes.names[int(target)]
+        records.append({"image": str(path), "true_label": truth, **explanation.to_dict()})
+        result.progress.line(f"{path.name} (true: {truth}) {explanation}")
+    _write_json(folder.path / "explanations.json", records)
+    try:
+        from nbdt.visualize import explanation_html
+    except ImportError as e:
+        result.progress.line(f"note: explanations.html skipped ({e})")
+        return
+    explanation_html(
+        explained,
+        pictures,
+        folder.path / "explanations.html",
+        hierarchy=result.model.hierarchy,
+        title=f"{result.config.arch} on {result.config.dataset}",
+    )
+
+
+OUTPUT_STAGES: list[OutputStage] = [hierarchy_page, explanations]
+"""What every run writes at its end, in order; a stage may write nothing (see its setting)."""
+
+
+class RunFolder:
+    """A run's output folder: args.json, last.pt and best.pt, metrics.jsonl, hierarchy.json,
+    the end-of-run outputs (:data:`OUTPUT_STAGES`), and the rules for resuming or replacing it.
+
+    Only the main process (``main``) writes; every write is atomic.
+    """
+
+    FILES = (
+        "last.pt", "best.pt", "metrics.jsonl", "args.json", "hierarchy.json", "hierarchy.html",
+        "explanations.json", "explanations.html",
+    )  # fmt: skip
+    # Settings that do not change what a run computes: --resume may differ in these only.
+    OPERATIONAL = frozenset(
+        {
+            "output", "data_dir", "download", "workers", "device", "compile", "resume",
+            "overwrite", "quiet", "explain",
+        }
+    )  # fmt: skip
+
+    def __init__(self, path: str | os.PathLike[str], main: bool = True):
+        self.path = Path(path).expanduser().resolve()
+        self.main = main
+        self.saved_epoch = 0  # the epoch last.pt holds
+        self.stages: list[OutputStage] = list(OUTPUT_STAGES)
+
+    @staticmethod
+    def check(path: str | os.PathLike[str], resume: bool, overwrite: bool) -> None:
+        """Refuse to start a run over one already in ``path`` unless resuming or overwriting."""
+        if resume and overwrite:
+            raise ValueError(
+                "--resume continues the run in --output, --overwrite replaces it: pass one of them"
+            )
+        output = Path(path).expanduser()
+        if not (resume or overwrite) and (output / "last.pt").exists():
+            raise ValueError(
+                f"{output} holds a run (last.pt): pass --resume to continue it, --overwrite to"
+                " replace it, or another --output"
+            )
+
+    def resume_from(
+        self, config: TrainConfig, device: torch.device
+    ) -> tuple[dict[str, Any] | None, str]:
+        """``last.pt``, checked to be a run of these settings, and a line saying what happens."""
+        path = self.path / "last.pt"
+        if not path.is_file():
+            return None, f"no {path} yet: starting afresh"
+        checkpoint = read_checkpoint(path, map_location=device)
+        state = checkpoint.get("train")
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise ValueError(f"{path}: a model file without training state: cannot resume from it")
+        before = state["config"]
+        changed = [
+            k
+            for k, v in dataclasses.asdict(config).items()
+            if k not in self.OPERATIONAL and before.get(k) != v
+        ]
+        if changed:
+            key = changed[0]
+            raise ValueError(
+                f"--resume: {key} is {getattr(config, key)!r} here but {before.get(key)!r} in"
+                f" {path}'s run: resume with the same settings, or use another --output"
+            )
+        return checkpoint, f"resuming {path} after epoch {int(state['epoch'])}"
+
+    def start(self, config: TrainConfig) -> None:
+        """Create the folder, drop a replaced run's files (--overwrite), write args.json."""
+        if not self.main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if config.overwrite:
+            for name in self.FILES:
+                (self.path / name).unlink(missing_ok=True)
+            for image in self.path.glob("images/test-*.png"):
+                image.unlink()
+        _write_json(self.path / "args.json", dataclasses.asdict(config))
+
+    def publish_hierarchy(self, hierarchy: Hierarchy) -> None:
+        if self.main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            hierarchy.save(self.path / "hierarchy.json")
+
+    def save_epoch(
+        self,
+        checkpoint: dict[str, Any],
+        history: Sequence[dict[str, Any]],
+        best: bool,
+        then: Callable[[], None] = lambda: None,
+    ) -> None:
+        """last.pt (and best.pt), metrics.jsonl, then ``then()`` (the epoch's report). A Ctrl-C
+        meanwhile fires after all of it: the files are whole, ``saved_epoch`` says which epoch
+        they hold."""
+        if not self.main:
+            return
+        with _interrupts_deferred():
+            self._save(checkpoint, "last.pt")
+            self.saved_epoch = checkpoint["train"]["epoch"]
+            if best:
+                self._save(checkpoint, "best.pt")
+            _write_lines(self.path / "metrics.jsonl", history)
+            then()
+
+    def _save(self, checkpoint: dict[str, Any], name: str) -> None:
+        try:
+            save_checkpoint(checkpoint, self.path / name)
+        except OSError as e:
+            raise OSError(f"{self.path / name}: not written ({e})") from None
+
+    def last_good(self) -> str:
+        if not self.saved_epoch:
+            return "no checkpoint was written"
+        return f"{self.path / 'last.pt'} holds the last good epoch, {self.saved_epoch}"
+
+    def finish(self, result: RunResult) -> None:
+        """Run the output stages, in order (main process only)."""
+        if self.main:
+            for stage in self.stages:
+                stage(self, result)
+
+
+# ----------------------------------------------------------------------------- the run
+class _Fit:
+    """The recipe of ``nbdt-train`` over the pieces above: the plan's network and data,
+    warm-up then tree-supervised epochs, a checkpoint per epoch, the output stages at the end."""
+
+    def __init__(self, plan: Plan, runtime: Runtime):
+        self.plan, self.runtime = plan, runtime
+        self.config = config = plan.config
+        self.folder = RunFolder(config.output, runtime.main)
+        device = runtime.device
+
+        torch.manual_seed(config.seed)
+        self.model, self.model_kwargs = plan.network()
+        self.data_config = plan.data_config(self.model, self.model_kwargs)
+        self.train_transform = datasets.BatchTransform(self.data_config, augment=config.augment)
+        self.eval_transform = datasets.BatchTransform(self.data_config)
+        self.hierarchy = plan.fixed_hierarchy()
+        self.context = StepContext(
+            runtime,
+            amp_dtype(device) if config.amp else None,
+            Progress(runtime.main, config.quiet),
+        )
+        self.model.to(device, memory_format=self.context.memory_format)
+        self.train_transform.to(device)
+        self.eval_transform.to(device)
+
+        self.train_loader, self.sampler = train_loader(plan.train_set, config, runtime)
+        self.test_loader = test_loader(plan.test_set, config, runtime)
+        self.optimizer = make_optimizer(config, self.model)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=plan.total_epochs * len(self.train_loader)
+        )
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.resume_note = self._resume() if config.resume else None
+
+        self.train_model = self.model
+        if runtime.distributed:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    def _resume(self) -> str:
+        """Restore the run in ``last.pt`` of the output folder, if there is one; say what."""
+        checkpoint, note = self.folder.resume_from(self.config, self.runtime.device)
+        if checkpoint is None:
+            return note
+        state = checkpoint["train"]
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.context.scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"{self.folder.path / 'last.pt'}: cannot restore the run ({one_line(e)})"
+            ) from None
+        self.start_epoch = self.folder.saved_epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best = state["best"]
+        if self.hierarchy is None and self.start_epoch >= self.plan.warmup_epochs:
+            self.hierarchy = Hierarchy.from_node_link(checkpoint["hierarchy"])
+        return note
+
+    def run(self) -> dict[str, Any]:
+        """Write the run's files (only now: every setting has been checked) and train."""
+        progress = self.context.progress
+        self.folder.start(self.config)
+        if self.resume_note:
+            progress.line(self.resume_note)
+        if self.hierarchy is not None:
+            self.folder.publish_hierarchy(self.hierarchy)
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, self.plan.total_epochs):
+                self._epoch(epoch)
+        except KeyboardInterrupt:
+            done = self.folder.saved_epoch
+            when = f"after epoch {done}" if done == epoch + 1 else f"during epoch {epoch + 1}"
+            where = (
+                f"{self.folder.path / 'last.pt'} holds epoch {done}"
+                if done
+                else ("no epoch finished")
+            )
+            raise Interrupted(f"{when}: {where}; continue with --resume") from None
+        summary = self._summary()
+        result = RunResult(
+            self._nbdt(self.hierarchy),
+            self.config,
+            self.plan.classes,
+            self.plan.test_set,
+            self.eval_transform,
+            progress,
+        )
+        self.folder.finish(result)
+        progress.summary(summary)
+        return summary
+
+    def _epoch(self, epoch: int) -> None:
+        plan, config = self.plan, self.config
+        tree_phase = epoch >= plan.warmup_epochs
+        if tree_phase and self.hierarchy is None:  # no warm-up epoch ran before this one here
+            self.hierarchy = plan.induce(self.model)
+            self.folder.publish_hierarchy(self.hierarchy)
+        criterion = plan.criterion(epoch, self.hierarchy, self.runtime.device)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's first step
+        self.sampler.set_epoch(epoch)
+        generator = _seed_epoch(config.seed, epoch, self.runtime.rank, self.runtime.device)
+        try:
+            train_stats = train_one_epoch(
+                self.train_model, self.train_loader, criterion, self.optimizer, self.scheduler,
+                self.train_transform, self.context, generator=generator,
+                description=f"epoch {epoch + 1}/{plan.total_epochs}",
+            )  # fmt: skip
+        except LossDiverged as e:
+            stopped = f"{e}: stopped; {self.folder.last_good()}; try a lower --lr"
+            raise LossDiverged(stopped) from None
+        hierarchy = self.hierarchy
+        if not tree_phase and config.hierarchy == "induced":
+            # Evaluate the warm-up with the tree of the head as it is now; the last one stays.
+            hierarchy = plan.induce(self.model)
+            self.folder.publish_hierarchy(hierarchy)
+            if epoch + 1 == plan.warmup_epochs:
+                self.hierarchy = hierarchy
+        nbdt = self._nbdt(hierarchy)
+        test_stats = validate(
+            self.model, self.test_loader, criterion, nbdt.rules, self.eval_transform, self.context
+        )
+        phase = "tree" if tree_phase else "warmup"
+        metrics = {"epoch": epoch + 1, "phase": phase, "lr": lr, **train_stats, **test_stats}
+        self.history.append(metrics)
+        improved = self.best is None or metrics["nbdt_soft_top1"] > self.best["nbdt_soft_top1"]
+        if improved:
+            self.best = {"epoch": epoch + 1, "nbdt_soft_top1": metrics["nbdt_soft_top1"]}
+        if self.runtime.main:
+            checkpoint = nbdt.checkpoint(train=self._train_state(epoch + 1))
+            report = functools.partial(self.context.progress.epoch, metrics, plan.total_epochs)
+            self.folder.save_epoch(checkpoint, self.history, improved, then=report)
 
     def _nbdt(self, hierarchy: Hierarchy) -> NBDT:
         return NBDT(
@@ -585,110 +923,8 @@ class _Run:
             arch=self.config.arch,
             model_kwargs=self.model_kwargs,
             data_config=self.data_config,
-        ).to(self.device)
+        ).to(self.runtime.device)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def _train_epoch(self, epoch: int, criterion: nn.Module) -> dict[str, float]:
-        self.model.train()
-        self.sampler.set_epoch(epoch)
-        generator = _seed_epoch(self.config.seed, epoch, self.runtime.rank, self.device)
-        sums = torch.zeros(2, device=self.device)  # loss * n, correct
-        count = 0
-        steps = len(self.train_loader)
-        bar = self.progress.bar(steps, f"epoch {epoch + 1}/{self.total_epochs}")
-        _sync(self.device)
-        start = time.perf_counter()
-        for step, (images, targets) in enumerate(self.train_loader, 1):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            inputs = self.train_transform(images, generator)
-            inputs = inputs.contiguous(memory_format=self.channels_last_format)
-            with self._autocast():
-                logits = self.train_model(inputs)
-            loss = criterion(logits.float(), targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            with torch.no_grad():
-                correct = (logits.argmax(1) == targets).sum()
-                sums += torch.stack([loss.detach() * len(targets), correct.float()])
-            count += len(targets)
-            if step % _CHECK_EVERY == 0 or step == steps:
-                total = self.runtime.all_reduce(
-                    torch.cat([sums, sums.new_tensor([count])])
-                ).tolist()
-                running = total[0] / total[2]
-                if not math.isfinite(running):
-                    raise LossDiverged(
-                        f"loss became {running} in epoch {epoch + 1} near step {step}: stopped;"
-                        f" {self._last_good()}; try a lower --lr"
-                    )
-                if bar is not None:
-                    bar.update(step - bar.n)
-                    bar.set_postfix(loss=f"{running:.3f}", top1=f"{100 * total[1] / total[2]:.1f}%")
-        _sync(self.device)
-        seconds = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
-        loss_sum, correct, count = total
-        return {
-            "train_loss": loss_sum / count,
-            "train_top1": 100 * correct / count,
-            "train_images": int(count),
-            "train_images_per_s": count / seconds,
-        }
-
-    @torch.inference_mode()
-    def _evaluate(self, nbdt: NBDT, criterion: nn.Module) -> dict[str, float]:
-        """Network, NBDT-soft and NBDT-hard top-1 and losses over the test split, from one pass."""
-        self.model.eval()
-        rules = nbdt.rules
-        sums = torch.zeros(5, device=self.device)  # loss, cross-entropy, correct: net, soft, hard
-        count = 0
-        bar = self.progress.bar(len(self.test_loader), "  test")
-        _sync(self.device)
-        start = time.perf_counter()
-        for images, targets in self.test_loader:
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            inputs = self.eval_transform(images).contiguous(memory_format=self.channels_last_format)
-            with self._autocast():
-                logits = self.model(inputs)
-            logits = logits.float()
-            sums += torch.stack(
-                [
-                    criterion(logits, targets) * len(targets),
-                    F.cross_entropy(logits, targets, reduction="sum"),
-                    (logits.argmax(1) == targets).sum().float(),
-                    (rules.soft(logits).argmax(1) == targets).sum().float(),
-                    (rules.hard(logits) == targets).sum().float(),
-                ]
-            )
-            count += len(targets)
-            if bar is not None:
-                bar.update()
-        total = self.runtime.all_reduce(torch.cat([sums, sums.new_tensor([count])])).tolist()
-        seconds = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
-        loss, ce, net, soft, hard, count = total
-        return {
-            "test_loss": loss / count,
-            "test_ce": ce / count,
-            "top1": 100 * net / count,
-            "nbdt_soft_top1": 100 * soft / count,
-            "nbdt_hard_top1": 100 * hard / count,
-            "test_images": int(count),
-            "test_images_per_s": count / seconds,
-        }
-
-    # --------------------------------------------------------------------------- outputs
     def _train_state(self, epoch: int) -> dict[str, Any]:
         """What --resume needs besides the model: random state is derived from (seed, epoch,
         rank) at every epoch start, so the seed and the epoch stand for it."""
@@ -697,51 +933,17 @@ class _Run:
             "config": dataclasses.asdict(self.config),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.context.scaler.state_dict(),
             "history": self.history,
             "best": self.best,
         }
 
-    def _save(self, checkpoint: dict[str, Any], name: str) -> None:
-        try:
-            save_checkpoint(checkpoint, self.output / name)
-        except OSError as e:
-            raise OSError(f"{self.output / name}: not written ({e})") from None
-
-    def _remove_previous_run(self) -> None:
-        """--overwrite: drop the files of the run the folder held, so none outlives it."""
-        for name in _RUN_FILES:
-            (self.output / name).unlink(missing_ok=True)
-        for image in self.output.glob("images/test-*.png"):
-            image.unlink()
-
-    def _last_good(self) -> str:
-        if not self.saved_epoch:
-            return "no checkpoint was written"
-        return f"{self.output / 'last.pt'} holds the last good epoch, {self.saved_epoch}"
-
-    def _publish_hierarchy(self, hierarchy: Hierarchy) -> None:
-        if self.runtime.main:
-            self.output.mkdir(parents=True, exist_ok=True)
-            hierarchy.save(self.output / "hierarchy.json")
-
-    def _html(self) -> None:
-        """hierarchy.html, when the HTML module is installed."""
-        try:
-            from nbdt.visualize import hierarchy_html
-        except ImportError as e:
-            self.progress.line(f"note: hierarchy.html skipped ({e})")
-            return
-        hierarchy_html(
-            self.hierarchy, self.output / "hierarchy.html", title=f"{self.config.dataset} hierarchy"
-        )
-
     def _summary(self) -> dict[str, Any]:
         last = self.history[-1]
         return {
-            "output": str(self.output),
+            "output": str(self.folder.path),
             "epochs": last["epoch"],
-            "warmup_epochs": self.warmup_epochs,
+            "warmup_epochs": self.plan.warmup_epochs,
             "top1": last["top1"],
             "nbdt_soft_top1": last["nbdt_soft_top1"],
             "nbdt_hard_top1": last["nbdt_hard_top1"],
@@ -749,59 +951,8 @@ class _Run:
             "train_images_per_s": last["train_images_per_s"],
         }
 
-    def _explain(self, count: int) -> None:
-        """Explain the first ``count`` test images: text, explanations.json/.html and PNGs."""
-        nbdt = self._nbdt(self.hierarchy).eval()
-        images, targets = zip(
-            *(self.test_set[i] for i in range(min(count, len(self.test_set)))), strict=True
-        )
-        batch = torch.stack(images).to(self.device)
-        explanations = nbdt.explain(self.eval_transform(batch))
-        folder = self.output / "images"
-        folder.mkdir(exist_ok=True)
-        pictures = [datasets.to_pil(image) for image in images]
-        records = []
-        for i, (picture, target, explanation) in enumerate(
-            zip(pictures, targets, explanations, strict=True)
-        ):
-            path = folder / f"test-{i}.png"
-            with atomic_path(path) as tmp:
-                picture.save(tmp, format="PNG")
-            truth = self.classes.names[int(target)]
-            records.append({"image": str(path), "true_label": truth, **explanation.to_dict()})
-            self.progress.line(f"{path.name} (true: {truth}) {explanation}")
-        _write_json(self.output / "explanations.json", records)
-        try:
-            from nbdt.visualize import explanation_html
-        except ImportError as e:
-            self.progress.line(f"note: explanations.html skipped ({e})")
-            return
-        explanation_html(
-            explanations,
-            pictures,
-            self.output / "explanations.html",
-            hierarchy=self.hierarchy,
-            title=f"{self.config.arch} on {self.config.dataset}",
-        )
-
 
 # ------------------------------------------------------------------------------- helpers
-def _dataset_classes(name: str, dataset: datasets.ImageDataset) -> DatasetClasses:
-    """The dataset's names and wnids in the form the hierarchy builders take."""
-    return DatasetClasses(name, tuple(dataset.classes), tuple(dataset.wnids))
-
-
-def _classes_match(hierarchy: Hierarchy, classes: DatasetClasses) -> bool:
-    """Whether a hierarchy's leaves are the dataset's classes, by WordNet id or by name."""
-    leaves = hierarchy.leaves
-    if len(leaves) != len(classes.names):
-        return False
-    return all(
-        leaf.wnid == wnid or leaf.label == name or leaf.id in (wnid, name)
-        for leaf, name, wnid in zip(leaves, classes.names, classes.wnids, strict=True)
-    )
-
-
 def _default_size(arch: str, source: dict[str, Any] | None) -> tuple[int, int]:
     """Image size for folder datasets: the checkpoint's, else the architecture's default."""
     if source is not None and source.get("data_config"):
@@ -830,7 +981,7 @@ def _loader_options(workers: int, device: torch.device) -> dict[str, Any]:
     }
 
 
-def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """timm's optimiser factory: no weight decay on biases and norm layers."""
     from timm.optim import create_optimizer_v2
 
@@ -839,7 +990,7 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
+def amp_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is missing); none elsewhere."""
     if device.type != "cuda":
         return None
@@ -892,7 +1043,7 @@ def _write_lines(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-class _Progress:
+class Progress:
     """tqdm bars on a terminal; otherwise (or with ``quiet``) one plain line per epoch."""
 
     def __init__(self, enabled: bool, quiet: bool):

@@ -12,6 +12,7 @@ Prints JSON; the goal is trainer / plain >= 0.95.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import tempfile
@@ -23,10 +24,10 @@ import torch.nn.functional as F
 from nbdt import data, train
 
 
-def plain_loop(run: train._Run, args: argparse.Namespace) -> float:
+def plain_loop(model, dataset, config, context: train.StepContext, args) -> float:
     """Images/s of the textbook loop: DataLoader, normalise, forward (autocast as the trainer
     has it), cross-entropy, SGD."""
-    model, dataset, config, device = run.model, run.train_set, run.data_config, run.device
+    device = context.device
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, shuffle=True, drop_last=True
     )
@@ -42,7 +43,7 @@ def plain_loop(run: train._Run, args: argparse.Namespace) -> float:
     for images, targets in loader:
         images, targets = images.to(device), targets.to(device)
         x = (images.float().div(255).expand(-1, 3, -1, -1) - mean) / std
-        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        with context.autocast():
             logits = model(x)
         loss = F.cross_entropy(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -125,27 +126,43 @@ def main() -> None:
             amp=args.amp,
             quiet=True,
         )
-        run = train._Run(config, train._start_runtime(config.device))
-        dataset = run.train_set
-        hierarchy = run._induce()
-        run.hierarchy = hierarchy
+        runtime = train.start_runtime(config.device)
+        device = runtime.device
+        plan = train.make_plan(config, device)
+        model, model_kwargs = plan.network()
+        context = train.StepContext(runtime, train.amp_dtype(device) if args.amp else None)
+        model.to(device, memory_format=context.memory_format)
+        data_config = plan.data_config(model, model_kwargs)
+        transform = data.BatchTransform(data_config).to(device)
+        loader, _ = train.train_loader(plan.train_set, plan.config, runtime)
+        optimizer = train.make_optimizer(plan.config, model)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10**6)
+        dataset = plan.train_set
+        hierarchy = plan.induce(model)
         losses = {
-            "trainer_ce": run._criterion(0),
-            "trainer_soft_tree": run._criterion(1),
+            "trainer_ce": plan.criterion(0, hierarchy, device),
+            "trainer_soft_tree": plan.criterion(1, hierarchy, device),
         }
-        run.config.loss = "hard"
-        losses["trainer_hard_tree"] = run._criterion(1)
+        plan.config = dataclasses.replace(plan.config, loss="hard")
+        losses["trainer_hard_tree"] = plan.criterion(1, hierarchy, device)
+
+        def trainer(criterion: torch.nn.Module) -> float:
+            stats = train.train_one_epoch(
+                model, loader, criterion, optimizer, scheduler, transform, context
+            )
+            return stats["train_images_per_s"]
+
         rates: dict[str, list[float]] = {name: [] for name in ("plain_ce_loop", *losses)}
-        run._train_epoch(0, losses["trainer_ce"])  # warm-up: allocator, kernels, caches
+        trainer(losses["trainer_ce"])  # warm-up: allocator, kernels, caches
         for _ in range(args.rounds):
-            rates["plain_ce_loop"].append(plain_loop(run, args))
+            rates["plain_ce_loop"].append(plain_loop(model, dataset, data_config, context, args))
             for name, criterion in losses.items():
-                rates[name].append(run._train_epoch(0, criterion)["train_images_per_s"])
+                rates[name].append(trainer(criterion))
         best = {name: max(values) for name, values in rates.items()}
         result = {
             "arch": args.arch,
-            "device": str(run.device),
-            "amp": str(run.amp_dtype) if run.amp_dtype else None,
+            "device": str(device),
+            "amp": str(context.amp_dtype) if context.amp_dtype else None,
             "torch_threads": torch.get_num_threads(),
             "machine": platform.machine(),
             "batch_size": args.batch_size,
@@ -157,7 +174,7 @@ def main() -> None:
             "soft_tree_over_plain": round(best["trainer_soft_tree"] / best["plain_ce_loop"], 3),
             "hard_tree_over_plain": round(best["trainer_hard_tree"] / best["plain_ce_loop"], 3),
             "data_pipeline_images_per_s": {
-                k: round(v, 1) for k, v in data_only(dataset, run.data_config, args).items()
+                k: round(v, 1) for k, v in data_only(dataset, data_config, args).items()
             },
         }
     print(json.dumps(result, indent=1))

@@ -114,16 +114,16 @@ def test_checkpoint_with_a_trained_head_skips_warmup_and_keeps_its_tree(
 
 def interrupt_evaluation(monkeypatch, epoch):
     """Raise KeyboardInterrupt (as Ctrl-C would) when the trainer starts evaluating ``epoch``."""
-    original = train._Run._evaluate
+    original = train.validate
     calls = []
 
-    def evaluate(run, *args):
+    def validate(*args):
         calls.append(1)
         if len(calls) == epoch:
             raise KeyboardInterrupt
-        return original(run, *args)
+        return original(*args)
 
-    monkeypatch.setattr(train._Run, "_evaluate", evaluate)
+    monkeypatch.setattr(train, "validate", validate)
 
 
 @pytest.mark.slow
@@ -198,15 +198,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     stripes_dir, tmp_path, monkeypatch, capsys
 ):
     output = tmp_path / "run"
-    original = train._Run._criterion
+    original = train.Plan.criterion
 
-    def criterion(run, epoch):
-        loss = original(run, epoch)
+    def criterion(plan, epoch, *args):
+        loss = original(plan, epoch, *args)
         if epoch == 1:
             return lambda logits, target: loss(logits, target) * float("nan")
         return loss
 
-    monkeypatch.setattr(train._Run, "_criterion", criterion)
+    monkeypatch.setattr(train.Plan, "criterion", criterion)
     assert train_main(train_args(stripes_dir, output)) == 1
     err = capsys.readouterr().err
     assert "loss became nan in epoch 2" in err and "last good epoch, 1" in err
