@@ -1,4 +1,5 @@
-# Two commands do all set-up: `make demo` and `make test`. Both call `make setup` first.
+# Two commands do all set-up: `make demo` and `make test` (`make test-fast` while developing).
+# All of them call `make setup` first.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.nbdt-setup
 DEMO_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup system-deps demo test lint format bench clean
+.PHONY: setup system-deps demo test test-fast lint format bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +44,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The quick loop while developing: no slow and no browser tests, a tighter limit per test.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not browser" --timeout 120
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

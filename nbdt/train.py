@@ -42,6 +42,7 @@ from nbdt.model import NBDT
 from nbdt.networks import create_model, network_from_checkpoint, rebuild_errors
 from nbdt.pretrained import load_hierarchy_for
 from nbdt.rules import NODE_SCORES, DecisionRules
+from nbdt.visualize import explanation_html, hierarchy_html
 
 DEFAULT_ARCH = "resnet101"
 
@@ -601,12 +602,7 @@ OutputStage = Callable[["RunFolder", RunResult], None]
 
 
 def hierarchy_page(folder: RunFolder, result: RunResult) -> None:
-    """hierarchy.html, when the HTML module is installed."""
-    try:
-        from nbdt.visualize import hierarchy_html
-    except ImportError as e:
-        result.progress.line(f"note: hierarchy.html skipped ({e})")
-        return
+    """hierarchy.html."""
     hierarchy_html(
         result.model.hierarchy,
         folder.path / "hierarchy.html",
@@ -636,11 +632,6 @@ def explanations(folder: RunFolder, result: RunResult) -> None:
         records.append({"image": str(path), "true_label": truth, **explanation.to_dict()})
         result.progress.line(f"{path.name} (true: {truth}) {explanation}")
     _write_json(folder.path / "explanations.json", records)
-    try:
-        from nbdt.visualize import explanation_html
-    except ImportError as e:
-        result.progress.line(f"note: explanations.html skipped ({e})")
-        return
     explanation_html(
         explained,
         pictures,

@@ -117,7 +117,8 @@ def _page(name: str, title: str, data: Any) -> str:
         "script": script,
         "data": embed_json(data),
     }
-    # One pass over the template only: substituted text is never scanned for slots again.
+    # One pass over each template only: substituted text is never scanned for slots again.
+    slots["head"] = _SLOT.sub(lambda m: slots[m.group(1)], _template("head.html")).rstrip()
     return _SLOT.sub(lambda m: slots[m.group(1)], _template(f"{name}.html"))
 
 
