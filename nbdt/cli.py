@@ -129,6 +129,9 @@ def _hierarchy_html(args: argparse.Namespace) -> int:
     return 0
 
 
+_BUILDER_OPTIONS = ("linkage", "normalize", "branching", "seed")  # each builder takes its own
+
+
 def _hierarchy(args: argparse.Namespace) -> int:
     if args.command == "html":
         return _hierarchy_html(args)
@@ -146,19 +149,10 @@ def _hierarchy(args: argparse.Namespace) -> int:
         classes = _hierarchy_classes(args)
         if args.command == "show":
             tree = _load_tree(args.tree, classes)
-        elif args.command == "wordnet":
-            tree = builders.wordnet(classes)
-        elif args.command == "random":
-            tree = builders.random(classes, seed=args.seed, branching=args.branching)
         else:
-            source = _weights_source(args)
-            tree = builders.induced(
-                source,
-                classes,
-                linkage=args.linkage,
-                normalize=args.normalize,
-                branching=args.branching,
-            )
+            weights = _weights_source(args) if args.command == "induced" else None
+            options = {k: getattr(args, k) for k in _BUILDER_OPTIONS if hasattr(args, k)}
+            tree = builders.build(args.command, classes, weights=weights, **options)
     for warning in caught:
         if issubclass(warning.category, UnresolvedClassWarning):
             print(f"nbdt-hierarchy: warning: {warning.message}", file=sys.stderr)
@@ -213,6 +207,8 @@ def _weights_source(args: argparse.Namespace):
         return args.checkpoint
     import timm
 
+    from nbdt.networks import create_model
+
     if not timm.is_model(args.model):
         raise BadInput(f"--model {args.model}: not a timm architecture (see timm.list_models())")
     if not (args.pretrained or args.pretrained_file):
@@ -220,18 +216,11 @@ def _weights_source(args: argparse.Namespace):
             "--model needs --pretrained or --pretrained-file: a randomly initialised head gives a"
             " meaningless tree"
         )
-    kwargs = {}
-    if args.pretrained_file:
-        if not Path(args.pretrained_file).is_file():
-            raise BadInput(f"--pretrained-file {args.pretrained_file}: no such file")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(args.pretrained_file).resolve())}
-    try:
-        return timm.create_model(args.model, pretrained=True, **kwargs)
-    except Exception as e:  # timm and the hub raise many kinds; all mean "no weights"
-        where = args.pretrained_file or "timm's hub (offline?)"
-        raise BadInput(
-            f"--model {args.model}: cannot load weights from {where}: {one_line(e)}"
-        ) from None
+    if args.pretrained_file and not Path(args.pretrained_file).is_file():
+        raise BadInput(f"--pretrained-file {args.pretrained_file}: no such file")
+    return create_model(
+        args.model, pretrained=True, pretrained_file=args.pretrained_file, option="--model"
+    )
 
 
 # -------------------------------------------------------------------------- nbdt-train
@@ -244,7 +233,8 @@ def _train_parser() -> argparse.ArgumentParser:
     """nbdt-train's options: one per ``TrainConfig`` field, whose defaults they take."""
     import dataclasses
 
-    from nbdt import train
+    from nbdt import builders, data, loss, train
+    from nbdt.rules import NODE_SCORES
 
     p = argparse.ArgumentParser(
         prog="nbdt-train",
@@ -253,23 +243,23 @@ def _train_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(**{f.name: f.default for f in dataclasses.fields(train.TrainConfig)})
     default = " (default: %(default)s)"
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=train.datasets.DATASETS, help=default.strip())
-    data.add_argument(
+    group = p.add_argument_group("data")
+    group.add_argument("--dataset", choices=data.DATASETS, help=default.strip())
+    group.add_argument(
         "--data-dir",
         metavar="DIR",
         help="dataset folder (fashion-mnist: IDX files, default Debian's"
-        f" {train.datasets.FASHION_MNIST_DIR}; cifar: default <cache>/data; folder: train/ and"
+        f" {data.FASHION_MNIST_DIR}; cifar: default <cache>/data; folder: train/ and"
         " val/ class folders)",
     )
-    data.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR")
-    data.add_argument("--subset", type=int, metavar="N", help="first N training images")
-    data.add_argument("--eval-subset", type=int, metavar="N", help="first N test images")
-    data.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
-    data.add_argument(
+    group.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR")
+    group.add_argument("--subset", type=int, metavar="N", help="first N training images")
+    group.add_argument("--eval-subset", type=int, metavar="N", help="first N test images")
+    group.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
+    group.add_argument(
         "--no-augment", dest="augment", action="store_false", help="no random shift and flip"
     )
-    data.add_argument(
+    group.add_argument(
         "--workers", type=int, metavar="N", help="data loader processes (default: 0 in memory)"
     )
 
@@ -281,11 +271,10 @@ def _train_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--hierarchy",
         metavar="KIND|FILE",
-        help="induced, wordnet, random, a hierarchy JSON file or a shipped name such as"
-        " fashion-mnist-wordnet (default: induced, or the"
-        " checkpoint's)",
+        help=f"{', '.join(builders.BUILDERS)}, a hierarchy JSON file or a shipped name such as"
+        " fashion-mnist-wordnet (default: induced, or the checkpoint's)",
     )
-    model.add_argument("--node-score", choices=("mean", "marginal"), help=default.strip())
+    model.add_argument("--node-score", choices=NODE_SCORES, help=default.strip())
 
     fit = p.add_argument_group("training")
     fit.add_argument(
@@ -295,8 +284,8 @@ def _train_parser() -> argparse.ArgumentParser:
         help="cross-entropy epochs for a new head" + default,
     )
     fit.add_argument("--epochs", type=int, metavar="N", help="tree-supervised epochs" + default)
-    fit.add_argument("--loss", choices=train.LOSSES, help=default.strip())
-    fit.add_argument("--soft-variant", choices=train.SOFT_VARIANTS, help=default.strip())
+    fit.add_argument("--loss", choices=loss.LOSSES, help=default.strip())
+    fit.add_argument("--soft-variant", choices=loss.SOFT_VARIANTS, help=default.strip())
     fit.add_argument("--tree-weight", type=float, metavar="W", help="tree term weight" + default)
     fit.add_argument(
         "--tree-weight-end", type=float, metavar="W", help="in the last epoch (default: constant)"
@@ -362,12 +351,15 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
         help="a shipped hierarchy name (default for the example: imagenet-induced; or"
         " imagenet-wordnet) or a hierarchy JSON file; default with --checkpoint: its own",
     )
+    from nbdt.model import MODES
+    from nbdt.rules import NODE_SCORES
+
     parser.add_argument(
-        "--mode", choices=("soft", "hard"), help="inference mode (default: the checkpoint's, soft)"
+        "--mode", choices=MODES, help="inference mode (default: the checkpoint's, soft)"
     )
     parser.add_argument(
         "--node-score",
-        choices=("mean", "marginal"),
+        choices=NODE_SCORES,
         help="how a child is scored (default: the checkpoint's; marginal for the example)",
     )
     parser.add_argument(

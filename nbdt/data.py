@@ -10,12 +10,13 @@ in the data loader is an index lookup for the in-memory datasets.
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
 import math
 import os
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,6 @@ from nbdt._io import cache_dir
 from nbdt.classes import dataset_classes, is_wordnet_id
 from nbdt.images import load_image
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "folder")
 SPLITS = ("train", "test")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -181,19 +181,11 @@ def load_dataset(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if name == "fashion-mnist":
-        folder = Path(data_dir) if data_dir else FASHION_MNIST_DIR
-        dataset = _fashion_mnist(folder, split)
-    elif name in ("cifar10", "cifar100"):
-        folder = Path(data_dir) if data_dir else cache_dir() / "data"
-        dataset = _cifar(name, folder, split, download)
-    elif name == "folder":
-        if data_dir is None:
-            raise ValueError("the folder dataset needs a data folder (--data-dir)")
-        folder = _split_folder(Path(data_dir), split)
-        dataset = FolderImages(folder, image_size)
-    else:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
+    folder, dataset = DATASETS[name](
+        split, Path(data_dir) if data_dir else None, download=download, image_size=image_size
+    )
     if not len(dataset):  # caught here, not after a training epoch divides by it
         raise ValueError(f"{folder}: the {split} split holds no images")
     return dataset
@@ -210,7 +202,8 @@ def _find_idx(folder: Path, stem: str) -> Path:
     )
 
 
-def _fashion_mnist(folder: Path, split: str) -> TensorImages:
+def _fashion_mnist(split: str, folder: Path | None, **_: Any) -> tuple[Path, TensorImages]:
+    folder = folder or FASHION_MNIST_DIR
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))
     label_file = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
@@ -228,12 +221,13 @@ def _fashion_mnist(folder: Path, split: str) -> TensorImages:
             f"{label_file}: labels run from {int(labels.min())} to {int(labels.max())}, outside"
             f" the {len(info.names)} classes [0, {len(info.names)})"
         )
-    return TensorImages(images.unsqueeze(1), labels, info.names, info.wnids)
+    return folder, TensorImages(images.unsqueeze(1), labels, info.names, info.wnids)
 
 
-def _cifar(name: str, root: Path, split: str, download: bool) -> TensorImages:
+def _cifar(name: str, split: str, root: Path | None, download: bool, **_: Any):
     from torchvision import datasets
 
+    root = root or cache_dir() / "data"
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
         data = cls(str(root), train=split == "train", download=download)
@@ -243,7 +237,16 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> TensorImages:
         ) from None
     info = dataset_classes(name)
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
-    return TensorImages(images, torch.tensor(data.targets), info.names, info.wnids)
+    return root, TensorImages(images, torch.tensor(data.targets), info.names, info.wnids)
+
+
+def _folder(
+    split: str, root: Path | None, image_size: tuple[int, int], **_: Any
+) -> tuple[Path, FolderImages]:
+    if root is None:
+        raise ValueError("the folder dataset needs a data folder (--data-dir)")
+    folder = _split_folder(root, split)
+    return folder, FolderImages(folder, image_size)
 
 
 def _split_folder(root: Path, split: str) -> Path:
@@ -326,3 +329,13 @@ def to_pil(image: Tensor) -> Any:
     from torchvision.transforms.v2.functional import to_pil_image
 
     return to_pil_image(image)
+
+
+# The datasets nbdt-train reads, by name: split, data folder (None: the default), download and
+# image size in; the folder read (for messages) and the dataset out.
+DATASETS: dict[str, Callable[..., tuple[Path, ImageDataset]]] = {
+    "fashion-mnist": _fashion_mnist,
+    "cifar10": functools.partial(_cifar, "cifar10"),
+    "cifar100": functools.partial(_cifar, "cifar100"),
+    "folder": _folder,
+}

@@ -22,10 +22,7 @@ from nbdt.explanation import Explanation, Step, TopClass
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
 from nbdt.networks import input_channels, network_from_checkpoint, rebuild_errors
-from nbdt.rules import DecisionRules
-
-MODES = ("soft", "hard")
-NODE_SCORES = ("mean", "marginal")
+from nbdt.rules import NODE_SCORES, DecisionRules
 
 ImageInput = Image.Image | str | os.PathLike | torch.Tensor
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -149,13 +146,7 @@ class NBDT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C) class log-probabilities (soft) or the hard decision as a point mass."""
-        logits = self.model(x)
-        if self.mode == "soft":
-            return self.rules.soft(logits)
-        decision = self.rules.hard(logits)
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        scores = torch.full(logits.shape, -math.inf, dtype=dtype, device=logits.device)
-        return scores.scatter(1, decision[:, None], 0.0)
+        return MODES[self.mode](self.rules, self.model(x))
 
     @property
     def transform(self) -> Any:
@@ -239,10 +230,7 @@ class NBDT(nn.Module):
         logits = self.model(batch)
         node_log_probs = self.rules.node_log_probs(logits)  # (B, N, K), padding -inf
         class_log_probs = self.rules.soft(logits)  # (B, C)
-        if self.mode == "soft":
-            predicted = class_log_probs.argmax(1)
-        else:
-            predicted = self.rules.hard(logits)
+        predicted = MODES[self.mode](self.rules, logits).argmax(1)
         rows = torch.arange(batch.shape[0], device=logits.device)
         # The rules hold each class's root-to-leaf path as (inner node, child slot) per depth.
         nodes = self.rules.path_node[predicted]  # (B, D), padded past the path's length
@@ -381,6 +369,24 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device | None =
     returns them.
     """
     return NBDT.from_checkpoint(read_checkpoint(path, map_location), source=str(path)).eval()
+
+
+# ------------------------------------------------------------------------------------ modes
+def _soft(rules: DecisionRules, logits: torch.Tensor) -> torch.Tensor:
+    """Soft inference: each class's log-probability, the sum over its path's branches."""
+    return rules.soft(logits)
+
+
+def _hard(rules: DecisionRules, logits: torch.Tensor) -> torch.Tensor:
+    """The greedy descent's class as a point mass: 0 (log 1) there, -inf elsewhere."""
+    decision = rules.hard(logits)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    scores = torch.full(logits.shape, -math.inf, dtype=dtype, device=logits.device)
+    return scores.scatter(1, decision[:, None], 0.0)
+
+
+# How the model turns logits into (B, C) class scores, by name (NBDT's and nbdt-explain's mode).
+MODES = {"soft": _soft, "hard": _hard}
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -33,8 +33,6 @@ from torch import Tensor, nn
 
 from nbdt.hierarchy import Hierarchy
 
-NODE_SCORES = ("mean", "marginal")
-
 _Method = TypeVar("_Method", bound=Callable[..., Tensor])
 
 
@@ -136,9 +134,11 @@ class DecisionRules(nn.Module):
         if not isinstance(hierarchy, Hierarchy):
             raise TypeError(f"hierarchy must be a nbdt.Hierarchy, got {type(hierarchy).__name__}")
         if node_score not in NODE_SCORES:
-            raise ValueError(f"node_score must be 'mean' or 'marginal', got {node_score!r}")
+            known = " or ".join(map(repr, NODE_SCORES))
+            raise ValueError(f"node_score must be {known}, got {node_score!r}")
         self.hierarchy = hierarchy
         self.node_score = node_score
+        self._score = NODE_SCORES[node_score]
         inner = hierarchy.inner_nodes
         self.num_classes = hierarchy.num_classes
         self.num_nodes = len(inner)
@@ -205,16 +205,7 @@ class DecisionRules(nn.Module):
         self.register_buffer("path_length", length, persistent=False)
         self.register_buffer("path_mask", torch.arange(d) < length[:, None], persistent=False)
 
-        if node_score == "marginal":
-            # (edge, class) pairs, one per leaf under each child, for the segmented log-sum-exp.
-            sizes = self.edge_end - self.edge_start
-            first = torch.repeat_interleave(self.edge_start, sizes)
-            offset = torch.arange(int(sizes.sum())) - torch.repeat_interleave(
-                torch.cumsum(sizes, 0) - sizes, sizes
-            )
-            pair_edge = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
-            self.register_buffer("pair_edge", pair_edge, persistent=False)
-            self.register_buffer("pair_class", self.leaf_order[first + offset], persistent=False)
+        self._score.compile(self)
 
     def extra_repr(self) -> str:
         return (
@@ -243,20 +234,12 @@ class DecisionRules(nn.Module):
     @_full_precision
     def hard(self, logits: Tensor) -> Tensor:
         """(B,) class indices by greedy descent from the root, one vectorised step per level."""
-        if self.node_score == "mean":
-            table = _prefix_sums(logits, self.leaf_order)
-        else:
-            table = self._edge_logsumexp(logits)
+        table = self._score.descent_table(self, logits)
         node = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         for _ in range(self.max_depth):
             at_inner = node < self.num_nodes
             here = torch.where(at_inner, node, 0)  # samples already at a leaf idle at the root
-            if self.node_score == "mean":
-                start, end = self.child_start[here], self.child_end[here]
-                sums = _range_difference(table, start, end, logits.dtype)
-                scores = sums / self.child_size[here]
-            else:
-                scores = table.gather(1, self.slot_edge[here])
+            scores = self._score.level_scores(self, table, here, logits.dtype)
             scores = scores.masked_fill(~self.child_mask[here], float("-inf"))
             # max(dim).indices picks the first best child, as argmax does
             best = scores.max(dim=1, keepdim=True).indices
@@ -292,12 +275,7 @@ class DecisionRules(nn.Module):
 
     def _edge_scores(self, logits: Tensor) -> Tensor:
         """(B, E) the score of every edge's child."""
-        if self.node_score == "marginal":
-            return self._edge_logsumexp(logits)
-        start = self.edge_start.expand(logits.shape[0], -1)
-        end = self.edge_end.expand(logits.shape[0], -1)
-        sums = _RangeSum.apply(logits, start, end, self.leaf_order, self.leaf_position)
-        return sums / (self.edge_end - self.edge_start)
+        return self._score.edge_scores(self, logits)
 
     def _padded_log_probs(self, edge_scores: Tensor) -> Tensor:
         """(B, K, N) per-node log_softmax over the children, padding slots -inf."""
@@ -308,16 +286,8 @@ class DecisionRules(nn.Module):
 
     def _path_scores(self, logits: Tensor, nodes: Tensor) -> Tensor:
         """(B, K, P) child scores of ``nodes`` (B, P), -inf padded, reading only those nodes."""
-        batch, k = logits.shape[0], self.max_children
         mask = self.child_mask[nodes].transpose(1, 2)
-        if self.node_score == "marginal":
-            slots = self.slot_edge[nodes].transpose(1, 2).flatten(1)
-            scores = self._edge_logsumexp(logits).gather(1, slots).reshape(batch, k, nodes.shape[1])
-        else:
-            start = self.child_start[nodes].transpose(1, 2).flatten(1)
-            end = self.child_end[nodes].transpose(1, 2).flatten(1)
-            sums = _RangeSum.apply(logits, start, end, self.leaf_order, self.leaf_position)
-            scores = sums.reshape(batch, k, nodes.shape[1]) / self.child_size[nodes].transpose(1, 2)
+        scores = self._score.path_scores(self, logits, nodes)
         return scores.masked_fill(~mask, float("-inf"))
 
     def _edge_logsumexp(self, logits: Tensor) -> Tensor:
@@ -331,3 +301,82 @@ class DecisionRules(nn.Module):
         spread = torch.exp(values - peak[self.pair_edge])
         mass = values.new_zeros((edges, batch)).index_add(0, self.pair_edge, spread)
         return (peak + torch.log(mass)).t()
+
+
+# ------------------------------------------------------------------ node scores
+class _MeanScore:
+    """The paper's rule: a child's score is the mean of its leaves' logits, a difference of
+    prefix sums over its depth-first leaf range."""
+
+    @staticmethod
+    def compile(rules: DecisionRules) -> None:
+        """Nothing beyond the leaf ranges every rule has."""
+
+    @staticmethod
+    def edge_scores(rules: DecisionRules, logits: Tensor) -> Tensor:
+        start = rules.edge_start.expand(logits.shape[0], -1)
+        end = rules.edge_end.expand(logits.shape[0], -1)
+        sums = _RangeSum.apply(logits, start, end, rules.leaf_order, rules.leaf_position)
+        return sums / (rules.edge_end - rules.edge_start)
+
+    @staticmethod
+    def path_scores(rules: DecisionRules, logits: Tensor, nodes: Tensor) -> Tensor:
+        """(B, K, P) scores of the children of ``nodes`` (B, P), padding unmasked."""
+        batch, k = logits.shape[0], rules.max_children
+        start = rules.child_start[nodes].transpose(1, 2).flatten(1)
+        end = rules.child_end[nodes].transpose(1, 2).flatten(1)
+        sums = _RangeSum.apply(logits, start, end, rules.leaf_order, rules.leaf_position)
+        return sums.reshape(batch, k, nodes.shape[1]) / rules.child_size[nodes].transpose(1, 2)
+
+    @staticmethod
+    def descent_table(rules: DecisionRules, logits: Tensor) -> Tensor:
+        return _prefix_sums(logits, rules.leaf_order)
+
+    @staticmethod
+    def level_scores(
+        rules: DecisionRules, table: Tensor, here: Tensor, dtype: torch.dtype
+    ) -> Tensor:
+        """(B, K) scores of the children of the nodes ``here`` (B,), read from the table."""
+        sums = _range_difference(table, rules.child_start[here], rules.child_end[here], dtype)
+        return sums / rules.child_size[here]
+
+
+class _MarginalScore:
+    """A child's score is the log-sum-exp of its leaves' logits: soft inference then equals the
+    network's softmax, so any classifier is explained as it is."""
+
+    @staticmethod
+    def compile(rules: DecisionRules) -> None:
+        """(edge, class) pairs, one per leaf under each child, for the segmented log-sum-exp."""
+        sizes = rules.edge_end - rules.edge_start
+        first = torch.repeat_interleave(rules.edge_start, sizes)
+        offset = torch.arange(int(sizes.sum())) - torch.repeat_interleave(
+            torch.cumsum(sizes, 0) - sizes, sizes
+        )
+        pair_edge = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+        rules.register_buffer("pair_edge", pair_edge, persistent=False)
+        rules.register_buffer("pair_class", rules.leaf_order[first + offset], persistent=False)
+
+    @staticmethod
+    def edge_scores(rules: DecisionRules, logits: Tensor) -> Tensor:
+        return rules._edge_logsumexp(logits)
+
+    @staticmethod
+    def path_scores(rules: DecisionRules, logits: Tensor, nodes: Tensor) -> Tensor:
+        batch, k = logits.shape[0], rules.max_children
+        slots = rules.slot_edge[nodes].transpose(1, 2).flatten(1)
+        return rules._edge_logsumexp(logits).gather(1, slots).reshape(batch, k, nodes.shape[1])
+
+    @staticmethod
+    def descent_table(rules: DecisionRules, logits: Tensor) -> Tensor:
+        return rules._edge_logsumexp(logits)
+
+    @staticmethod
+    def level_scores(
+        rules: DecisionRules, table: Tensor, here: Tensor, dtype: torch.dtype
+    ) -> Tensor:
+        return table.gather(1, rules.slot_edge[here])
+
+
+# How a child is scored from the logits, by name (DecisionRules' and nbdt-train's node_score).
+NODE_SCORES = {"mean": _MeanScore, "marginal": _MarginalScore}
