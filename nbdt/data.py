@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nbdt import networks
+from nbdt import networks, wordnet
 from nbdt._io import cache_dir
 from nbdt.classes import dataset_classes, is_wordnet_id
 from nbdt.images import load_image
@@ -157,8 +157,6 @@ ImageDataset = TensorImages | FolderImages
 
 def _folder_class_names(folders: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Class names and WordNet ids of an ImageFolder's sub-folders (named by class or by wnid)."""
-    from nbdt import wordnet
-
     if all(is_wordnet_id(f) for f in folders):
         return tuple(wordnet.label(f) for f in folders), tuple(folders)
     return tuple(folders), tuple(wordnet.resolve(list(folders)))

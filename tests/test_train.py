@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import nbdt
-from nbdt import train
+from nbdt import data, train
 from nbdt.cli import train_main
 from nbdt.hierarchy import Hierarchy, Node
+from nbdt.model import NBDT
 
 BIN = Path(sys.executable).parent
 ARCH = "test_efficientnet_gn"  # 0.1 M parameters, GroupNorm: no batch statistics
@@ -359,3 +360,61 @@ def test_torchrun_two_processes_match_one_process_at_the_same_global_batch(strip
         for key in ("train_top1", "top1", "nbdt_soft_top1", "nbdt_hard_top1"):
             assert abs(b[key] - a[key]) <= 1.0, key  # at most one or two images either way
     shutil.rmtree(tmp_path / "two")
+
+
+# ------------------------------------------------------------------------- the parts alone
+@pytest.mark.slow
+def test_the_parts_serve_a_head_only_refit(stripes_dir, tmp_path):
+    """Another command from the trainer's pieces: the plan's network and data, one epoch that
+    trains the head alone, the evaluation pass, and a run folder with its output stages."""
+    config = train.TrainConfig(
+        output=str(tmp_path / "refit"), arch=ARCH, data_dir=str(stripes_dir), batch_size=32,
+        warmup_epochs=0, epochs=1, lr=0.05, quiet=True,
+    )  # fmt: skip
+    config.validate()
+    runtime = train.start_runtime("cpu")
+    plan = train.make_plan(config, runtime.device)
+    model, model_kwargs = plan.network()
+    head = model.pretrained_cfg["classifier"]
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(head + "."))
+    data_config = plan.data_config(model, model_kwargs)
+    transform = data.BatchTransform(data_config)
+    context = train.StepContext(runtime)
+    loader, _ = train.train_loader(plan.train_set, plan.config, runtime)
+    optimizer = torch.optim.SGD(model.get_classifier().parameters(), lr=plan.config.lr)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    hierarchy = plan.induce(model)
+    criterion = plan.criterion(0, hierarchy, runtime.device)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    stats = train.train_one_epoch(
+        model, loader, criterion, optimizer, scheduler, transform, context
+    )
+    assert stats["train_images"] == 320 and stats["train_loss"] > 0
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {f"{head}.weight", f"{head}.bias"}
+
+    nbdt_model = NBDT(
+        model, hierarchy, arch=ARCH, model_kwargs=model_kwargs, data_config=data_config
+    )
+    test = train.test_loader(plan.test_set, plan.config, runtime)
+    metrics = train.validate(model, test, criterion, nbdt_model.rules, transform, context)
+    assert metrics["test_images"] == 160
+    with torch.no_grad():
+        images, targets = next(iter(torch.utils.data.DataLoader(plan.test_set, batch_size=160)))
+        soft = (nbdt_model(transform(images)).argmax(1) == targets).float().mean().item()
+    assert metrics["nbdt_soft_top1"] == pytest.approx(100 * soft)
+
+    folder = train.RunFolder(plan.config.output)
+    folder.start(plan.config)
+    folder.publish_hierarchy(hierarchy)
+    folder.save_epoch(nbdt_model.checkpoint(train={"epoch": 1}), [metrics], best=True)
+    result = train.RunResult(
+        nbdt_model, plan.config, plan.classes, plan.test_set, transform, train.Progress(False, True)
+    )
+    folder.finish(result)
+    names = {p.name for p in folder.path.iterdir()}
+    assert names == {"args.json", "hierarchy.json", "hierarchy.html", "last.pt", "best.pt",
+                     "metrics.jsonl"}  # fmt: skip
+    assert nbdt.load(folder.path / "last.pt").hierarchy == hierarchy
