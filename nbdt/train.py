@@ -430,10 +430,12 @@ class StepContext:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def inputs(self, images: Tensor, transform: nn.Module, generator=None) -> Tensor:
-        """A loader's uint8 batch as the model's input, on the device."""
-        images = images.to(self.device, non_blocking=True)
-        return transform(images, generator).contiguous(memory_format=self.memory_format)
+    def inputs(self, images: Tensor, transform: Callable[..., Tensor], generator=None) -> Tensor:
+        """A loader's batch as the model's input, on the device: ``transform(images,
+        generator)`` (uint8 images to normalised floats, or anything else, e.g. cached features);
+        image batches in the device's best memory format."""
+        inputs = transform(images.to(self.device, non_blocking=True), generator)
+        return inputs.contiguous(memory_format=self.memory_format) if inputs.dim() == 4 else inputs
 
 
 def train_one_epoch(
@@ -442,7 +444,7 @@ def train_one_epoch(
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    transform: nn.Module,
+    transform: Callable[..., Tensor],
     context: StepContext,
     *,
     generator: torch.Generator | None = None,
@@ -504,7 +506,7 @@ def validate(
     loader: torch.utils.data.DataLoader,
     criterion: nn.Module,
     rules: DecisionRules,
-    transform: nn.Module,
+    transform: Callable[..., Tensor],
     context: StepContext,
 ) -> dict[str, float]:
     """Network, NBDT-soft and NBDT-hard top-1 and losses over ``loader``, from one pass
@@ -572,7 +574,7 @@ def train_loader(
     return loader, sampler
 
 
-def test_loader(
+def eval_loader(
     dataset: torch.utils.data.Dataset, config: TrainConfig, runtime: Runtime
 ) -> torch.utils.data.DataLoader:
     """Each rank evaluates every world-th image, none twice, so summed counts are exact."""
@@ -580,9 +582,6 @@ def test_loader(
     return torch.utils.data.DataLoader(
         shard, batch_size=config.batch_size, **_loader_options(config.workers, runtime.device)
     )
-
-
-test_loader.__test__ = False  # a loader of test images, not a pytest test
 
 
 # ---------------------------------------------------------------------------- run folder
@@ -791,7 +790,7 @@ class _Fit:
         self.eval_transform.to(device)
 
         self.train_loader, self.sampler = train_loader(plan.train_set, config, runtime)
-        self.test_loader = test_loader(plan.test_set, config, runtime)
+        self.test_loader = eval_loader(plan.test_set, config, runtime)
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=plan.total_epochs * len(self.train_loader)

@@ -398,7 +398,7 @@ def test_the_parts_serve_a_head_only_refit(stripes_dir, tmp_path):
     nbdt_model = NBDT(
         model, hierarchy, arch=ARCH, model_kwargs=model_kwargs, data_config=data_config
     )
-    test = train.test_loader(plan.test_set, plan.config, runtime)
+    test = train.eval_loader(plan.test_set, plan.config, runtime)
     metrics = train.validate(model, test, criterion, nbdt_model.rules, transform, context)
     assert metrics["test_images"] == 160
     with torch.no_grad():
