@@ -15,3 +15,26 @@ def one_line(error: BaseException) -> str:
     if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
         return lines[-1].split(": ", 1)[-1]
     return lines[0]
+
+
+# Bidirectional-text controls: they reorder what follows them on the line ("100.0%" -> "%0.001").
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def for_terminal(text: str) -> str:
+    """``text`` safe to print: control characters (ESC sequences, BEL, tabs, newlines, C1) and
+    bidi controls become visible escapes (``\\x1b``, ``\\u202e``); everything else is kept.
+
+    Labels, class names and file names come from files anyone can write: print them through
+    this so they can neither drive the terminal nor reorder the line.
+    """
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif ch in _BIDI:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)

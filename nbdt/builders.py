@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from nbdt import wordnet as wn
-from nbdt.classes import DatasetClasses, is_wordnet_id
+from nbdt.classes import DatasetClasses, check_unique, is_wordnet_id
 from nbdt.hierarchy import Hierarchy, Node
 
 LINKAGES = ("ward", "complete", "average", "single")
+# Why nbdt-train and nbdt-hierarchy refuse to induce a tree from an untrained head.
+RANDOM_HEAD = "a randomly initialised head gives a meaningless tree"
 
 # A tree shape: inner node k lists its children; a child i < C is class i, a child C + j is inner
 # node j. Children always come before their parent, so the last inner node is the root.
@@ -38,6 +40,7 @@ def _classes(classes: Sequence[str], wnids: Sequence[str] | None) -> tuple[list[
         wnids = wn.resolve(names)
     elif len(wnids) != len(names):
         raise ValueError(f"{len(wnids)} wnids given for {len(names)} classes")
+    check_unique(names, "classes", [str(w) for w in wnids])
     names = [wn.label(n) if is_wordnet_id(n) else n for n in names]
     return names, [str(w) for w in wnids]
 

@@ -6,6 +6,7 @@ with ``torch.load(weights_only=True)``: a file that would run pickled code is re
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -35,12 +36,14 @@ def read_torch_file(
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, not {kind}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: not a regular file (a pipe, socket or device), not {kind}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except pickle.UnpicklingError as e:  # the weights-only unpickler names what it refused
-        code = re.search(r"Unsupported global: GLOBAL ([\w.]+\.\w+)", str(e))
+        code = re.search(r"GLOBAL ((?:\w+\.)*\w+) was not an allowed global", str(e))
         if code:
             raise ValueError(
                 f"{path}: refused: loading it would run pickled Python code ({code.group(1)});"
@@ -77,6 +80,51 @@ def check_format(checkpoint: Mapping[str, Any], source: str) -> None:
             f"{source}: nbdt model format version {checkpoint.get('version')!r};"
             f" this nbdt reads version {FORMAT_VERSION}"
         )
+    if checkpoint.get("data_config") is not None:
+        check_data_config(checkpoint["data_config"], source)
+
+
+MAX_INPUT_SIDE = 8192  # pixels: beyond it one image tensor alone takes gigabytes
+
+
+def check_data_config(config: Any, source: str) -> None:
+    """Refuse a preprocessing config no image could be read with (``source`` names the file):
+    ``input_size`` (C, H, W) of positive integers up to :data:`MAX_INPUT_SIDE`, ``mean`` and
+    ``std`` of C finite numbers (std > 0), ``crop_pct`` in (0, 2], ``interpolation`` a name."""
+
+    def bad(key: str, why: str) -> ValueError:
+        value = config.get(key) if isinstance(config, Mapping) else config
+        return ValueError(f"{source}: data_config {key} {value!r}: {why}")
+
+    if not isinstance(config, Mapping):
+        raise bad("", "not a mapping")
+    size = config.get("input_size")
+    if not (
+        isinstance(size, (list, tuple))
+        and len(size) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise bad("input_size", "must be (channels, height, width), positive integers")
+    if max(size[1:]) > MAX_INPUT_SIDE:
+        raise bad("input_size", f"images larger than {MAX_INPUT_SIDE} pixels a side")
+    for key in ("mean", "std"):
+        values = config.get(key)
+        if values is None:
+            continue
+        if not (
+            isinstance(values, (list, tuple))
+            and len(values) == size[0]
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        ):
+            raise bad(key, f"must be {size[0]} finite numbers, one per channel")
+        if key == "std" and min(values) <= 0:
+            raise bad(key, "must be > 0")
+    crop = config.get("crop_pct")
+    if crop is not None and not (isinstance(crop, (int, float)) and 0 < crop <= 2):
+        raise bad("crop_pct", "must be a number in (0, 2]")
+    for key in ("interpolation", "crop_mode"):
+        if config.get(key) is not None and not isinstance(config.get(key), str):
+            raise bad(key, "must be a name")
 
 
 def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

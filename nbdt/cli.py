@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nbdt._messages import one_line
+from nbdt._messages import for_terminal, one_line
 
 EXIT_BAD_INPUT = 2
 
@@ -59,6 +59,11 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
         source.add_argument(
             "--classes", metavar="FILE", help="class names or WordNet ids, one per line"
         )
+        sub.add_argument(
+            "--wnids",
+            metavar="FILE",
+            help="'name<TAB>wnid' lines: the WordNet sense of these class names",
+        )
         sub.add_argument("--out", metavar="TREE.json", help="write the hierarchy as JSON")
         sub.add_argument("--html", metavar="OUT.html", help="write the hierarchy as HTML")
         sub.add_argument(
@@ -83,7 +88,10 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
         "--pretrained-file", metavar="PATH", help="with --model: weights from a local file"
     )
     induced.add_argument(
-        "--linkage", default="ward", choices=("ward", "complete", "average", "single")
+        "--linkage",
+        default="ward",
+        choices=("ward", "complete", "average", "single"),
+        help="how clusters merge (default: ward, the least variance added)",
     )
     induced.add_argument("--normalize", action="store_true", help="L2-normalise weight rows")
     induced.add_argument("--branching", type=int, default=2, help="children per node, at most")
@@ -93,7 +101,9 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
 
     random = commands.add_parser("random", help="a seeded random tree (ablation baseline)")
     common(random)
-    random.add_argument("--seed", type=_non_negative_int, default=0)
+    random.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="the same seed, the same tree (0)"
+    )
     random.add_argument("--branching", type=int, default=2, help="children per node, at most")
 
     show = commands.add_parser("show", help="print a hierarchy file or a shipped hierarchy")
@@ -118,8 +128,10 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
 
 def _hierarchy_html(args: argparse.Namespace) -> int:
     """`nbdt-hierarchy html`: load a tree file or shipped name and write its page."""
+    from nbdt._io import check_not_an_input
     from nbdt.visualize import hierarchy_html
 
+    check_not_an_input("--output", args.output, [args.tree, args.classes])
     tree = _load_tree(args.tree, _hierarchy_classes(args))
     highlight: str | int | None = args.highlight
     if highlight is not None and highlight not in tree and highlight.lstrip("-").isdigit():
@@ -139,9 +151,12 @@ def _hierarchy(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nbdt import builders
+    from nbdt._io import check_not_an_input
     from nbdt.wordnet import UnresolvedClassWarning
 
+    inputs = [getattr(args, k, None) for k in ("tree", "classes", "checkpoint", "pretrained_file")]
     for option, target in (("--out", args.out), ("--html", args.html)):
+        check_not_an_input(option, target, inputs)
         if target and not Path(target).resolve().parent.is_dir():
             raise BadInput(f"{option} {target}: the folder {Path(target).parent} does not exist")
     with warnings.catch_warnings(record=True) as caught:
@@ -152,16 +167,18 @@ def _hierarchy(args: argparse.Namespace) -> int:
         else:
             weights = _weights_source(args) if args.command == "induced" else None
             options = {k: getattr(args, k) for k in _BUILDER_OPTIONS if hasattr(args, k)}
+            if not hasattr(classes, "wnids"):  # names from --classes: say how each resolved
+                options["wnids"] = _resolve_classes("nbdt-hierarchy", classes, args.wnids)
             tree = builders.build(args.command, classes, weights=weights, **options)
     for warning in caught:
         if issubclass(warning.category, UnresolvedClassWarning):
             print(f"nbdt-hierarchy: warning: {warning.message}", file=sys.stderr)
     if args.out:
-        tree.save(Path(args.out))
+        print(f"nbdt-hierarchy: wrote {tree.save(Path(args.out))}", file=sys.stderr)
     if args.html:
         from nbdt.visualize import hierarchy_html
 
-        hierarchy_html(tree, Path(args.html))
+        print(f"nbdt-hierarchy: wrote {hierarchy_html(tree, Path(args.html))}", file=sys.stderr)
     if not args.quiet:
         print(tree.render(max_depth=args.max_depth), flush=True)
     return 0
@@ -179,6 +196,22 @@ def _hierarchy_classes(args: argparse.Namespace):
         return read_class_file(args.classes)
     except (ValueError, OSError) as e:
         raise BadInput(f"--classes {e}") from None
+
+
+def _resolve_classes(prog: str, names, wnids_file: str | None) -> list[str]:
+    """WordNet ids of class names, with --wnids overrides; each guess is printed on stderr."""
+    from nbdt.classes import read_wnid_overrides
+    from nbdt.wordnet import resolutions
+
+    try:
+        overrides = read_wnid_overrides(wnids_file) if wnids_file else None
+    except (ValueError, OSError) as e:
+        raise BadInput(f"--wnids {e}") from None
+    found = resolutions(list(names), overrides, warn=True)
+    for r in found:
+        if r.fallback and r.rule != "synthetic":  # synthetic ids have their own warning
+            print(f"{prog}: note: {for_terminal(str(r))}; override with --wnids", file=sys.stderr)
+    return [r.wnid for r in found]
 
 
 def _load_tree(tree: str, classes):
@@ -207,15 +240,13 @@ def _weights_source(args: argparse.Namespace):
         return args.checkpoint
     import timm
 
+    from nbdt import builders
     from nbdt.networks import create_model
 
     if not timm.is_model(args.model):
         raise BadInput(f"--model {args.model}: not a timm architecture (see timm.list_models())")
     if not (args.pretrained or args.pretrained_file):
-        raise BadInput(
-            "--model needs --pretrained or --pretrained-file: a randomly initialised head gives a"
-            " meaningless tree"
-        )
+        raise BadInput(f"--model needs --pretrained or --pretrained-file: {builders.RANDOM_HEAD}")
     if args.pretrained_file and not Path(args.pretrained_file).is_file():
         raise BadInput(f"--pretrained-file {args.pretrained_file}: no such file")
     return create_model(
@@ -275,6 +306,11 @@ def _train_parser() -> argparse.ArgumentParser:
         " fashion-mnist-wordnet (default: induced, or the checkpoint's)",
     )
     model.add_argument("--node-score", choices=NODE_SCORES, help=default.strip())
+    model.add_argument(
+        "--wnids",
+        metavar="FILE",
+        help="'name<TAB>wnid' lines: the WordNet sense of folder class names",
+    )
 
     fit = p.add_argument_group("training")
     fit.add_argument(
@@ -363,7 +399,10 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
         help="how a child is scored (default: the checkpoint's; marginal for the example)",
     )
     parser.add_argument(
-        "--top-k", type=_non_negative_int, default=5, metavar="K", help="classes to list (5)"
+        "--top-k",
+        type=_non_negative_int,
+        metavar="K",
+        help="classes to list (default: 5, or all when fewer)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list, one explanation per image"
@@ -383,31 +422,53 @@ def _explain(args: argparse.Namespace) -> int:
     """Explain every readable image; unreadable ones are reported and make the exit status 2."""
     import json
 
+    from nbdt._io import check_not_an_input
+    from nbdt.explanation import format_probability
     from nbdt.images import load_image
+    from nbdt.rules import NonFiniteLogits
 
+    check_not_an_input("--html", args.html, [*args.images, args.checkpoint, args.hierarchy])
     model, note = _explain_model(args)
+    classes = model.hierarchy.num_classes
+    if args.top_k is not None and args.top_k > classes:
+        raise BadInput(f"--top-k {args.top_k}: the model has only {classes} classes")
+    top_k = min(5, classes) if args.top_k is None else args.top_k
     channels = model.data_config["input_size"][0]
     if note:
         print(note, file=sys.stderr if args.json else sys.stdout)
     explained: list[tuple[str, object]] = []
     failed = 0
     for start in range(0, len(args.images), _EXPLAIN_BATCH):
-        loaded = []
+        loaded: list[tuple[str, Any]] = []
         for name in args.images[start : start + _EXPLAIN_BATCH]:
             try:
                 loaded.append((name, load_image(name, channels)))
             except ValueError as e:
-                print(f"nbdt-explain: error: {e}", file=sys.stderr)
+                print(f"nbdt-explain: error: {for_terminal(str(e))}", file=sys.stderr)
                 failed += 1
         if not loaded:
             continue
-        explanations = model.explain([image for _, image in loaded], top_k=args.top_k)
+        try:
+            explanations = model.explain([image for _, image in loaded], top_k=top_k)
+        except NonFiniteLogits as e:  # report those images, explain the others
+            for row in e.rows:
+                print(
+                    f"nbdt-explain: error: {for_terminal(loaded[row][0])}: the model's logits"
+                    " are not finite (NaN or infinity): its weights or the image are damaged",
+                    file=sys.stderr,
+                )
+            failed += len(e.rows)
+            loaded = [item for i, item in enumerate(loaded) if i not in set(e.rows)]
+            explanations = model.explain([i for _, i in loaded], top_k=top_k) if loaded else []
         for (name, _), exp in zip(loaded, explanations, strict=True):
             explained.append((name, exp))
             if not args.json:
-                print(f"{name}: {exp}")
+                print(f"{for_terminal(name)}: {exp}")
                 if exp.top_k:
-                    top = ", ".join(f"{t.label} {t.probability:.1%}" for t in exp.top_k)
+                    top = ", ".join(
+                        f"{for_terminal(t.label)} {format_probability(t.probability)}"
+                        for t in exp.top_k
+                    )
                     print(f"  top-{len(exp.top_k)}: {top}")
     if args.json:
         print(json.dumps([{"image": name, **exp.to_dict()} for name, exp in explained], indent=1))

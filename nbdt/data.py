@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from nbdt import networks, wordnet
 from nbdt._io import cache_dir
-from nbdt.classes import dataset_classes, is_wordnet_id
+from nbdt.classes import dataset_classes
 from nbdt.images import load_image
 
 SPLITS = ("train", "test")
@@ -116,7 +116,12 @@ class FolderImages(torch.utils.data.Dataset):
     training augmentation happens later, on the batch (:class:`BatchTransform`).
     """
 
-    def __init__(self, root: str | os.PathLike[str], size: tuple[int, int]):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        size: tuple[int, int],
+        overrides: Mapping[str, str] | None = None,
+    ):
         from torchvision.datasets import ImageFolder
 
         try:
@@ -126,7 +131,11 @@ class FolderImages(torch.utils.data.Dataset):
                 f"{root}: no image folder with class sub-folders ({e})"
             ) from None
         self.samples: list[tuple[str, int]] = list(folder.samples)
-        self.classes, self.wnids = _folder_class_names(folder.classes)
+        self.resolutions = _folder_resolutions(folder.classes, overrides)
+        self.classes = tuple(r.name for r in self.resolutions)
+        self.wnids = tuple(r.wnid for r in self.resolutions)
+        if all(r.rule == "given" and r.name == r.wnid for r in self.resolutions):
+            self.classes = tuple(wordnet.label(r.wnid) for r in self.resolutions)
         self.size = (int(size[0]), int(size[1]))
 
     @property
@@ -155,11 +164,11 @@ class FolderImages(torch.utils.data.Dataset):
 ImageDataset = TensorImages | FolderImages
 
 
-def _folder_class_names(folders: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Class names and WordNet ids of an ImageFolder's sub-folders (named by class or by wnid)."""
-    if all(is_wordnet_id(f) for f in folders):
-        return tuple(wordnet.label(f) for f in folders), tuple(folders)
-    return tuple(folders), tuple(wordnet.resolve(list(folders)))
+def _folder_resolutions(
+    folders: Sequence[str], overrides: Mapping[str, str] | None
+) -> list[wordnet.Resolution]:
+    """How an ImageFolder's sub-folders (named by class or by wnid) became WordNet ids."""
+    return wordnet.resolutions(list(folders), overrides, warn=True)
 
 
 def load_dataset(
@@ -169,20 +178,26 @@ def load_dataset(
     *,
     download: bool = False,
     image_size: tuple[int, int] = (224, 224),
+    wnids: Mapping[str, str] | None = None,
 ) -> ImageDataset:
     """One split (``"train"`` or ``"test"``) of a dataset in :data:`DATASETS`.
 
     ``data_dir`` defaults to Debian's Fashion-MNIST folder, or ``<cache>/data`` for CIFAR; a
     ``"folder"`` dataset needs it, with ``train/`` and ``val/`` (or ``test/``) class folders.
     ``download`` lets torchvision fetch CIFAR; ``image_size`` (H, W) is used by folders only,
-    the others keep their native size.
+    the others keep their native size. ``wnids`` (class name -> WordNet id) override how a
+    folder's class names are resolved (:func:`nbdt.wordnet.resolutions`).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
     folder, dataset = DATASETS[name](
-        split, Path(data_dir) if data_dir else None, download=download, image_size=image_size
+        split,
+        Path(data_dir) if data_dir else None,
+        download=download,
+        image_size=image_size,
+        wnids=wnids,
     )
     if not len(dataset):  # caught here, not after a training epoch divides by it
         raise ValueError(f"{folder}: the {split} split holds no images")
@@ -239,12 +254,16 @@ def _cifar(name: str, split: str, root: Path | None, download: bool, **_: Any):
 
 
 def _folder(
-    split: str, root: Path | None, image_size: tuple[int, int], **_: Any
+    split: str,
+    root: Path | None,
+    image_size: tuple[int, int],
+    wnids: Mapping[str, str] | None = None,
+    **_: Any,
 ) -> tuple[Path, FolderImages]:
     if root is None:
         raise ValueError("the folder dataset needs a data folder (--data-dir)")
     folder = _split_folder(root, split)
-    return folder, FolderImages(folder, image_size)
+    return folder, FolderImages(folder, image_size, wnids)
 
 
 def _split_folder(root: Path, split: str) -> Path:

@@ -12,12 +12,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbdt._messages import for_terminal
+
 # A field with this metadata may be absent from a record; it then takes the given value.
 _MAY_BE_ABSENT = "absent"
 
 
 def _optional(value: Any) -> Any:
     return field(metadata={_MAY_BE_ABSENT: value})
+
+
+def format_probability(p: float) -> str:
+    """A probability as text and pages print it: one decimal, ``<0.1%`` for a tiny non-zero one
+    (which one decimal would round to a misleading ``0.0%``)."""
+    return "<0.1%" if 0 < p < 0.0005 else f"{p:.1%}"
 
 
 @dataclass(frozen=True)
@@ -69,15 +77,18 @@ class Explanation:
     def __str__(self) -> str:
         """One line. Consecutive steps into children of one label (an induced tree's nodes may
         share their lowest common hypernym) read as one decision: their probabilities multiply,
-        the probability of reaching the last of them. ``path`` keeps every step."""
+        the probability of reaching the last of them. ``path`` keeps every step. Labels are
+        escaped for the terminal (:func:`nbdt._messages.for_terminal`)."""
         merged: list[list[Any]] = []
         for step in self.path:
             if merged and merged[-1][0] == step.child_label:
                 merged[-1][1] *= step.probability
             else:
                 merged.append([step.child_label, step.probability])
-        decisions = " -> ".join(f"{label} ({p:.1%})" for label, p in merged)
-        return f"Prediction: {self.label} // Decisions: {decisions}"
+        decisions = " -> ".join(
+            f"{for_terminal(label)} ({format_probability(p)})" for label, p in merged
+        )
+        return f"Prediction: {for_terminal(self.label)} // Decisions: {decisions}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data (the documented explanation format)."""

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from nbdt._io import write_text
-from nbdt.classes import is_wordnet_id
+from nbdt._messages import for_terminal
+from nbdt.classes import check_unique, is_wordnet_id
 
 FORMAT_NAME = "nbdt-hierarchy"
 FORMAT_VERSION = 1
@@ -99,9 +100,7 @@ class Hierarchy:
             )
 
         actual_leaves = {n.id for n in nodes if n.is_leaf}
-        if len(set(leaf_ids)) != len(leaf_ids):
-            dup = sorted({c for c in leaf_ids if leaf_ids.count(c) > 1})
-            raise ValueError(f"hierarchy: classes listed more than once: {dup[:5]}")
+        check_unique(leaf_ids, "hierarchy")
         missing = [c for c in leaf_ids if c not in by_id]
         if missing:
             raise ValueError(f"hierarchy: classes {missing[:5]} are not nodes of the tree")
@@ -234,7 +233,8 @@ class Hierarchy:
         )
 
     def render(self, max_depth: int | None = None) -> str:
-        """An indented text tree; labels shared by several nodes are told apart by their ids."""
+        """An indented text tree; labels shared by several nodes are told apart by their ids.
+        Control and bidi characters in labels are escaped (:func:`nbdt._messages.for_terminal`)."""
         counts: dict[str, int] = {}
         for node in self._nodes.values():
             counts[node.label] = counts.get(node.label, 0) + 1
@@ -243,9 +243,9 @@ class Hierarchy:
         while stack:
             node_id, level = stack.pop()
             node = self._nodes[node_id]
-            text = node.label
+            text = for_terminal(node.label)
             if counts[node.label] > 1 and node.id != node.label:
-                text += f" [{node.id}]"
+                text += f" [{for_terminal(node.id)}]"
             if node.is_leaf:
                 text += f"  (class {self._leaves_under[node_id][0]})"
             else:
@@ -318,6 +318,8 @@ class Hierarchy:
             nodes.append(Node(node_id, str(label), wnid, tuple(children[node_id])))
 
         graph = data.get("graph") or {}
+        if graph.get("classes") is not None:
+            check_unique([str(c) for c in graph["classes"]], "graph.classes")
         order = classes if classes is not None else graph.get("classes")
         if order is None:
             raise ValueError(

@@ -28,7 +28,10 @@ def to_8bit(image: Image.Image) -> Image.Image:
         data = np.asarray(image, dtype=np.float64) / 257.0
         return Image.fromarray(np.clip(np.rint(data), 0, 255).astype(np.uint8))
     if image.mode == "F":
-        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+        data = np.asarray(image)
+        if not np.isfinite(data).all():
+            raise ValueError("float image whose pixel values are not finite (NaN or infinity)")
+        return Image.fromarray(np.clip(data, 0, 255).astype(np.uint8))
     return image
 
 
@@ -45,6 +48,8 @@ def load_image(
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, not an image")
+    if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+        raise ValueError(f"{path}: not a regular file (a pipe, socket or device), not an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

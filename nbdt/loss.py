@@ -136,6 +136,8 @@ class _TreeSupLoss(nn.Module):
             )
         if target.shape == logits.shape and not target.is_floating_point():
             raise ValueError("target of shape (batch, classes) must hold float probabilities")
+        if target.dim() == 1 and target.numel():
+            self._check_labels(target, logits.shape[1])
         if self._inputs_checked or logits.shape[0] == 0:  # an empty batch shows nothing
             return
         with torch.no_grad():
@@ -151,6 +153,22 @@ class _TreeSupLoss(nn.Module):
                 " model's output)"
             )
         self._inputs_checked = True
+
+    @staticmethod
+    def _check_labels(target: Tensor, num_classes: int) -> None:
+        """Class indices in [0, num_classes): on the CPU two reductions over the batch; on an
+        accelerator an asynchronous device assertion, so no step waits for the device."""
+        if target.device.type != "cpu":
+            inside = ((target >= 0) & (target < num_classes)).all()
+            torch._assert_async(inside, f"a label is outside [0, {num_classes})")
+            return
+        low, high = target.aminmax()
+        if low < 0 or high >= num_classes:
+            label = int(low) if low < 0 else int(high)
+            raise ValueError(
+                f"label {label} is out of range: the hierarchy has {num_classes} classes"
+                f" (labels 0..{num_classes - 1})"
+            )
 
 
 class SoftTreeSupLoss(_TreeSupLoss):

@@ -22,7 +22,7 @@ from nbdt.explanation import Explanation, Step, TopClass
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
 from nbdt.networks import input_channels, network_from_checkpoint, rebuild_errors
-from nbdt.rules import NODE_SCORES, DecisionRules
+from nbdt.rules import NODE_SCORES, DecisionRules, check_finite
 
 ImageInput = Image.Image | str | os.PathLike | torch.Tensor
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -228,6 +228,7 @@ class NBDT(nn.Module):
     def _explain_batch(self, batch: torch.Tensor, top_k: int) -> list[Explanation]:
         """Compute every sample's path at once, then build the Python objects."""
         logits = self.model(batch)
+        check_finite(logits)
         node_log_probs = self.rules.node_log_probs(logits)  # (B, N, K), padding -inf
         class_log_probs = self.rules.soft(logits)  # (B, C)
         predicted = MODES[self.mode](self.rules, logits).argmax(1)

@@ -8,14 +8,16 @@ an unreadable weights file or a damaged model file reads the same everywhere.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from nbdt._messages import one_line
-from nbdt.checkpoint import check_format
+from nbdt.checkpoint import check_format, read_torch_file
 
 
 def create_model(
@@ -31,21 +33,72 @@ def create_model(
     ``option`` (the argument the user gave) and the source."""
     import timm
 
-    weights: dict[str, Any] = {}
     if pretrained_file:
-        overlay = {"file": str(Path(pretrained_file).resolve())}
-        weights = {"pretrained": True, "pretrained_cfg_overlay": overlay}
-    elif pretrained:
-        weights = {"pretrained": True}
+        model = timm.create_model(arch, **kwargs)
+        load_weights_file(model, pretrained_file, f"{arch} ({option})")
+        return model
+    weights: dict[str, Any] = {"pretrained": True} if pretrained else {}
     try:
         return timm.create_model(arch, **kwargs, **weights)
     except Exception as e:  # timm, the hub and torch.load raise many kinds for bad weights
         if not weights:
             raise
-        where = pretrained_file or "timm's hub (--pretrained needs internet or a cache)"
+        where = "timm's hub (--pretrained needs internet or a cache)"
         raise ValueError(
             f"{option} {arch}: cannot load weights from {where}: {one_line(e)}"
         ) from None
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike[str], what: str) -> None:
+    """Load a state dict file into ``model``; every key outside the classifier must fit.
+
+    Missing, unexpected or reshaped keys of the body are one ``ValueError`` naming the file and a
+    few keys (random weights trained at a fine-tuning rate are the silent alternative). The
+    classifier's keys may differ, a new head for other classes: they are left as created, and one
+    line on stderr says so. ``what`` names the model ("resnet18 (--arch)").
+    """
+    state = read_torch_file(path, kind="a weights file (a state dict)")
+    if isinstance(state, Mapping):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state.get(wrapper), Mapping):
+                state = state[wrapper]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ValueError(f"{path}: not a weights file (a state dict of tensors)")
+    own = model.state_dict()
+    head = tuple(f"{name}." for name in _classifier_names(model))
+
+    def in_head(key: str) -> bool:
+        return key.startswith(head)
+
+    missing = [k for k in own if k not in state and not in_head(k)]
+    unexpected = [k for k in state if k not in own and not in_head(k)]
+    reshaped = [k for k in own if k in state and not in_head(k) and state[k].shape != own[k].shape]
+    problems = [
+        f"{len(keys)} {kind} keys ({', '.join(map(repr, keys[:3]))}{', ...' * (len(keys) > 3)})"
+        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped))
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"{path}: does not fit {what}: {'; '.join(problems)}: weights of another architecture?"
+        )
+    skipped = [k for k in own if in_head(k) and (k not in state or state[k].shape != own[k].shape)]
+    body = {k: v for k, v in state.items() if k in own and k not in skipped}
+    model.load_state_dict(body, strict=False)
+    if skipped:
+        print(
+            f"nbdt: {path}: new classifier, not loaded from the file: {', '.join(skipped)}",
+            file=sys.stderr,
+        )
+
+
+def _classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """Module names of the classifier, from timm's pretrained config ("fc", "head.fc", ...)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    return (names,) if isinstance(names, str) else tuple(names)
 
 
 @contextlib.contextmanager

@@ -102,6 +102,11 @@ def load_hierarchy_for(
     Leaves are matched by WordNet id, else by name; a hierarchy of other classes is an error
     rather than a silently relabelled model.
     """
+    try:  # a file that is broken on its own is reported as such, not as other classes
+        load_hierarchy(name_or_path)
+    except ValueError as e:
+        if "no class order" not in str(e):
+            raise
     errors = []
     for order in (wnids, names):
         if any(c is None for c in order):

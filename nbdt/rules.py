@@ -112,6 +112,28 @@ class _Spread(torch.autograd.Function):
         return _range_sums(grad, start, end, leaf_order), None, None, None, None
 
 
+class NonFiniteLogits(ValueError):
+    """Logits holding NaN or infinity: no decision can be read from them. ``rows`` are the
+    samples concerned (batch indices)."""
+
+    def __init__(self, rows: list[int], what: str = "logits"):
+        self.rows = rows
+        super().__init__(
+            f"non-finite {what} (NaN or infinity) for sample(s) {rows[:10]}: the model's"
+            " weights or the input are damaged"
+        )
+
+
+def check_finite(logits: Tensor, what: str = "logits") -> None:
+    """Raise :class:`NonFiniteLogits` naming the rows of ``logits`` that hold NaN or infinity.
+
+    One host-device synchronisation: for inference paths, not for every training step.
+    """
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        raise NonFiniteLogits(bad.nonzero().flatten().tolist(), what)
+
+
 class DecisionRules(nn.Module):
     """A hierarchy's decision rules over a network's logits.
 
@@ -233,7 +255,11 @@ class DecisionRules(nn.Module):
 
     @_full_precision
     def hard(self, logits: Tensor) -> Tensor:
-        """(B,) class indices by greedy descent from the root, one vectorised step per level."""
+        """(B,) class indices by greedy descent from the root, one vectorised step per level.
+
+        NaN or infinite logits raise :class:`NonFiniteLogits` (any class would be a made-up answer).
+        """
+        check_finite(logits)
         table = self._score.descent_table(self, logits)
         node = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         for _ in range(self.max_depth):

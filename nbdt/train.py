@@ -32,10 +32,10 @@ from torch import Tensor, nn
 
 from nbdt import builders
 from nbdt import data as datasets
-from nbdt._io import atomic_path, write_text
-from nbdt._messages import one_line
+from nbdt._io import atomic_path, remove_stale_temporaries, write_text
+from nbdt._messages import for_terminal, one_line
 from nbdt.checkpoint import check_format, read_checkpoint, save_checkpoint
-from nbdt.classes import DatasetClasses
+from nbdt.classes import DatasetClasses, read_wnid_overrides
 from nbdt.hierarchy import Hierarchy
 from nbdt.loss import LOSSES, SOFT_VARIANTS, SoftTreeSupLoss
 from nbdt.model import NBDT
@@ -100,6 +100,7 @@ class TrainConfig:
     ce_weight_end: float | None = None
     ce_weight_power: float = 1.0
     node_score: str = "mean"
+    wnids: str | None = None
     warmup_epochs: int = 5
     epochs: int = 10
     optimizer: str = "sgd"
@@ -198,7 +199,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     config.validate()
     runtime = start_runtime(config.device)
     try:
-        summary = _Fit(make_plan(config, runtime.device), runtime).run()
+        with _sigterm_as_ctrl_c():
+            summary = _Fit(make_plan(config, runtime.device), runtime).run()
         if runtime.distributed:
             dist.barrier()  # rank 0 still writes pages and explanations: leave the group together
         return summary
@@ -257,6 +259,7 @@ class Plan:
     image_size: tuple[int, int] | None = None
     checkpoint: dict[str, Any] | None = None
     checkpoint_hierarchy: Hierarchy | None = None
+    class_guesses: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def trained_head(self) -> bool:
@@ -358,7 +361,8 @@ def make_plan(config: TrainConfig, device: torch.device) -> Plan:
     size = (config.image_size,) * 2 if config.image_size else None
     if size is None and config.dataset == "folder":
         size = _default_size(config.arch, checkpoint)
-    load = {"download": config.download, "image_size": size or (224, 224)}
+    overrides = read_wnid_overrides(config.wnids) if config.wnids else None
+    load = {"download": config.download, "image_size": size or (224, 224), "wnids": overrides}
     train_set = datasets.load_dataset(config.dataset, "train", config.data_dir, **load)
     test_set = datasets.load_dataset(config.dataset, "test", config.data_dir, **load)
     if config.subset:
@@ -368,10 +372,22 @@ def make_plan(config: TrainConfig, device: torch.device) -> Plan:
     if train_set.classes != test_set.classes:
         raise ValueError(f"{config.dataset}: train and test splits have different classes")
     classes = DatasetClasses(config.dataset, tuple(train_set.classes), tuple(train_set.wnids))
-    plan = Plan(config, train_set, test_set, classes, size, checkpoint, tree)
+    guesses = [str(r) for r in getattr(train_set, "resolutions", ()) if r.fallback]
+    if len(classes.names) < 2:
+        raise ValueError(
+            f"{config.dataset}: one class ({', '.join(classes.names)}): a classifier and its"
+            " hierarchy need at least two"
+        )
+    plan = Plan(config, train_set, test_set, classes, size, checkpoint, tree, guesses)
     if config.hierarchy is None:  # a trained head's hierarchy is the default one
         kind = "checkpoint" if plan.trained_head else "induced"
         plan.config = dataclasses.replace(config, hierarchy=kind)
+    if plan.config.hierarchy == "induced" and plan.warmup_epochs == 0 and not plan.trained_head:
+        raise ValueError(
+            f"--hierarchy induced with --warmup-epochs 0: {builders.RANDOM_HEAD};"
+            " pass --warmup-epochs N (N >= 1), a --checkpoint whose head has these classes,"
+            " or --hierarchy wordnet|random|FILE"
+        )
     if len(train_set) < config.batch_size:
         raise ValueError(
             f"{len(train_set)} training images, fewer than one batch"
@@ -677,6 +693,8 @@ class RunFolder:
                 "--resume continues the run in --output, --overwrite replaces it: pass one of them"
             )
         output = Path(path).expanduser()
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"--output {output}: is a file, not a folder: choose another --output")
         if not (resume or overwrite) and (output / "last.pt").exists():
             raise ValueError(
                 f"{output} holds a run (last.pt): pass --resume to continue it, --overwrite to"
@@ -695,10 +713,15 @@ class RunFolder:
         if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
             raise ValueError(f"{path}: a model file without training state: cannot resume from it")
         before = state["config"]
+        if config.epochs < before.get("epochs", 0):
+            raise ValueError(
+                f"--resume: --epochs {config.epochs} is fewer than the {before['epochs']} of"
+                f" {path}'s run: --resume may raise --epochs, not lower it"
+            )
         changed = [
             k
             for k, v in dataclasses.asdict(config).items()
-            if k not in self.OPERATIONAL and before.get(k) != v
+            if k not in self.OPERATIONAL and k != "epochs" and before.get(k) != v
         ]
         if changed:
             key = changed[0]
@@ -708,17 +731,32 @@ class RunFolder:
             )
         return checkpoint, f"resuming {path} after epoch {int(state['epoch'])}"
 
-    def start(self, config: TrainConfig) -> None:
-        """Create the folder, drop a replaced run's files (--overwrite), write args.json."""
+    def start(self, config: TrainConfig, notes: dict[str, Any] | None = None) -> None:
+        """Create the folder, drop a replaced run's files (--overwrite), write args.json
+        (the settings, and ``notes``: what the run guessed, e.g. class senses)."""
         if not self.main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        if config.overwrite or config.resume:
+            remove_stale_temporaries(self.path)
         if config.overwrite:
             for name in self.FILES:
                 (self.path / name).unlink(missing_ok=True)
             for image in self.path.glob("images/test-*.png"):
                 image.unlink()
-        _write_json(self.path / "args.json", dataclasses.asdict(config))
+        _write_json(self.path / "args.json", {**dataclasses.asdict(config), **(notes or {})})
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Put every file back to the state of ``checkpoint`` (the last.pt resumed from): a
+        ``kill -9`` may have stopped the run after last.pt and before best.pt, metrics.jsonl or
+        hierarchy.json were written. Pages are written at the end of a run, from its state."""
+        if not self.main:
+            return
+        state = checkpoint["train"]
+        if (state.get("best") or {}).get("epoch") == state["epoch"]:
+            self._save(checkpoint, "best.pt")  # last.pt is then the best checkpoint
+        _write_lines(self.path / "metrics.jsonl", state["history"])
+        Hierarchy.from_node_link(checkpoint["hierarchy"]).save(self.path / "hierarchy.json")
 
     def publish_hierarchy(self, hierarchy: Hierarchy) -> None:
         if self.main:
@@ -746,15 +784,23 @@ class RunFolder:
             then()
 
     def _save(self, checkpoint: dict[str, Any], name: str) -> None:
-        try:
-            save_checkpoint(checkpoint, self.path / name)
-        except OSError as e:
-            raise OSError(f"{self.path / name}: not written ({e})") from None
+        save_checkpoint(checkpoint, self.path / name)  # a failure names the file (nbdt._io)
 
     def last_good(self) -> str:
         if not self.saved_epoch:
             return "no checkpoint was written"
         return f"{self.path / 'last.pt'} holds the last good epoch, {self.saved_epoch}"
+
+    def after_error(self) -> str:
+        """What the folder holds after a run stopped on an error, and how to go on."""
+        if not self.saved_epoch:
+            return (
+                f"no checkpoint was written in {self.path}: run the same command again once fixed"
+            )
+        return (
+            f"{self.path / 'last.pt'} holds epoch {self.saved_epoch}: continue with --resume"
+            " once fixed"
+        )
 
     def finish(self, result: RunResult) -> None:
         """Run the output stages, in order (main process only)."""
@@ -798,6 +844,7 @@ class _Fit:
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        self.resumed: dict[str, Any] | None = None
         self.resume_note = self._resume() if config.resume else None
 
         self.train_model = self.model
@@ -823,6 +870,9 @@ class _Fit:
             raise ValueError(
                 f"{self.folder.path / 'last.pt'}: cannot restore the run ({one_line(e)})"
             ) from None
+        # --epochs may have grown: the schedule runs to the new end
+        self.scheduler.T_max = self.plan.total_epochs * len(self.train_loader)
+        self.resumed = checkpoint
         self.start_epoch = self.folder.saved_epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.best = state["best"]
@@ -833,7 +883,13 @@ class _Fit:
     def run(self) -> dict[str, Any]:
         """Write the run's files (only now: every setting has been checked) and train."""
         progress = self.context.progress
-        self.folder.start(self.config)
+        guesses = self.plan.class_guesses
+        self.folder.start(self.config, {"class_guesses": guesses} if guesses else None)
+        for guess in guesses:
+            progress.line(f"class name guessed: {for_terminal(guess)}; override with --wnids")
+        if self.resumed is not None:
+            self.folder.restore(self.resumed)
+            self.resumed = None
         if self.resume_note:
             progress.line(self.resume_note)
         if self.hierarchy is not None:
@@ -851,6 +907,8 @@ class _Fit:
                 else ("no epoch finished")
             )
             raise Interrupted(f"{when}: {where}; continue with --resume") from None
+        except (ValueError, OSError) as e:  # a bad image found mid-epoch, a full disk
+            raise type(e)(f"{one_line(e)}; {self.folder.after_error()}") from None
         summary = self._summary()
         result = RunResult(
             self._nbdt(self.hierarchy),
@@ -1009,18 +1067,42 @@ def _option(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `kill` send
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops a run as Ctrl-C does: whole files, a line saying how to resume."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so the writes in flight finish; then raise it."""
+    """Hold Ctrl-C and SIGTERM until the block ends, so the writes in flight finish; then
+    raise KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {
+        s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in _STOP_SIGNALS
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if received:
         raise KeyboardInterrupt
 

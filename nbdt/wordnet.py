@@ -264,7 +264,31 @@ def _best(synsets: Sequence[Synset]) -> Synset | None:
     return next((s for s in synsets if _is_physical(s)), synsets[0] if synsets else None)
 
 
-def _resolve_one(name: str) -> str | None:
+@dataclass(frozen=True)
+class Resolution:
+    """How one class name became a WordNet id: ``rule`` is ``"given"`` (an id or an override),
+    ``"lemma"`` (the name is a lemma), ``"lemma variant"`` (a spelling of it: "a/b", hyphens),
+    ``"kind of"`` ("maple tree": the maple that is a tree), ``"last words"`` ("ankle boot" ->
+    boot) or ``"synthetic"`` (no match). The last three are guesses a user should see."""
+
+    name: str
+    wnid: str
+    rule: str
+
+    @property
+    def fallback(self) -> bool:
+        return self.rule in ("kind of", "last words", "synthetic")
+
+    def __str__(self) -> str:
+        if self.rule == "synthetic":
+            return f"{self.name!r}: no WordNet noun: synthetic id {self.wnid}"
+        s = synset(self.wnid)
+        return (
+            f"{self.name!r} -> {self.wnid} {s.name()} ({s.definition()}) by the rule {self.rule!r}"
+        )
+
+
+def _resolve_one(name: str) -> tuple[str, str] | None:
     from nltk.corpus.reader.wordnet import NOUN
 
     wn = wordnet()
@@ -273,10 +297,10 @@ def _resolve_one(name: str) -> str | None:
         return wn.synsets(lemma, pos=NOUN) if lemma else []
 
     forms = list(dict.fromkeys(_lemma_forms(name)))
-    for form in forms:  # a lemma as it is ("sweet_pepper", "t-shirt"), or its singular
+    for i, form in enumerate(forms):  # a lemma as it is ("sweet_pepper", "t-shirt"), or singular
         found = _best(senses(form))
         if found is not None:
-            return wnid(found)
+            return wnid(found), "lemma" if i == 0 else "lemma variant"
     for form in forms:  # "maple_tree": a sense of "maple" that is a kind of "tree"
         words = form.split("_")
         if len(words) < 2:
@@ -284,11 +308,11 @@ def _resolve_one(name: str) -> str | None:
         heads = {wnid(s) for s in senses(words[-1])}
         kinds = [s for s in senses("_".join(words[:-1])) if heads & set(ancestors(wnid(s)))]
         if kinds:
-            return wnid(kinds[0])
+            return wnid(kinds[0]), "kind of"
         for start in range(1, len(words)):  # "ankle_boot" -> "boot"
             found = _best(senses("_".join(words[start:])))
             if found is not None:
-                return wnid(found)
+                return wnid(found), "last words"
     return None
 
 
@@ -302,26 +326,34 @@ def resolve(names: Sequence[str], overrides: Mapping[str, str] | None = None) ->
     :data:`DEFAULT_OVERRIDES` and the rules. Names that match nothing get a marked synthetic id
     (``synthetic:<name>``) and are reported with an :class:`UnresolvedClassWarning`.
     """
+    return [r.wnid for r in resolutions(names, overrides, warn=True)]
+
+
+def resolutions(
+    names: Sequence[str], overrides: Mapping[str, str] | None = None, *, warn: bool = False
+) -> list[Resolution]:
+    """:func:`resolve`, saying for each name which rule chose its id: the commands print the
+    guesses (:attr:`Resolution.fallback`) so that a wrong sense is seen. ``warn``: an
+    :class:`UnresolvedClassWarning` for names that got synthetic ids."""
     table = {_normalise(k): v for k, v in {**DEFAULT_OVERRIDES, **(overrides or {})}.items()}
-    out: list[str] = []
-    unresolved: list[str] = []
+    out: list[Resolution] = []
     for name in names:
         name = str(name)
         given = table.get(_normalise(name), name.strip())
         if is_wordnet_id(given):
             synset(given)  # an unknown id is an error, not a silent synthetic class
-            out.append(given)
+            out.append(Resolution(name, given, "given"))
             continue
         found = _resolve_one(name)
         if found is None:
-            unresolved.append(name)
-            found = SYNTHETIC_PREFIX + _normalise(name)
-        out.append(found)
-    if unresolved:
+            found = (SYNTHETIC_PREFIX + _normalise(name), "synthetic")
+        out.append(Resolution(name, *found))
+    unresolved = [r.name for r in out if r.rule == "synthetic"]
+    if warn and unresolved:
         warnings.warn(
             f"no WordNet noun for classes {unresolved}: using synthetic ids; pass overrides"
             " {name: wnid} to name them",
             UnresolvedClassWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return out

@@ -185,7 +185,7 @@ def _leaves(*ids):
         (
             [Node("r", "r", None, ("a", "b")), *_leaves("a", "b")],
             ["a", "b", "a"],
-            "listed more than once",
+            "listed twice",
         ),
         (
             [Node("r", "r", None, ("a", "b")), *_leaves("a", "b")],

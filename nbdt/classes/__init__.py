@@ -10,7 +10,7 @@ import functools
 import importlib.resources
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +69,7 @@ def read_class_file(path: str | os.PathLike[str]) -> list[str]:
     """Class names or WordNet ids from a UTF-8 text file, one per line (blank lines and
     ``#`` comments skipped); at least two, none twice."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM is no part of a name
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 text file") from None
     except OSError as e:
@@ -78,7 +78,45 @@ def read_class_file(path: str | os.PathLike[str]) -> list[str]:
     names = [n for n in names if n and not n.startswith("#")]
     if len(names) < 2:
         raise ValueError(f"{path}: needs at least two class names, one per line")
-    if len(set(names)) != len(names):
-        duplicate = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"{path}: class {duplicate!r} is listed twice")
+    check_unique(names, str(path))
     return names
+
+
+def check_unique(
+    classes: Sequence[str], where: str, ids: Sequence[str | None] | None = None
+) -> None:
+    """The one rule for class lists everywhere (files, builders, hierarchies): no class twice;
+    a ``ValueError`` names the first repeated class and ``where`` it was listed.
+
+    With ``ids`` (WordNet ids) a class is its id: ImageNet's two "crane" classes are a bird and
+    a machine.
+    """
+    keys = classes if ids is None else ids
+    seen: set[str | None] = set()
+    for name, key in zip(classes, keys, strict=True):
+        if key in seen:
+            raise ValueError(f"{where}: class {name!r} is listed twice")
+        seen.add(key)
+
+
+def read_wnid_overrides(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``name<TAB>wnid`` lines (blank lines and ``#`` comments skipped) as {name: wnid}: how
+    the command lines override the WordNet sense chosen for a class name."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise OSError(f"{path}: {e.strerror or e}") from None
+    table: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, wnid = line.partition("\t")
+        if not is_wordnet_id(wnid.strip()):
+            raise ValueError(
+                f"{path}:{number}: expected 'class name<TAB>WordNet id (n + 8 digits)',"
+                f" got {line.strip()!r}"
+            )
+        table[name.strip()] = wnid.strip()
+    return table

@@ -70,7 +70,8 @@
       const box = el("div", "others");
       box.append(el("span", "", "also:"));
       for (const c of others.slice(0, MAX_OTHERS)) {
-        const chip = el("span", "chip", c.label + " ");
+        const chip = el("span", "chip");
+        chip.append(el("bdi", "", c.label), " ");
         chip.append(el("small", "", String(c.leaves)));
         chip.title = `${c.label}: ${c.leaves} ${c.leaves === 1 ? "class" : "classes"}`;
         box.append(chip);
@@ -86,7 +87,8 @@
     const line = el("div", "trail");
     steps.forEach((s, i) => {
       if (i) line.append(el("span", "sep", "›"));
-      const hop = el("span", "hop", s.child_label + " ");
+      const hop = el("span", "hop");
+      hop.append(el("bdi", "", s.child_label), " ");
       hop.append(el("b", "", pct(s.probability)));
       line.append(hop);
     });
@@ -164,7 +166,9 @@
         const a = el("a");
         a.href = `#explanation-${n + 1}`;
         if (item.image) a.append(picture(item.image, ""));
-        a.append(el("span", "", `${n + 1}. ${item.explanation.label} `));
+        const name = el("span", "", `${n + 1}. `);
+        name.append(el("bdi", "", item.explanation.label), " ");
+        a.append(name);
         a.append(el("span", "num", pct(item.explanation.probability)));
         return a;
       })
