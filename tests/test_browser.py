@@ -240,3 +240,34 @@ def test_an_outside_request_would_be_caught(tmp_path, open_page):
     page = open_page(probe)
     page.page.wait_for_timeout(200)
     assert page.requests == ["http://example.invalid/x.png"]
+
+
+# ------------------------------------------------------------------------ faults
+def test_the_first_enter_after_typing_a_search_advances(tmp_path, open_page, make_tree):
+    h = make_tree(300, branching=3, seed=7)
+    page = open_page(hierarchy_html(h, tmp_path / "t.html"))
+    page.page.type("#search", "class 1")
+    page.page.wait_for_function(
+        "() => document.getElementById('matches').textContent.startsWith('1 of')"
+    )
+    page.page.press("#search", "Enter")
+    assert page.js("document.getElementById('matches').textContent").startswith("2 of")
+    page.check_clean()
+
+
+def test_a_window_resize_keeps_the_highlighted_node_in_view(tmp_path, open_page, make_tree):
+    h = make_tree(1000, branching=4, seed=5)
+    page = open_page(hierarchy_html(h, tmp_path / "t.html", highlight=737))
+    visible = (
+        "id => { const n = document.querySelector(`g.node[data-id='${id}'] circle`);"
+        " const r = n.getBoundingClientRect();"
+        " const s = document.getElementById('tree').getBoundingClientRect();"
+        " return r.left >= s.left && r.right <= s.right && r.top >= s.top"
+        " && r.bottom <= s.bottom; }"
+    )
+    leaf = h.class_ids[737]
+    assert page.js(visible, leaf)
+    page.page.set_viewport_size({"width": 900, "height": 600})
+    page.page.wait_for_timeout(200)
+    assert page.js(visible, leaf)
+    page.check_clean()

@@ -290,6 +290,7 @@
 
   // ------------------------------------------------------------------- search
   function search(query) {
+    searchBox.dataset.query = query; // what Enter compares with: the next Enter advances
     const q = query.trim().toLowerCase();
     isMatch.fill(0);
     matches = [];
@@ -461,7 +462,12 @@
   openLevels();
   if (data.highlight !== null) highlight(data.highlight);
   update();
-  if (!fit() && data.highlight !== null) centerOn(data.highlight);
-  window.addEventListener("resize", fit);
+  // Fit the tree; when it is too big to fit, keep the search's or --highlight's node in view.
+  function initialView() {
+    const focus = current >= 0 ? current : data.highlight;
+    if (!fit() && focus !== null) centerOn(focus);
+  }
+  initialView();
+  window.addEventListener("resize", initialView);
   document.documentElement.setAttribute("data-ready", "1");
 })();
