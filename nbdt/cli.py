@@ -257,6 +257,13 @@ def _train_parser() -> argparse.ArgumentParser:
     group.add_argument("--eval-subset", type=int, metavar="N", help="first N test images")
     group.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
     group.add_argument(
+        "--holdout-classes",
+        type=_names,
+        metavar="NAME[,NAME...]",
+        help="classes left out of training (images, head and hierarchy), for nbdt-eval's"
+        " unseen-class routing",
+    )
+    group.add_argument(
         "--no-augment", dest="augment", action="store_false", help="no random shift and flip"
     )
     group.add_argument(
@@ -455,6 +462,11 @@ def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
         raise BadInput(f"{e} (or pass --checkpoint FILE)") from None
     model = NBDT(network, tree, args.mode or "soft", node_score)
     return model, _EXAMPLE_NOTE.format(node_score=node_score, hierarchy=name)
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names, spaces around each trimmed."""
+    return [name.strip() for name in text.split(",")]
 
 
 def _non_negative_int(text: str) -> int:

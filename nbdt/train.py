@@ -110,6 +110,7 @@ class TrainConfig:
     seed: int = 0
     subset: int | None = None
     eval_subset: int | None = None
+    holdout_classes: list[str] | None = None
     image_size: int | None = None
     augment: bool = True
     device: str | None = None
@@ -154,6 +155,14 @@ class TrainConfig:
                     f"{_option(name)} must be a finite number {'>' if name in positive else '>='}"
                     f" 0, got {value}"
                 )
+        if self.holdout_classes is not None and (
+            not all(self.holdout_classes)
+            or len(set(self.holdout_classes)) < len(self.holdout_classes)
+        ):
+            raise ValueError(
+                f"{_option('holdout_classes')} must name distinct classes, got"
+                f" {','.join(self.holdout_classes)!r}"
+            )
         if self.warmup_epochs + self.epochs == 0:
             raise ValueError("nothing to do: --warmup-epochs and --epochs are both 0")
         RunFolder.check(self.output, self.resume, self.overwrite)
@@ -257,6 +266,9 @@ class Plan:
     image_size: tuple[int, int] | None = None
     checkpoint: dict[str, Any] | None = None
     checkpoint_hierarchy: Hierarchy | None = None
+    eval_set: datasets.ImageDataset | None = None
+    """The test split with the held-out classes' images too (``--holdout-classes``); the
+    end-of-run evaluation reads it, ``test_set`` holds the seen classes only."""
 
     @property
     def trained_head(self) -> bool:
@@ -361,14 +373,19 @@ def make_plan(config: TrainConfig, device: torch.device) -> Plan:
     load = {"download": config.download, "image_size": size or (224, 224)}
     train_set = datasets.load_dataset(config.dataset, "train", config.data_dir, **load)
     test_set = datasets.load_dataset(config.dataset, "test", config.data_dir, **load)
-    if config.subset:
-        train_set = train_set.head(config.subset)
-    if config.eval_subset:
-        test_set = test_set.head(config.eval_subset)
     if train_set.classes != test_set.classes:
         raise ValueError(f"{config.dataset}: train and test splits have different classes")
+    if config.eval_subset:
+        test_set = test_set.head(config.eval_subset)
+    eval_set = test_set
+    if config.holdout_classes:
+        _check_holdout(config.holdout_classes, train_set.classes)
+        train_set = train_set.without_classes(config.holdout_classes)
+        test_set = test_set.without_classes(config.holdout_classes)
+    if config.subset:
+        train_set = train_set.head(config.subset)
     classes = DatasetClasses(config.dataset, tuple(train_set.classes), tuple(train_set.wnids))
-    plan = Plan(config, train_set, test_set, classes, size, checkpoint, tree)
+    plan = Plan(config, train_set, test_set, classes, size, checkpoint, tree, eval_set)
     if config.hierarchy is None:  # a trained head's hierarchy is the default one
         kind = "checkpoint" if plan.trained_head else "induced"
         plan.config = dataclasses.replace(config, hierarchy=kind)
@@ -378,6 +395,18 @@ def make_plan(config: TrainConfig, device: torch.device) -> Plan:
             f" ({config.batch_size}): lower --batch-size or raise --subset"
         )
     return plan
+
+
+def _check_holdout(names: Sequence[str], classes: Sequence[str]) -> None:
+    """Every held-out name is one of the dataset's classes, and two classes or more stay."""
+    unknown = [name for name in names if name not in classes]
+    if unknown:
+        raise ValueError(
+            f"{_option('holdout_classes')}: {', '.join(map(repr, unknown))} not among the"
+            f" dataset's classes: {', '.join(classes)}"
+        )
+    if len(classes) - len(names) < 2:
+        raise ValueError(f"{_option('holdout_classes')}: fewer than two classes would stay")
 
 
 def _resolve(
