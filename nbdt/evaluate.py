@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,26 +65,32 @@ def lca_tables(hierarchy: Hierarchy) -> tuple[Tensor, Tensor]:
     return lca_depth, torch.tensor(height)[lca_node]
 
 
-def _class_keys(hierarchy: Hierarchy) -> list[str]:
-    """The classes as WordNet ids when every class has one, else as labels."""
+def _class_keys(hierarchy: Hierarchy) -> list[list[str]]:
+    """Ways to name the classes, in the order to try: WordNet ids (when every class has
+    one), leaf ids, labels."""
     leaves = hierarchy.leaves
+    keys = [list(hierarchy.class_ids), list(hierarchy.classes)]
     if all(is_wordnet_id(leaf.wnid) for leaf in leaves):
-        return [str(leaf.wnid) for leaf in leaves]
-    return list(hierarchy.classes)
+        keys.insert(0, [str(leaf.wnid) for leaf in leaves])
+    return keys
 
 
 def align_reference(hierarchy: Hierarchy, reference: Hierarchy) -> Tensor:
     """(C,) the reference's class index of each of ``hierarchy``'s classes.
 
-    Leaves match by WordNet id when every class has one, else by node id or label (whichever
-    matches the most). A reference whose leaves are not exactly these classes is a ValueError.
+    Leaves match by WordNet id when every class has one, else by leaf id, else by label. A
+    reference whose leaves are not exactly these classes is a ValueError.
     """
     if not isinstance(reference, Hierarchy):
         raise TypeError(f"reference must be a Hierarchy, got {type(reference).__name__}")
-    try:
-        matched = _match_leaves(reference.leaves, _class_keys(hierarchy))
-    except ValueError as e:
-        raise ValueError(f"reference hierarchy: {e}: it must have the model's classes") from None
+    for keys in _class_keys(hierarchy):
+        try:
+            matched = _match_leaves(reference.leaves, keys)
+            break
+        except ValueError as e:
+            error = e
+    else:
+        raise ValueError(f"reference hierarchy: {error}: it must have the model's classes")
     extra = sorted(set(reference.class_ids) - set(matched))
     if extra or len(set(matched)) != len(matched):
         shown = [reference[i].label for i in extra[:5]]
@@ -515,7 +521,6 @@ class EvalResult:
     metrics: dict[str, Any]
     hierarchy: Hierarchy
     reference: Hierarchy | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``eval.json`` atomically."""
@@ -654,7 +659,7 @@ def _reference(
             "reference must be a Hierarchy, a file, 'wordnet', 'none' or None, got"
             f" {type(reference).__name__}"
         )
-    tree = Hierarchy.load(reference, classes=_class_keys(hierarchy))
+    tree = Hierarchy.load(reference, classes=_class_keys(hierarchy)[0])
     try:
         align_reference(hierarchy, tree)
     except ValueError as e:
