@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from nbdt._io import write_text
-from nbdt.hierarchy import Hierarchy, _match_leaves, is_wordnet_id
+from nbdt.classes import is_wordnet_id
+from nbdt.hierarchy import Hierarchy
 from nbdt.rules import DecisionRules
 
 EVAL_FORMAT = "nbdt-eval"
@@ -85,7 +86,7 @@ def align_reference(hierarchy: Hierarchy, reference: Hierarchy) -> Tensor:
         raise TypeError(f"reference must be a Hierarchy, got {type(reference).__name__}")
     for keys in _class_keys(hierarchy):
         try:
-            matched = _match_leaves(reference.leaves, keys)
+            matched = reference.match_classes(keys)
             break
         except ValueError as e:
             error = e
@@ -526,6 +527,47 @@ class EvalResult:
         """Write ``eval.json`` atomically."""
         return write_eval_json(self.metrics, path)
 
+    def write(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        report: bool = True,
+        history: Sequence[Mapping[str, Any]] | None = None,
+        title: str | None = None,
+    ) -> list[Path]:
+        """Write ``report.html`` (with the training curves of ``history``, the rows of a run's
+        metrics.jsonl) and ``eval.json`` into ``folder``, each atomically; return their paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        if report:
+            from nbdt.report import report_html
+
+            written.append(report_html(self, folder / "report.html", history=history, title=title))
+        written.append(self.save(folder / "eval.json"))
+        return written
+
+    def summary(self) -> str:
+        """A few lines: top-1, top-k, severity and hdist@1 per variant, each held-out class."""
+        metrics = self.metrics
+
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.2f}"
+
+        lines = [f"{metrics['images']} images, {len(metrics['classes'])} classes"]
+        for name, v in metrics["variants"].items():
+            ruler = v["hierarchy"]["reference" if "reference" in v["hierarchy"] else "model"]
+            lines.append(
+                f"  {name:10s} top-1 {fmt(v['top1'])}%  top-{metrics['top_k']} {fmt(v['top5'])}%"
+                f"  severity {fmt(ruler['mistake_severity'])}  hdist@1 {fmt(ruler['hdist@1'])}"
+            )
+        for row in (metrics.get("unseen") or {}).get("classes", []):
+            lines.append(
+                f"  {row['name']} -> {row['target']['label']}: NBDT {fmt(row['nbdt'])}%,"
+                f" network {fmt(row['network'])}%"
+            )
+        return "\n".join(lines)
+
 
 def write_eval_json(metrics: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write evaluation metrics as JSON (no NaN: undefined values are null), atomically."""
@@ -544,6 +586,7 @@ def evaluate(
     batch_size: int = 256,
     device: str | torch.device | None = None,
     workers: int = 0,
+    distributed: bool | None = None,
 ) -> EvalResult:
     """Evaluate an NBDT over a dataset or a DataLoader in one streaming pass.
 
@@ -553,8 +596,10 @@ def evaluate(
     ``wnids``), they must be the model's classes, bar the ``holdout`` ones: classes the model
     never saw, whose images are routed through the tree (:class:`UnseenRouting`) instead.
     ``reference``: a hierarchy, a hierarchy file, ``"wordnet"``, ``"none"``, or None for WordNet
-    when every class has a WordNet id. Under torchrun a dataset is split over the ranks (a
-    DataLoader is taken as already split) and the sums are added up over them.
+    when every class has a WordNet id. Under torchrun (``distributed``: None, when
+    torch.distributed is initialised) a dataset is split over the ranks (a DataLoader is taken
+    as already split) and the sums are added up over them; ``distributed=False`` evaluates in
+    this process alone, as a trainer's main process does at the end of a run.
     """
     from nbdt.data import BatchTransform
     from nbdt.model import NBDT
@@ -572,7 +617,9 @@ def evaluate(
     if holdout:
         targets = [unseen_target(hierarchy, w) for w in wnids]
         unseen = UnseenRouting(hierarchy, names, targets, model.node_score, device)
-    loader = _loader(data, batch_size, workers, device)
+    if distributed is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    loader = _loader(data, batch_size, workers, device, distributed)
     lookup = None if lookup is None else lookup.to(device)
     transform = BatchTransform(model.data_config).to(device)
     autocast = _autocast(device)
@@ -601,9 +648,10 @@ def evaluate(
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
-    metrics.all_reduce()
-    if unseen is not None:
-        unseen.all_reduce()
+    if distributed:
+        metrics.all_reduce()
+        if unseen is not None:
+            unseen.all_reduce()
     out = metrics.compute()
     total = out["images"] + (0 if unseen is None else sum(unseen._numbers("images")))
     if total == 0:
@@ -727,14 +775,15 @@ def _class_lookup(
     return torch.tensor(lookup), holdout, held
 
 
-def _loader(data: Any, batch_size: int, workers: int, device: torch.device) -> Iterable[Any]:
+def _loader(
+    data: Any, batch_size: int, workers: int, device: torch.device, distributed: bool
+) -> Iterable[Any]:
     if isinstance(data, torch.utils.data.DataLoader):
         return data
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         raise TypeError(f"data must be a dataset or a DataLoader, got {type(data).__name__}")
     if len(data) == 0:
         raise ValueError("data: no images to evaluate (the dataset is empty)")
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed:  # every world-th image, none twice, so the summed counts are exact
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         data = torch.utils.data.Subset(data, range(rank, len(data), world))

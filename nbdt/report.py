@@ -17,7 +17,7 @@ from typing import Any
 
 from nbdt._io import write_text
 from nbdt.hierarchy import Hierarchy
-from nbdt.visualize import _page, _tree_data
+from nbdt.visualize import render_page, tree_data
 
 _COLOURS = {"network": "#5d6673", "nbdt_soft": "#2f63d6", "nbdt_hard": "#d9480f"}
 _NAMES = {"network": "network", "nbdt_soft": "NBDT soft", "nbdt_hard": "NBDT hard"}
@@ -47,7 +47,7 @@ def report_html(
         raise ValueError("report_html: pass the model's hierarchy (hierarchy=...)")
     if list(hierarchy.classes) != list(metrics["classes"]):
         raise ValueError("report_html: the hierarchy's classes are not the evaluated classes")
-    plt = _pyplot()
+    plt = pyplot()
     plots = [
         ("Top-1 and top-k accuracy", _accuracy_plot(plt, metrics)),
         ("Per-class top-1", _per_class_plot(plt, metrics)),
@@ -65,7 +65,7 @@ def report_html(
         "tree": _tree(hierarchy, metrics),
         "unseen": metrics.get("unseen"),
     }
-    return write_text(path, _page("report", title, data))
+    return write_text(path, render_page("report", title, data))
 
 
 # ----------------------------------------------------------------------------------- data
@@ -92,7 +92,7 @@ def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 def _tree(h: Hierarchy, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The page's tree columns plus, per node, accuracy, counts and confusion (inner nodes)."""
-    data = _tree_data(h)
+    data = tree_data(h)
     rows = {row["id"]: row for row in metrics["nodes"]}
     hard = metrics["variants"]["nbdt_hard"]["per_class_top1"]
     data["accuracy"] = [
@@ -114,7 +114,8 @@ def _tree(h: Hierarchy, metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- plots
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot (Agg, SVG text as text); an ImportError naming the extra."""
     try:
         import matplotlib
     except ImportError:
@@ -239,5 +240,6 @@ def _history_plot(plt: Any, history: Sequence[Mapping[str, Any]]) -> str:
             right.plot(xs, ys, style, marker="o", color="#1c2330", label=key)
     right.set_xlabel("epoch")
     right.set_ylabel("loss")
-    right.legend(frameon=False)
+    if right.lines:
+        right.legend(frameon=False)
     return _svg(figure)

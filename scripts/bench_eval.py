@@ -20,9 +20,9 @@ import torch
 
 import nbdt
 from nbdt import data
+from nbdt.classes import dataset_classes
 from nbdt.evaluate import evaluate
 from nbdt.model import NBDT
-from nbdt.wordnet import dataset_classes
 
 
 @torch.inference_mode()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nbdt.eval_cli import eval_main
+from nbdt.cli import eval_main
 
 
 @pytest.fixture(scope="module")
@@ -13,9 +13,9 @@ def checkpoint(tmp_path_factory):
     import torch
 
     import nbdt
+    from nbdt.classes import dataset_classes
     from nbdt.data import data_config
     from nbdt.model import NBDT
-    from nbdt.wordnet import dataset_classes
 
     info = dataset_classes("fashion-mnist")
     names, wnids = list(info.names[:9]), list(info.wnids[:9])  # class 9 is 'Ankle boot'

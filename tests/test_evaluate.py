@@ -318,7 +318,7 @@ def test_unseen_routing_by_hand():
 
 
 def fashion_without(name: str) -> tuple[Hierarchy, str]:
-    from nbdt.wordnet import dataset_classes
+    from nbdt.classes import dataset_classes
 
     info = dataset_classes("fashion-mnist")
     i = info.names.index(name)
