@@ -707,11 +707,11 @@ def _reference(
             "reference must be a Hierarchy, a file, 'wordnet', 'none' or None, got"
             f" {type(reference).__name__}"
         )
-    tree = Hierarchy.load(reference, classes=_class_keys(hierarchy)[0])
     try:
+        tree = Hierarchy.load(reference, classes=_class_keys(hierarchy)[0])
         align_reference(hierarchy, tree)
     except ValueError as e:
-        raise ValueError(f"{reference}: {e}") from None
+        raise ValueError(f"reference {reference}: {e}") from None
     return tree
 
 
