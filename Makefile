@@ -28,12 +28,12 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,report]'
 	touch $(STAMP)
 
 # resnet18 from scratch on Fashion-MNIST (CPU: a few minutes): cross-entropy warm-up, hierarchy
 # induced from the head, soft tree supervision; 4 test images explained by the trainer (PNGs in
-# images/), then the same PNGs by nbdt-explain from the checkpoint.
+# images/), the evaluation report (eval.json, report.html), then the same PNGs by nbdt-explain.
 demo: setup
 	$(VENV)/bin/nbdt-train --arch resnet18 --dataset fashion-mnist --output $(DEMO_DIR) \
 	  --warmup-epochs 2 --epochs 1 --subset 15000 --explain 4 --overwrite
@@ -41,6 +41,7 @@ demo: setup
 	  --html $(DEMO_DIR)/explain-cli.html $(DEMO_DIR)/images/test-*.png
 	@echo "demo outputs in $(abspath $(DEMO_DIR)): hierarchy.html, explanations.html,"\
 	  "explain-cli.html, metrics.jsonl, hierarchy.json, best.pt, last.pt"
+	@echo "evaluation report (nbdt-eval's metrics of the final model): $(abspath $(DEMO_DIR))/report.html"
 
 test: setup
 	$(PY) -m pytest -q

@@ -4,6 +4,9 @@ Writes the hierarchy page of the shipped ImageNet WordNet tree with a search for
 retriever", and real explanations of three scikit-image sample photos by the offline
 EfficientNet-Lite0 (marginal node score: no fine-tuning needed), then photographs both in
 Debian's chromium. Usage: .venv/bin/python docs/screenshots.py
+
+With ``--report RUN/report.html`` it photographs that evaluation report (nbdt-eval's or the
+trainer's) into docs/report.png instead.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ def main() -> int:
     if not Path(CHROMIUM).exists():
         print(f"needs {CHROMIUM} (Debian's chromium; make setup installs it)", file=sys.stderr)
         return 2
+    if sys.argv[1:2] == ["--report"] and len(sys.argv) == 3:
+        photograph(Path(sys.argv[2]).resolve(), DOCS / "report.png", height=1400)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         tree_page, explain_page = write_pages(Path(tmp))
         photograph(tree_page, DOCS / "hierarchy.png", search="golden retriever")

@@ -22,6 +22,10 @@ _EXPORTS = {
     "load": "nbdt.model",
     "hierarchy_html": "nbdt.visualize",
     "explanation_html": "nbdt.visualize",
+    "evaluate": "nbdt.evaluate",
+    "EvalResult": "nbdt.evaluate",
+    "TreeMetrics": "nbdt.evaluate",
+    "report_html": "nbdt.report",
 }
 
 __all__ = sorted(_EXPORTS)

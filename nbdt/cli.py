@@ -20,7 +20,7 @@ class BadInput(Exception):
     """Raised by CLI code for a user error: printed as one line, exit status 2."""
 
 
-def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, argv) -> int:
+def run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, argv) -> int:
     """Parse arguments and run ``main``; user errors become one stderr line and exit 2."""
     args = parser.parse_args(argv)
     try:
@@ -40,7 +40,7 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, ar
 # ---------------------------------------------------------------------- nbdt-hierarchy
 def hierarchy_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-hierarchy: build, show and export class hierarchies."""
-    return _run("nbdt-hierarchy", _hierarchy, _hierarchy_parser(), argv)
+    return run("nbdt-hierarchy", _hierarchy, _hierarchy_parser(), argv)
 
 
 def _hierarchy_parser() -> argparse.ArgumentParser:
@@ -257,7 +257,7 @@ def _weights_source(args: argparse.Namespace):
 # -------------------------------------------------------------------------- nbdt-train
 def train_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-train: tree-supervised fine-tuning (see ``nbdt.train``)."""
-    return _run("nbdt-train", _train, _train_parser(), argv)
+    return run("nbdt-train", _train, _train_parser(), argv)
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -287,6 +287,13 @@ def _train_parser() -> argparse.ArgumentParser:
     group.add_argument("--subset", type=int, metavar="N", help="first N training images")
     group.add_argument("--eval-subset", type=int, metavar="N", help="first N test images")
     group.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
+    group.add_argument(
+        "--holdout-classes",
+        type=_names,
+        metavar="NAME[,NAME...]",
+        help="classes left out of training (images, head and hierarchy), for nbdt-eval's"
+        " unseen-class routing",
+    )
     group.add_argument(
         "--no-augment", dest="augment", action="store_false", help="no random shift and flip"
     )
@@ -351,6 +358,12 @@ def _train_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--explain", type=int, metavar="N", help="explain N test images at the end")
+    run.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="no evaluation at the end (eval.json, report.html: a pass over the test split)",
+    )
     return p
 
 
@@ -408,7 +421,7 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
         "--json", action="store_true", help="print a JSON list, one explanation per image"
     )
     parser.add_argument("--html", metavar="FILE", help="also write the explanations as HTML")
-    return _run("nbdt-explain", _explain, parser, argv)
+    return run("nbdt-explain", _explain, parser, argv)
 
 
 _EXPLAIN_BATCH = 16  # images decoded and explained at a time
@@ -516,6 +529,98 @@ def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
         raise BadInput(f"{e} (or pass --checkpoint FILE)") from None
     model = NBDT(network, tree, args.mode or "soft", node_score)
     return model, _EXAMPLE_NOTE.format(node_score=node_score, hierarchy=name)
+
+
+# --------------------------------------------------------------------------- nbdt-eval
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """nbdt-eval: hierarchy-aware evaluation of a checkpoint, eval.json and report.html."""
+    from nbdt.data import DATASETS, SPLITS
+
+    parser = argparse.ArgumentParser(
+        prog="nbdt-eval",
+        description="Hierarchy-aware evaluation of an NBDT checkpoint (metrics: docs/metrics.md):"
+        " top-k, mistake severity, hierarchical distance, per-node accuracy, calibration, and"
+        " where images of held-out classes go. Under torchrun the ranks share the images.",
+    )
+    parser.add_argument("checkpoint", help="an nbdt model file (best.pt, last.pt, nbdt.pt)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data-dir", metavar="DIR", help="the dataset's folder (as nbdt-train)")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="(default: test)")
+    parser.add_argument(
+        "--reference",
+        metavar="wordnet|none|FILE",
+        help="a second hierarchy to measure mistakes on (default: WordNet when every class has"
+        " a WordNet id)",
+    )
+    parser.add_argument(
+        "--holdout-classes",
+        type=_names,
+        metavar="NAME[,NAME...]",
+        help="classes the model never saw, routed through its tree (default: the run's, from"
+        " args.json beside the checkpoint)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="eval.json and report.html")
+    parser.add_argument("--no-report", action="store_true", help="write eval.json only")
+    parser.add_argument("--subset", type=_non_negative_int, metavar="N", help="first N images")
+    parser.add_argument("--batch-size", type=_non_negative_int, default=256, metavar="N")
+    parser.add_argument("--workers", type=_non_negative_int, default=0, metavar="N")
+    parser.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
+    return run("nbdt-eval", _eval, parser, argv)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Evaluate, then (main process) write eval.json and the report: nothing before success."""
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from nbdt import data, train
+    from nbdt.evaluate import evaluate
+    from nbdt.model import load
+
+    if not Path(args.checkpoint).is_file():
+        raise BadInput(f"{args.checkpoint}: no such checkpoint file")
+    if not args.batch_size:
+        raise BadInput("--batch-size must be at least 1")
+    run_folder = train.RunFolder(Path(args.checkpoint).parent, main=False)
+    holdout = args.holdout_classes
+    if holdout is None:
+        holdout = (run_folder.recorded_args() or {}).get("holdout_classes") or []
+    if not args.no_report:
+        from nbdt.report import pyplot
+
+        pyplot()  # a missing matplotlib stops here, before the evaluation
+    runtime = train.start_runtime(args.device)
+    try:
+        model = load(args.checkpoint).to(runtime.device)
+        size = tuple(model.data_config["input_size"][-2:])
+        dataset = data.load_dataset(args.dataset, args.split, args.data_dir, image_size=size)
+        if args.subset is not None:
+            dataset = dataset.head(args.subset)
+        result = evaluate(
+            model,
+            dataset,
+            reference=args.reference,
+            holdout=holdout,
+            batch_size=args.batch_size,
+            device=runtime.device,
+            workers=args.workers,
+        )
+    finally:
+        if runtime.distributed:
+            dist.destroy_process_group()
+    if not runtime.main:
+        return 0
+    written = result.write(args.out, report=not args.no_report, history=run_folder.history())
+    print(result.summary())
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names, spaces around each trimmed ("": none)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _non_negative_int(text: str) -> int:

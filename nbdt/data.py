@@ -16,7 +16,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,18 @@ class TensorImages(torch.utils.data.Dataset):
         """The first ``n`` images (all when there are fewer)."""
         return TensorImages(self.images[:n], self.targets[:n], self.classes, self.wnids)
 
+    def without_classes(self, names: Collection[str]) -> TensorImages:
+        """The images of the other classes, labelled in the order of the classes kept."""
+        keep, relabel = _kept_classes(self.classes, names)
+        targets = relabel[self.targets]
+        mask = targets >= 0
+        return TensorImages(
+            self.images[mask],
+            targets[mask],
+            [self.classes[i] for i in keep],
+            [self.wnids[i] for i in keep],
+        )
+
 
 class FolderImages(torch.utils.data.Dataset):
     """An ImageFolder (one sub-folder per class) read as uint8 RGB tensors of one size.
@@ -160,6 +172,15 @@ class FolderImages(torch.utils.data.Dataset):
         out.samples = self.samples[:n]
         return out
 
+    def without_classes(self, names: Collection[str]) -> FolderImages:
+        """The images of the other classes, labelled in the order of the classes kept."""
+        keep, relabel = _kept_classes(self.classes, names)
+        out = copy.copy(self)
+        out.samples = [(p, int(relabel[t])) for p, t in self.samples if relabel[t] >= 0]
+        out.classes = tuple(self.classes[i] for i in keep)
+        out.wnids = tuple(self.wnids[i] for i in keep)
+        return out
+
 
 ImageDataset = TensorImages | FolderImages
 
@@ -169,6 +190,16 @@ def _folder_resolutions(
 ) -> list[wordnet.Resolution]:
     """How an ImageFolder's sub-folders (named by class or by wnid) became WordNet ids."""
     return wordnet.resolutions(list(folders), overrides, warn=True)
+
+
+def _kept_classes(classes: Sequence[str], dropped: Collection[str]) -> tuple[list[int], Tensor]:
+    """The indices of the classes not in ``dropped``, and (C,) each class's new index (-1 when
+    dropped)."""
+    dropped = set(dropped)
+    keep = [i for i, name in enumerate(classes) if name not in dropped]
+    relabel = torch.full((len(classes),), -1, dtype=torch.long)
+    relabel[keep] = torch.arange(len(keep))
+    return keep, relabel
 
 
 def load_dataset(

@@ -205,13 +205,18 @@ class Hierarchy:
             out.append(self._nodes[node_id])
         return tuple(reversed(out))
 
+    def match_classes(self, order: Sequence[str]) -> tuple[str, ...]:
+        """The leaf id of each class in ``order``, named by leaf id, WordNet id or label
+        (whichever kind matches the most); a ValueError names the classes matching no leaf."""
+        return tuple(_match_leaves(self._leaves, [str(c) for c in order]))
+
     def has_classes(self, names: Sequence[str], wnids: Sequence[str | None] = ()) -> bool:
         """Whether the leaves, in class order, are these classes: matched by WordNet id, else
         by name (or leaf id), as a class order given to :meth:`from_node_link` is."""
         for order in (wnids, names):
             if len(order) == self.num_classes and all(c is not None for c in order):
                 try:
-                    if _match_leaves(self._leaves, [str(c) for c in order]) == list(self._leaf_ids):
+                    if self.match_classes(order) == tuple(self._leaf_ids):
                         return True
                 except ValueError:
                     pass

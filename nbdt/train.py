@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from nbdt import data as datasets
 from nbdt._io import atomic_path, remove_stale_temporaries, write_text
 from nbdt._messages import for_terminal, one_line
 from nbdt.checkpoint import check_format, read_checkpoint, save_checkpoint
-from nbdt.classes import DatasetClasses, read_wnid_overrides
+from nbdt.classes import DatasetClasses, is_wordnet_id, read_wnid_overrides
 from nbdt.hierarchy import Hierarchy
 from nbdt.loss import LOSSES, SOFT_VARIANTS, SoftTreeSupLoss
 from nbdt.model import NBDT
@@ -111,6 +112,7 @@ class TrainConfig:
     seed: int = 0
     subset: int | None = None
     eval_subset: int | None = None
+    holdout_classes: list[str] | None = None
     image_size: int | None = None
     augment: bool = True
     device: str | None = None
@@ -120,6 +122,7 @@ class TrainConfig:
     overwrite: bool = False
     quiet: bool = False
     explain: int = 0
+    report: bool = True
 
     def validate(self) -> None:
         """Check values once, at the boundary, before anything is written; a ``ValueError``
@@ -155,6 +158,19 @@ class TrainConfig:
                     f"{_option(name)} must be a finite number {'>' if name in positive else '>='}"
                     f" 0, got {value}"
                 )
+        if self.holdout_classes is not None and (
+            not all(self.holdout_classes)
+            or len(set(self.holdout_classes)) < len(self.holdout_classes)
+        ):
+            raise ValueError(
+                f"{_option('holdout_classes')} must name distinct classes, got"
+                f" {','.join(self.holdout_classes)!r}"
+            )
+        if self.report and importlib.util.find_spec("matplotlib") is None:
+            raise ValueError(
+                "matplotlib is missing for the end-of-run report: pip install 'nbdt[report]',"
+                " or pass --no-report"
+            )
         if self.warmup_epochs + self.epochs == 0:
             raise ValueError("nothing to do: --warmup-epochs and --epochs are both 0")
         RunFolder.check(self.output, self.resume, self.overwrite)
@@ -260,6 +276,9 @@ class Plan:
     checkpoint: dict[str, Any] | None = None
     checkpoint_hierarchy: Hierarchy | None = None
     class_guesses: list[str] = dataclasses.field(default_factory=list)
+    eval_set: datasets.ImageDataset | None = None
+    """The test split with the held-out classes' images too (``--holdout-classes``); the
+    end-of-run evaluation reads it, ``test_set`` holds the seen classes only."""
 
     @property
     def trained_head(self) -> bool:
@@ -365,12 +384,17 @@ def make_plan(config: TrainConfig, device: torch.device) -> Plan:
     load = {"download": config.download, "image_size": size or (224, 224), "wnids": overrides}
     train_set = datasets.load_dataset(config.dataset, "train", config.data_dir, **load)
     test_set = datasets.load_dataset(config.dataset, "test", config.data_dir, **load)
-    if config.subset:
-        train_set = train_set.head(config.subset)
-    if config.eval_subset:
-        test_set = test_set.head(config.eval_subset)
     if train_set.classes != test_set.classes:
         raise ValueError(f"{config.dataset}: train and test splits have different classes")
+    if config.eval_subset:
+        test_set = test_set.head(config.eval_subset)
+    eval_set = test_set
+    if config.holdout_classes:
+        _check_holdout(config.holdout_classes, train_set.classes, train_set.wnids)
+        train_set = train_set.without_classes(config.holdout_classes)
+        test_set = test_set.without_classes(config.holdout_classes)
+    if config.subset:
+        train_set = train_set.head(config.subset)
     classes = DatasetClasses(config.dataset, tuple(train_set.classes), tuple(train_set.wnids))
     guesses = [str(r) for r in getattr(train_set, "resolutions", ()) if r.fallback]
     if len(classes.names) < 2:
@@ -378,7 +402,7 @@ def make_plan(config: TrainConfig, device: torch.device) -> Plan:
             f"{config.dataset}: one class ({', '.join(classes.names)}): a classifier and its"
             " hierarchy need at least two"
         )
-    plan = Plan(config, train_set, test_set, classes, size, checkpoint, tree, guesses)
+    plan = Plan(config, train_set, test_set, classes, size, checkpoint, tree, guesses, eval_set)
     if config.hierarchy is None:  # a trained head's hierarchy is the default one
         kind = "checkpoint" if plan.trained_head else "induced"
         plan.config = dataclasses.replace(config, hierarchy=kind)
@@ -394,6 +418,26 @@ def make_plan(config: TrainConfig, device: torch.device) -> Plan:
             f" ({config.batch_size}): lower --batch-size or raise --subset"
         )
     return plan
+
+
+def _check_holdout(names: Sequence[str], classes: Sequence[str], wnids: Sequence[str]) -> None:
+    """Every held-out name is one of the dataset's classes, with a WordNet id (its target node
+    is found through WordNet), and two classes or more stay."""
+    unknown = [name for name in names if name not in classes]
+    if unknown:
+        raise ValueError(
+            f"{_option('holdout_classes')}: {', '.join(map(repr, unknown))} not among the"
+            f" dataset's classes: {', '.join(classes)}"
+        )
+    wnid = dict(zip(classes, wnids, strict=True))
+    unnamed = [name for name in names if not is_wordnet_id(wnid[name])]
+    if unnamed:
+        raise ValueError(
+            f"{_option('holdout_classes')}: {unnamed[0]!r} has no WordNet id, so no node of the"
+            " tree is its target"
+        )
+    if len(classes) - len(names) < 2:
+        raise ValueError(f"{_option('holdout_classes')}: fewer than two classes would stay")
 
 
 def _resolve(
@@ -611,6 +655,7 @@ class RunResult:
     test_set: datasets.ImageDataset
     transform: nn.Module
     progress: Progress
+    eval_set: datasets.ImageDataset | None = None  # the test split with held-out classes
 
 
 OutputStage = Callable[["RunFolder", RunResult], None]
@@ -656,7 +701,28 @@ def explanations(folder: RunFolder, result: RunResult) -> None:
     )
 
 
-OUTPUT_STAGES: list[OutputStage] = [hierarchy_page, explanations]
+def evaluation_report(folder: RunFolder, result: RunResult) -> None:
+    """eval.json and report.html: the hierarchy-aware evaluation of the final model on the test
+    split, held-out classes included (docs/metrics.md), with the run's training curves."""
+    if not result.config.report:
+        return
+    from nbdt.evaluate import evaluate
+
+    config = result.config
+    evaluated = evaluate(
+        result.model,
+        result.eval_set if result.eval_set is not None else result.test_set,
+        holdout=config.holdout_classes or (),
+        batch_size=config.batch_size,
+        workers=config.workers,
+        distributed=False,
+    )
+    title = f"{config.arch} on {config.dataset}: evaluation"
+    evaluated.write(folder.path, history=folder.history(), title=title)
+    result.progress.line(evaluated.summary())
+
+
+OUTPUT_STAGES: list[OutputStage] = [hierarchy_page, explanations, evaluation_report]
 """What every run writes at its end, in order; a stage may write nothing (see its setting)."""
 
 
@@ -669,13 +735,13 @@ class RunFolder:
 
     FILES = (
         "last.pt", "best.pt", "metrics.jsonl", "args.json", "hierarchy.json", "hierarchy.html",
-        "explanations.json", "explanations.html",
+        "explanations.json", "explanations.html", "eval.json", "report.html",
     )  # fmt: skip
     # Settings that do not change what a run computes: --resume may differ in these only.
     OPERATIONAL = frozenset(
         {
             "output", "data_dir", "download", "workers", "device", "compile", "resume",
-            "overwrite", "quiet", "explain",
+            "overwrite", "quiet", "explain", "report",
         }
     )  # fmt: skip
 
@@ -757,6 +823,31 @@ class RunFolder:
             self._save(checkpoint, "best.pt")  # last.pt is then the best checkpoint
         _write_lines(self.path / "metrics.jsonl", state["history"])
         Hierarchy.from_node_link(checkpoint["hierarchy"]).save(self.path / "hierarchy.json")
+
+    def recorded_args(self) -> dict[str, Any] | None:
+        """The settings args.json records (a run's), or None when the folder has none."""
+        path = self.path / "args.json"
+        if not path.is_file():
+            return None
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{path}: not a JSON object of settings")
+        return recorded
+
+    def history(self) -> list[dict[str, Any]] | None:
+        """The rows of metrics.jsonl (one per epoch), or None when there are none."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return None
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            rows = [json.loads(line) for line in lines if line.strip()]
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not JSON lines ({e})") from None
+        return [row for row in rows if isinstance(row, dict)] or None
 
     def publish_hierarchy(self, hierarchy: Hierarchy) -> None:
         if self.main:
@@ -917,6 +1008,7 @@ class _Fit:
             self.plan.test_set,
             self.eval_transform,
             progress,
+            self.plan.eval_set,
         )
         self.folder.finish(result)
         progress.summary(summary)

@@ -47,12 +47,12 @@ def hierarchy_html(
     """
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}")
-    data = _tree_data(hierarchy)
+    data = tree_data(hierarchy)
     data["highlight"] = None if highlight is None else _node_index(hierarchy, highlight)
     if title is None:
         title = f"{hierarchy.root.label}: {hierarchy.num_classes} classes"
     data["title"] = title
-    return write_text(path, _page("hierarchy", title, data))
+    return write_text(path, render_page("hierarchy", title, data))
 
 
 def explanation_html(
@@ -97,11 +97,11 @@ def explanation_html(
         title = (
             "NBDT explanation" if len(items) == 1 else f"NBDT explanations ({len(items)} images)"
         )
-    return write_text(path, _page("explanation", title, {"title": title, "items": items}))
+    return write_text(path, render_page("explanation", title, {"title": title, "items": items}))
 
 
 # ------------------------------------------------------------------------- page assembly
-def _page(name: str, title: str, data: Any) -> str:
+def render_page(name: str, title: str, data: Any) -> str:
     """Fill ``templates/<name>.html`` with its CSS, JavaScript, data and a strict CSP."""
     style = _template("base.css") + _template(f"{name}.css")
     script = _template(f"{name}.js")
@@ -139,7 +139,7 @@ def embed_json(data: Any) -> str:
 
 
 # ------------------------------------------------------------------------ hierarchy data
-def _tree_data(h: Hierarchy) -> dict[str, Any]:
+def tree_data(h: Hierarchy) -> dict[str, Any]:
     """Columns over ``h.nodes`` (root first, breadth first); the page rebuilds the tree."""
     nodes = h.nodes
     index = {node.id: i for i, node in enumerate(nodes)}

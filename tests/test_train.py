@@ -240,6 +240,8 @@ def other_classes_hierarchy(path):
         ("run-exists", "out holds a run (last.pt): pass --resume to continue it, --overwrite"),
         ("resume-overwrite", "--overwrite replaces it: pass one of them"),
         ("empty-test", "empty: the test split holds no images"),
+        ("holdout-unknown", "--holdout-classes: 'Zebra' not among the dataset's classes: T-shirt"),
+        ("holdout-all", "--holdout-classes: fewer than two classes would stay"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, message, stripes_dir, tmp_path, capsys, write_idx):
@@ -276,6 +278,11 @@ def test_bad_input_exits_2_with_one_line(case, message, stripes_dir, tmp_path, c
         (output / "last.pt").write_bytes(b"a run's checkpoint")
     elif case == "resume-overwrite":
         args += ["--resume", "--overwrite"]
+    elif case == "holdout-unknown":
+        args += ["--holdout-classes", "Ankle boot, Zebra"]
+    elif case == "holdout-all":
+        names = data.dataset_classes("fashion-mnist").names
+        args += ["--holdout-classes", ",".join(names[1:])]
     elif case == "empty-test":
         empty = shutil.copytree(stripes_dir, tmp_path / "empty")
         write_idx(empty / "t10k-images-idx3-ubyte.gz", torch.zeros(0, 28, 28).numpy())
@@ -330,6 +337,56 @@ def test_cli_entry_point_exit_status(tmp_path):
     )  # fmt: skip
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and "nowhere" in run.stderr
+
+
+# ------------------------------------------------------------------ evaluation and held-out
+@pytest.mark.slow
+def test_the_run_ends_with_its_evaluation_report(finished_run):
+    """eval.json measures the final model on the test split, as the last epoch's validation."""
+    output, stdout = finished_run
+    last = read_metrics(output)[-1]
+    metrics = json.loads((output / "eval.json").read_text())
+    assert metrics["images"] == last["test_images"] == 160 and metrics["unseen"] is None
+    for variant, key in (("network", "top1"), ("nbdt_soft", "nbdt_soft_top1"),
+                         ("nbdt_hard", "nbdt_hard_top1")):  # fmt: skip
+        assert metrics["variants"][variant]["top1"] == pytest.approx(last[key], abs=1e-6)
+    page = (output / "report.html").read_text()
+    assert page.count("data:image/svg+xml") == 5  # four plots and the training curves
+    assert "nbdt_hard  top-1" in stdout
+
+
+@pytest.mark.slow
+def test_held_out_class_is_left_out_of_training_and_routed_by_nbdt_eval(
+    stripes_dir, tmp_path, capsys
+):
+    from nbdt.cli import eval_main
+
+    output = tmp_path / "held"
+    args = train_args(stripes_dir, output, "--holdout-classes", "Ankle boot", "--no-report")
+    assert train_main(args) == 0
+    assert json.loads((output / "args.json").read_text())["holdout_classes"] == ["Ankle boot"]
+    rows = read_metrics(output)
+    assert rows[0]["train_images"] == 288 and rows[0]["test_images"] == 144  # 9 of 10 classes
+    model = nbdt.load(output / "last.pt")
+    assert "Ankle boot" not in model.hierarchy.classes and model.hierarchy.num_classes == 9
+    assert not (output / "eval.json").exists()  # --no-report
+
+    out = tmp_path / "eval"
+    args = [str(output / "last.pt"), "--dataset", "fashion-mnist", "--data-dir", str(stripes_dir)]
+    assert eval_main([*args, "--out", str(out), "--no-report"]) == 0
+    assert "Ankle boot -> " in capsys.readouterr().out
+    metrics = json.loads((out / "eval.json").read_text())
+    assert not (out / "report.html").exists()
+    assert metrics["images"] == 144 and metrics["unseen"]["overall"]["images"] == 16
+    (unseen,) = metrics["unseen"]["classes"]
+    assert unseen["name"] == "Ankle boot" and unseen["images"] == 16
+    assert set(unseen) == {"name", "wnid", "images", "target", "nbdt", "network", "levels"}
+    assert unseen["target"]["relatives"] == ["Sandal", "Sneaker"]
+    assert 0 <= unseen["nbdt"] <= 100 and 0 <= unseen["network"] <= 100
+    root = unseen["levels"][0]  # every image passes the root
+    assert [(e["id"], e["share"]) for e in root] == [(model.hierarchy.root.id, 100.0)]
+    for level in unseen["levels"][1:]:
+        assert sum(e["share"] for e in level) <= 100.0 + 1e-9
 
 
 # ---------------------------------------------------------------------------------- torchrun
