@@ -27,21 +27,26 @@ _FRESH = "\x00new"  # placeholder id of a node an edit creates, renamed once its
 def find_node(h: Hierarchy, key: str, kind: str | None = None) -> Node:
     """The node that ``key`` names: a node id, else a label (any case) or a WordNet id.
 
-    ``kind`` ("leaf" or "inner") keeps only that kind of node. No match, or several, raise a
-    ``ValueError`` that lists the candidates.
+    ``kind`` ("leaf" or "inner") keeps only that kind of node; among those, an exact id wins.
+    No match, or several, raise a ``ValueError`` that lists the candidates.
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     key = str(key)
+    wanted = key.strip().casefold()
     found = [h[key]] if key in h else []
-    if not found:
-        wanted = key.strip().casefold()
-        found = [n for n in h.nodes if n.label.casefold() == wanted or n.wnid == key.strip()]
+    found += [
+        n
+        for n in h.nodes
+        if n.id != key and (n.label.casefold() == wanted or n.wnid == key.strip())
+    ]
     if not found:
         close = difflib.get_close_matches(key, sorted({n.label for n in h.nodes}), n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"no node {key!r} (by node id, label or WordNet id){hint}")
     of_kind = [n for n in found if kind is None or (kind == "leaf") == n.is_leaf]
+    if of_kind and of_kind[0].id == key:  # an exact id wins over labels and WordNet ids
+        return of_kind[0]
     if not of_kind:
         what = "a class (a leaf)" if found[0].is_leaf else "an inner node"
         wanted_kind = "a class" if kind == "leaf" else "an inner node"
