@@ -119,8 +119,9 @@ def with_hierarchy(model: NBDT, hierarchy: Hierarchy) -> NBDT:
     unknown = [c for c in hierarchy.class_ids if c not in row]
     if unknown:
         raise ValueError(
-            f"with_hierarchy: the model's head has no row for classes {unknown[:5]}"
-            " (by leaf id): add a class with nbdt.intervene.add_class"
+            f"with_hierarchy: the model's head has no row for classes"
+            f" {[hierarchy[c].label for c in unknown[:5]]} (matched by leaf id): add a class"
+            " with nbdt.intervene.add_class"
         )
     index = torch.tensor([row[c] for c in hierarchy.class_ids])
     weight, bias = _head_rows(model.model)
@@ -408,7 +409,7 @@ def correct(
     replay_targets: Tensor,
     *,
     holdout: float = 0.25,
-    correction_weight: float = 1.0,
+    correction_weight: float | None = None,
     epochs: int = 5,
     lr: float = 1e-3,
     batch_size: int = 512,
@@ -419,7 +420,8 @@ def correct(
     """A model whose head is refit so the corrected images get their right class.
 
     Every step trains on a batch of the replay (cached training features, which keeps the other
-    classes where they were) and a batch of the corrections, weighted ``correction_weight``. A
+    classes where they were) and a batch of the corrections, weighted ``correction_weight``
+    (default: as one class of the replay, 1 / classes). A
     seeded ``holdout`` share of the corrections is kept out of training: it measures whether the
     fix generalises. Returns the new model (``model`` is left as it was) and before/after top-1
     (network, NBDT-soft, NBDT-hard) on the fitted and held-out corrections, the replay and
@@ -439,6 +441,8 @@ def correct(
         raise ValueError("correct: no corrections left to fit after the holdout")
 
     fixed = with_hierarchy(model, model.hierarchy)
+    if correction_weight is None:
+        correction_weight = 1.0 / model.hierarchy.num_classes
     sets = {
         "corrections": (features[fit], targets[fit]),
         "held_out": (features[held], targets[held]),
@@ -540,7 +544,7 @@ def add_class(
     ]
     if not name or taken:
         raise ValueError(
-            f"add_class: class {name!r} exists (class {taken[0]})"
+            f"add_class: class {name!r} exists (class {taken[0]}, {h.classes[taken[0]]!r})"
             if taken
             else "add_class: empty class name"
         )
