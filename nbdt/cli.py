@@ -20,7 +20,7 @@ class BadInput(Exception):
     """Raised by CLI code for a user error: printed as one line, exit status 2."""
 
 
-def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, argv) -> int:
+def run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, argv) -> int:
     """Parse arguments and run ``main``; user errors become one stderr line and exit 2."""
     args = parser.parse_args(argv)
     try:
@@ -40,7 +40,7 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, ar
 # ---------------------------------------------------------------------- nbdt-hierarchy
 def hierarchy_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-hierarchy: build, show and export class hierarchies."""
-    return _run("nbdt-hierarchy", _hierarchy, _hierarchy_parser(), argv)
+    return run("nbdt-hierarchy", _hierarchy, _hierarchy_parser(), argv)
 
 
 def _hierarchy_parser() -> argparse.ArgumentParser:
@@ -113,6 +113,21 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
     order = html.add_mutually_exclusive_group()
     order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
     order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
+
+    edit = commands.add_parser(
+        "edit", help="apply an edit file (move, group, ungroup, rename, remove; docs/edits.md)"
+    )
+    edit.add_argument(
+        "tree", metavar="TREE", help="a JSON file, or a shipped name such as fashion-mnist-wordnet"
+    )
+    edit.add_argument("edits", metavar="EDITS", help="the edit file, one operation per line")
+    edit.add_argument("-o", "--output", required=True, metavar="NEW.json", help="the edited tree")
+    edit.add_argument("--html", metavar="NEW.html", help="its page, with what moved marked")
+    edit.add_argument("--max-depth", type=_non_negative_int, metavar="N", help="print N levels")
+    edit.add_argument("--quiet", action="store_true", help="do not print the tree")
+    order = edit.add_mutually_exclusive_group()
+    order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
+    order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
     return parser
 
 
@@ -132,9 +147,34 @@ def _hierarchy_html(args: argparse.Namespace) -> int:
 _BUILDER_OPTIONS = ("linkage", "normalize", "branching", "seed")  # each builder takes its own
 
 
+def _hierarchy_edit(args: argparse.Namespace) -> int:
+    """`nbdt-hierarchy edit`: apply an edit file; write the new tree (and its page) only whole."""
+    from pathlib import Path
+
+    from nbdt.edits import apply_edits, moved_nodes, read_edits
+
+    for option, target in (("--output", args.output), ("--html", args.html)):
+        if target and not Path(target).resolve().parent.is_dir():
+            raise BadInput(f"{option} {target}: the folder {Path(target).parent} does not exist")
+    tree = _load_tree(args.tree, _hierarchy_classes(args))
+    edited = apply_edits(tree, read_edits(args.edits))
+    moved = moved_nodes(tree, edited)
+    if args.html:  # the page first: the tree file, which other commands read, comes last
+        from nbdt.visualize import hierarchy_html
+
+        hierarchy_html(edited, Path(args.html), moved=moved)
+    edited.save(Path(args.output))
+    if not args.quiet:
+        print(edited.render(max_depth=args.max_depth), flush=True)
+    print(f"wrote {args.output}: {len(moved)} nodes moved", file=sys.stderr)
+    return 0
+
+
 def _hierarchy(args: argparse.Namespace) -> int:
     if args.command == "html":
         return _hierarchy_html(args)
+    if args.command == "edit":
+        return _hierarchy_edit(args)
     import warnings
     from pathlib import Path
 
@@ -226,7 +266,7 @@ def _weights_source(args: argparse.Namespace):
 # -------------------------------------------------------------------------- nbdt-train
 def train_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-train: tree-supervised fine-tuning (see ``nbdt.train``)."""
-    return _run("nbdt-train", _train, _train_parser(), argv)
+    return run("nbdt-train", _train, _train_parser(), argv)
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -305,6 +345,12 @@ def _train_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, metavar="N", help="global batch, split over processes" + default
     )
     fit.add_argument("--seed", type=int, help=default.strip())
+    fit.add_argument(
+        "--head-only",
+        action="store_true",
+        help="with --checkpoint: train only the classifier head on backbone features computed"
+        " once (no augmentation), e.g. after editing the hierarchy",
+    )
 
     run = p.add_argument_group("run")
     run.add_argument("--output", required=True, metavar="DIR", help="checkpoints and metrics")
@@ -369,7 +415,7 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
         "--json", action="store_true", help="print a JSON list, one explanation per image"
     )
     parser.add_argument("--html", metavar="FILE", help="also write the explanations as HTML")
-    return _run("nbdt-explain", _explain, parser, argv)
+    return run("nbdt-explain", _explain, parser, argv)
 
 
 _EXPLAIN_BATCH = 16  # images decoded and explained at a time

@@ -258,12 +258,12 @@ def _rebuild(before: Hierarchy, nodes: dict[str, Node], classes: Sequence[str]) 
             label, wnid = names[i]
             nodes[i] = dataclasses.replace(nodes[i], label=label, wnid=wnid)
     if _FRESH in nodes:
-        from nbdt.builders import _unique_ids
+        from nbdt.builders import unique_ids
 
         taken = [i for i in nodes if i != _FRESH]
         fresh = nodes.pop(_FRESH)
         preferred = fresh.wnid or (fresh.label if fresh.user_label else "synthetic")
-        new_id = _unique_ids([*taken, preferred])[-1]
+        new_id = unique_ids([*taken, preferred])[-1]
         nodes[new_id] = dataclasses.replace(fresh, id=new_id)
         for i, n in list(nodes.items()):
             if _FRESH in n.children:
@@ -293,14 +293,14 @@ def _lowest_common_names(
     nodes: Mapping[str, Node], classes: Sequence[str], root: str
 ) -> dict[str, tuple[str, str | None]]:
     """Every inner node's label and WordNet id as the builders name this tree's shape."""
-    from nbdt.builders import _assemble
+    from nbdt.builders import assemble
 
     inner = [i for i in reversed(_preorder(nodes, root)) if nodes[i].children]
     position = {leaf: k for k, leaf in enumerate(classes)}
     position.update((i, len(classes) + k) for k, i in enumerate(inner))
     shape = [[position[c] for c in nodes[i].children] for i in inner]
     leaves = [nodes[c] for c in classes]
-    named = _assemble(shape, [n.label for n in leaves], [n.wnid or n.label for n in leaves])
+    named = assemble(shape, [n.label for n in leaves], [n.wnid or n.label for n in leaves])
     out: dict[str, tuple[str, str | None]] = {}
     pairs = [(root, named.root)]
     for ours, theirs in pairs:

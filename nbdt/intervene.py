@@ -23,10 +23,9 @@ from torch import Tensor, nn
 
 from nbdt._io import atomic_path
 from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
-from nbdt.loss import HardTreeSupLoss, SoftTreeSupLoss
+from nbdt.loss import LOSSES
 from nbdt.model import NBDT
 
-LOSSES = {"soft": SoftTreeSupLoss, "hard": HardTreeSupLoss}
 IN_MEMORY_LIMIT = 1 << 30  # bytes of features kept in memory when a cache folder is given
 
 
@@ -55,6 +54,18 @@ def _apply_head(head: nn.Module, features: Tensor) -> Tensor:
     if isinstance(head, nn.Conv2d):
         return head(features[:, :, None, None]).flatten(1)
     return head(features)
+
+
+class FeatureHead(nn.Module):
+    """A network's classifier as a module of pooled (N, D) features: what head-only training
+    runs (and wraps in DistributedDataParallel) instead of the whole network."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.head = _head(net)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return _apply_head(self.head, features)
 
 
 def _with_head(net: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
@@ -182,12 +193,13 @@ def cache_features(
     batch_size: int = 256,
     folder: str | os.PathLike[str] | None = None,
     in_memory_limit: int = IN_MEMORY_LIMIT,
+    name: str = "features.f32",
 ) -> Features:
     """The backbone's pooled features of every ``(image, target)`` of a dataset, computed once.
 
     Images are uint8 dataset images (preprocessed with the model's data config) or float
     model input. With ``folder``, features over ``in_memory_limit`` bytes go to
-    ``folder/features.f32``, a memory-mapped file (written whole, then renamed into place).
+    ``folder/name``, a memory-mapped file (written whole, then renamed into place).
     """
     if not len(dataset):
         raise ValueError("cache_features: the dataset holds no images")
@@ -202,7 +214,7 @@ def cache_features(
             if store is None:
                 shape = (len(dataset), pooled.shape[1])
                 if folder is not None and math.prod(shape) * 4 > in_memory_limit:
-                    path = stack.enter_context(atomic_path(Path(folder) / "features.f32"))
+                    path = stack.enter_context(atomic_path(Path(folder) / name))
                     store = torch.from_numpy(np.memmap(path, np.float32, "w+", shape=shape))
                 else:
                     with torch.inference_mode(False):  # a tensor that training can read
@@ -212,6 +224,31 @@ def cache_features(
             at += len(pooled)
     assert store is not None
     return Features(store, targets)
+
+
+def known_classes(dataset: Any, hierarchy: Hierarchy, source: str = "the model") -> Any:
+    """The images of ``hierarchy``'s classes in a dataset, relabelled to its class order: the
+    replay of a model trained with some of the dataset's classes held out."""
+    from nbdt.data import TensorImages
+
+    names = list(dataset.classes)
+    missing = [c for c in hierarchy.classes if c not in names]
+    if missing:
+        raise ValueError(
+            f"{source}: the model's classes {missing[:3]} are not among the dataset's"
+            f" {len(names)} classes"
+        )
+    if tuple(names) == hierarchy.classes:
+        return dataset
+    if not isinstance(dataset, TensorImages):
+        raise ValueError(f"{source}: the model's classes are not the dataset's, in its order")
+    mapping = torch.full((len(names),), -1, dtype=torch.long)
+    mapping[[names.index(c) for c in hierarchy.classes]] = torch.arange(hierarchy.num_classes)
+    keep = mapping[dataset.targets] >= 0
+    wnids = [leaf.wnid or leaf.label for leaf in hierarchy.leaves]
+    return TensorImages(
+        dataset.images[keep], mapping[dataset.targets[keep]], hierarchy.classes, wnids
+    )
 
 
 def pooled_features(model: NBDT, images: Any, batch_size: int = 256) -> Tensor:
@@ -494,16 +531,54 @@ def _induced_place(model: NBDT, wnid: str | None, row: Tensor) -> tuple[str, str
 PLACES = {"wordnet": _wordnet_place, "induced": _induced_place}
 
 
-def imprint(model: NBDT, features: Tensor) -> tuple[Tensor, Tensor | None]:
-    """Weight imprinting: a head row for a class from its examples' pooled features.
+def imprint(
+    model: NBDT, features: Tensor, replay: Features | None = None, *, quantile: float = 0.05
+) -> tuple[Tensor, Tensor | None]:
+    """Weight imprinting: a head row and bias for a class from its examples' pooled features.
 
     The row is the mean of the L2-normalised features, normalised and scaled to the mean norm of
-    the existing rows; the bias is the mean of the existing biases.
+    the existing rows. The bias: with ``replay`` (features of the old classes), the new class's
+    logit stays below each replay image's own class logit on all but ``quantile`` of them, so
+    the new row does not swamp the old classes before (or without) a head refit; without a
+    replay, the mean of the existing biases. A head without bias gets none.
     """
     weight, bias = _head_rows(model.model)
     unit = torch.nn.functional.normalize(features.float(), dim=1).mean(0)
     row = torch.nn.functional.normalize(unit, dim=0) * weight.float().norm(dim=1).mean()
-    return row.to(weight), None if bias is None else bias.mean()
+    row = row.to(weight)
+    if bias is None:
+        return row, None
+    if replay is None or not len(replay):
+        return row, bias.mean()
+    if not 0 <= quantile < 1:
+        raise ValueError(f"quantile must be in [0, 1), got {quantile!r}")
+    device, dtype = _device(model)
+    pick = torch.randperm(len(replay), generator=torch.Generator().manual_seed(0))[:8192]
+    sample = replay.features[pick].to(device, dtype)
+    with torch.no_grad():
+        own = _apply_head(_head(model.model), sample).gather(
+            1, replay.targets[pick, None].to(device)
+        )
+        margin = own.squeeze(1).float() - sample.float() @ row.float()
+    return row, torch.quantile(margin, quantile).to(bias)
+
+
+def check_new_class(hierarchy: Hierarchy, name: str) -> str:
+    """The name of a class to add, stripped; a ValueError when it is empty or a class already
+    has it (as label or leaf id, any case)."""
+    name = str(name).strip()
+    taken = [
+        i
+        for i, leaf in enumerate(hierarchy.leaves)
+        if name.casefold() in (leaf.label.casefold(), leaf.id.casefold())
+    ]
+    if taken:
+        raise ValueError(
+            f"add_class: class {name!r} exists (class {taken[0]}, {hierarchy.classes[taken[0]]!r})"
+        )
+    if not name:
+        raise ValueError("add_class: empty class name")
+    return name
 
 
 def add_class(
@@ -522,32 +597,24 @@ def add_class(
 ) -> NBDT:
     """A model with one more class, last in class order, from a few of its images.
 
-    Its head row is imprinted (:func:`imprint`) and its leaf placed by ``place``: "wordnet" under
-    the deepest inner node whose WordNet synset is a hypernym of the class's (``wnid``, else
-    resolved from ``name``), "induced" grouped with the class of the most similar head row. With
-    ``replay`` (cached training features of the old classes) the head is then refit on the
-    replay and the new images, the new class weighted as one class of the replay. The backbone is
-    shared with ``model``, which is left as it was.
+    Its head row is imprinted (:func:`imprint`, the bias calibrated on ``replay`` when given)
+    and its leaf placed by ``place``: "wordnet" under the deepest inner node whose WordNet synset
+    is a hypernym of the class's (``wnid``, else resolved from ``name``), "induced" grouped with
+    the class of the most similar head row. With ``replay`` (cached training features of the old
+    classes) and ``epochs`` > 0 the head is then refit on the replay and the new images, the new
+    class weighted as one class of the replay. The backbone is shared with ``model``, which is
+    left as it was.
     """
     from nbdt import wordnet
-    from nbdt.builders import _unique_ids
+    from nbdt.builders import unique_ids
     from nbdt.edits import add_leaf
 
     if place not in PLACES:
         raise ValueError(f"place must be one of {', '.join(PLACES)}, got {place!r}")
-    name = str(name).strip()
     h = model.hierarchy
-    taken = [
-        i
-        for i, leaf in enumerate(h.leaves)
-        if name.casefold() in (leaf.label.casefold(), leaf.id.casefold())
-    ]
-    if not name or taken:
-        raise ValueError(
-            f"add_class: class {name!r} exists (class {taken[0]}, {h.classes[taken[0]]!r})"
-            if taken
-            else "add_class: empty class name"
-        )
+    name = check_new_class(h, name)
+    if replay is not None:
+        _check_features(model, replay.features, replay.targets, h.num_classes)
     if (isinstance(images, Tensor) and not len(images)) or (
         not isinstance(images, Tensor) and not len(list(images))
     ):
@@ -557,9 +624,9 @@ def add_class(
         wordnet.synset(wnid)  # an unknown id is an error
     real = is_wordnet_id(synset)
     features = pooled_features(model, images)
-    row, bias = imprint(model, features)
+    row, bias = imprint(model, features, replay)
     parent, sibling = PLACES[place](model, synset if real else None, row)
-    leaf_id = _unique_ids([n.id for n in h.nodes] + [synset if real else name])[-1]
+    leaf_id = unique_ids([n.id for n in h.nodes] + [synset if real else name])[-1]
     tree = add_leaf(h, Node(leaf_id, name, synset if real else None), parent, sibling)
 
     weight, biases = _head_rows(model.model)
@@ -569,8 +636,7 @@ def add_class(
         None if biases is None else torch.cat([biases, bias[None]]),
     )
     grown = _rewrap(model, net, tree)
-    if replay is not None:
-        _check_features(model, replay.features, replay.targets, h.num_classes)
+    if replay is not None and epochs:
         new_targets = torch.full((len(features),), h.num_classes, dtype=torch.long)
         _train_head(
             grown,

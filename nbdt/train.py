@@ -119,6 +119,7 @@ class TrainConfig:
     overwrite: bool = False
     quiet: bool = False
     explain: int = 0
+    head_only: bool = False
 
     def validate(self) -> None:
         """Check values once, at the boundary, before anything is written; a ``ValueError``
@@ -163,6 +164,13 @@ class TrainConfig:
             )
         if self.hierarchy == "checkpoint" and not self.checkpoint:
             raise ValueError("--hierarchy checkpoint needs --checkpoint FILE")
+        if self.head_only and not self.checkpoint:
+            raise ValueError("--head-only refits the head of a trained model: give --checkpoint")
+        if self.head_only and self.resume:
+            raise ValueError(
+                "--head-only runs take seconds once features are cached: rerun with --overwrite"
+                " instead of --resume"
+            )
         if self.checkpoint and (self.pretrained or self.pretrained_file):
             raise ValueError(
                 "--checkpoint already holds weights: drop --pretrained/--pretrained-file"
@@ -198,7 +206,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     config.validate()
     runtime = start_runtime(config.device)
     try:
-        summary = _Fit(make_plan(config, runtime.device), runtime).run()
+        plan = make_plan(config, runtime.device)
+        if config.head_only:
+            from nbdt.head_only import fit_head
+
+            summary = fit_head(plan, runtime)
+        else:
+            summary = _Fit(plan, runtime).run()
         if runtime.distributed:
             dist.barrier()  # rank 0 still writes pages and explanations: leave the group together
         return summary

@@ -4,7 +4,8 @@ Prints one JSON object. CPU times are on one thread (``time.process_time``), so 
 machine compare; the full fine-tuning epoch is timed over ``--full-steps`` batches and scaled to
 the epoch. Usage (a checkpoint from nbdt-train, e.g. ``--warmup-epochs 2 --epochs 0``)::
 
-    .venv/bin/python scripts/bench_intervene.py --checkpoint /tmp/fm-base/last.pt
+    nice -n 5 .venv/bin/python scripts/bench_intervene.py --checkpoint /work/ckpt/demo/best.pt \
+        --holdout-checkpoint /work/ckpt/holdout-ankle/best.pt
 """
 
 from __future__ import annotations
@@ -55,98 +56,144 @@ def full_epoch_seconds(model: nbdt.NBDT, train_set, steps: int, batch_size: int)
     return {"steps_timed": steps, "seconds_timed": round(seconds, 2), "epoch_seconds": per_epoch}
 
 
+def corrections_table(
+    model: nbdt.NBDT, pool, train: intervene.Features, test: intervene.Features, epochs: int
+) -> dict:
+    """Corrections: the pool's images the model gets wrong (test images outside the evaluated
+    ones), filed under their right class; a quarter held out; test top-1 before and after."""
+    features = intervene.pooled_features(model, pool.images)
+    with torch.no_grad():
+        logits = intervene.FeatureHead(model.model)(features)
+    wrong = (logits.argmax(1) != pool.targets).nonzero().flatten()
+    (_, report), seconds = cpu_seconds(
+        intervene.correct, model, pool.images[wrong], pool.targets[wrong].tolist(),
+        train.features, train.targets, test=test, epochs=epochs,
+    )  # fmt: skip
+    rounded = {
+        when: {k: {m: round(v, 2) for m, v in d.items()} for k, d in report[when].items()}
+        for when in ("before", "after")
+    }
+    return {
+        "pool_images": len(pool), "corrections": len(wrong), "seconds": round(seconds, 2),
+        **rounded,
+    }  # fmt: skip
+
+
+def add_class_table(
+    holdout: nbdt.NBDT, full: nbdt.NBDT, train_set, test_set, name: str, shots: list[int],
+    epochs: int,
+) -> dict:  # fmt: skip
+    """A class the backbone never saw (``--holdout-classes``), added from a few of its images."""
+    index = train_set.classes.index(name)
+    replay_set = intervene.known_classes(train_set, holdout.hierarchy)
+    replay = intervene.cache_features(holdout, replay_set)
+    old_test_set = intervene.known_classes(test_set, holdout.hierarchy)
+    old = intervene.cache_features(holdout, old_test_set)
+    new_images = test_set.images[test_set.targets == index]
+    new = intervene.pooled_features(holdout, new_images)
+    images = train_set.images[train_set.targets == index]
+    full_test = intervene.cache_features(full, test_set)
+    is_new = full_test.targets == index
+    full_old = intervene.Features(full_test.features[~is_new], full_test.targets[~is_new])
+    out = {
+        "class": name,
+        "test_images": {"new_class": len(new), "old_classes": len(old)},
+        "holdout_model_old_classes": test_scores(holdout, old),
+        "all_classes_model": {
+            "new_class": test_scores(
+                full, intervene.Features(full_test.features[is_new], full_test.targets[is_new])
+            ),
+            "old_classes": test_scores(full, full_old),
+        },
+        "runs": [],
+    }
+    for count in shots:
+        for refit in (0, epochs):
+            grown, seconds = cpu_seconds(
+                intervene.add_class, holdout, name, images[:count], replay=replay, epochs=refit
+            )
+            label = torch.full((len(new),), grown.hierarchy.num_classes - 1)
+            out["runs"].append(
+                {
+                    "shots": min(count, len(images)),
+                    "head_refit_epochs": refit,
+                    "seconds": round(seconds, 2),
+                    "new_class": test_scores(grown, intervene.Features(new, label)),
+                    "old_classes": test_scores(grown, old),
+                    "parent": grown.hierarchy.parent(grown.hierarchy.class_ids[-1]).label,
+                }
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="a model trained with all classes")
+    parser.add_argument("--holdout-checkpoint", help="the same, trained without --add")
     parser.add_argument("--subset", type=int, default=15000)
     parser.add_argument("--eval-subset", type=int, default=5000)
+    parser.add_argument("--corrections-pool", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--full-steps", type=int, default=10)
     parser.add_argument("--add", default="Ankle boot")
     parser.add_argument("--shots", default="10,50,500")
+    parser.add_argument("--skip", default="", help="comma-separated: swap, corrections, add")
     args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
     model = nbdt.load(args.checkpoint)
-    train_set = datasets.load_dataset("fashion-mnist", "train").head(args.subset)
-    test_set = datasets.load_dataset("fashion-mnist", "test").head(args.eval_subset)
+    full_train = datasets.load_dataset("fashion-mnist", "train")
+    full_test = datasets.load_dataset("fashion-mnist", "test")
+    train_set = full_train.head(args.subset)
+    test_set = full_test.head(args.eval_subset)
     train, cache_s = cpu_seconds(intervene.cache_features, model, train_set)
     test = intervene.cache_features(model, test_set)
     out: dict = {
         "checkpoint": args.checkpoint,
         "train_images": len(train),
         "test_images": len(test),
+        "cache_features_seconds": round(cache_s, 2),
+        "model": test_scores(model, test),
     }
-    out["cache_features_seconds"] = round(cache_s, 2)
 
-    # A realistic edit: the WordNet tree instead of the induced one; then the head refit.
-    tree = nbdt.Hierarchy.wordnet(list(model.hierarchy.classes))
-    swapped = model.with_hierarchy(tree)
-    before = test_scores(swapped, test)
-    stats, refit_s = cpu_seconds(
-        intervene.refit_head, swapped, train.features, train.targets, epochs=args.epochs
-    )
-    out["tree_swap"] = {
-        "model_tree": test_scores(model, test),
-        "wordnet_tree_no_training": before,
-        "wordnet_tree_head_refit": test_scores(swapped, test),
-        "refit_epochs": args.epochs,
-        "refit_seconds": round(refit_s, 2),
-        "refit_steps": stats["steps"],
-    }
-    full = full_epoch_seconds(model.with_hierarchy(tree), train_set, args.full_steps, 128)
-    out["full_tree_finetune_one_epoch"] = full
-    out["head_refit_vs_full_epoch"] = round(full["epoch_seconds"] / max(refit_s, 1e-9), 1)
-    out["head_refit_plus_cache_vs_full_epoch"] = round(
-        full["epoch_seconds"] / max(refit_s + cache_s, 1e-9), 1
-    )
-
-    # Add a class back: drop it (its head row and its training images), refit, then add it.
-    name = args.add
-    index = model.hierarchy.classes.index(name)
-    without = model.with_hierarchy(model.hierarchy.remove_class(name))
-    keep = train.targets != index
-    shifted = train.targets[keep] - (train.targets[keep] > index).long()
-    intervene.refit_head(without, train.features[keep], shifted, epochs=args.epochs)
-    test_keep = test.targets != index
-    test_old = intervene.Features(
-        test.features[test_keep], test.targets[test_keep] - (test.targets[test_keep] > index).long()
-    )
-    replay = intervene.Features(train.features[keep], shifted)
-    images = train_set.images[train_set.targets == index]
-    new_test = test.features[~test_keep]
-    rows = []
-    for shots in (int(s) for s in args.shots.split(",")):
-        for refit in (False, True):
-            grown, seconds = cpu_seconds(
-                intervene.add_class,
-                without,
-                name,
-                images[:shots],
-                replay=replay if refit else None,
-                epochs=args.epochs,
-            )
-            label = torch.full((len(new_test),), grown.hierarchy.num_classes - 1)
-            rows.append(
-                {
-                    "shots": min(shots, len(images)),
-                    "head_refit": refit,
-                    "seconds": round(seconds, 2),
-                    "new_class": test_scores(grown, intervene.Features(new_test, label)),
-                    "old_classes": test_scores(grown, test_old),
-                    "parent": grown.hierarchy.parent(grown.hierarchy.class_ids[-1]).label,
-                }
-            )
-    out["add_class"] = {
-        "class": name,
-        "note": "the backbone saw this class in training (no --holdout-classes model yet)",
-        "without_class_old_classes": test_scores(without, test_old),
-        "all_classes_model_on_new_class": test_scores(
-            model, intervene.Features(new_test, torch.full((len(new_test),), index))
-        ),
-        "runs": rows,
-    }
+    if "swap" not in skip:
+        # A realistic edit: the WordNet tree instead of the induced one; then the head refit.
+        tree = nbdt.Hierarchy.wordnet(list(model.hierarchy.classes))
+        swapped = model.with_hierarchy(tree)
+        before = test_scores(swapped, test)
+        stats, refit_s = cpu_seconds(
+            intervene.refit_head, swapped, train.features, train.targets, epochs=args.epochs
+        )
+        out["tree_swap"] = {
+            "model_tree": test_scores(model, test),
+            "wordnet_tree_no_training": before,
+            "wordnet_tree_head_refit": test_scores(swapped, test),
+            "refit_epochs": args.epochs,
+            "refit_seconds": round(refit_s, 2),
+            "refit_steps": stats["steps"],
+        }
+        full = full_epoch_seconds(model.with_hierarchy(tree), train_set, args.full_steps, 128)
+        out["full_tree_finetune_one_epoch"] = full
+        out["head_refit_vs_full_epoch"] = round(full["epoch_seconds"] / max(refit_s, 1e-9), 1)
+        out["head_refit_plus_cache_vs_full_epoch"] = round(
+            full["epoch_seconds"] / max(refit_s + cache_s, 1e-9), 1
+        )
+    if "corrections" not in skip:
+        pool = datasets.TensorImages(
+            full_test.images[args.eval_subset : args.eval_subset + args.corrections_pool],
+            full_test.targets[args.eval_subset : args.eval_subset + args.corrections_pool],
+            full_test.classes,
+            full_test.wnids,
+        )
+        out["corrections"] = corrections_table(model, pool, train, test, args.epochs)
+    if args.holdout_checkpoint and "add" not in skip:
+        holdout = nbdt.load(args.holdout_checkpoint)
+        shots = [int(s) for s in args.shots.split(",")]
+        out["add_class"] = add_class_table(
+            holdout, model, train_set, test_set, args.add, shots, args.epochs
+        )
     print(json.dumps(out, indent=1))
 
 
