@@ -188,12 +188,20 @@ def main() -> None:
             full_test.wnids,
         )
         out["corrections"] = corrections_table(model, pool, train, test, args.epochs)
-    if args.holdout_checkpoint and "add" not in skip:
-        holdout = nbdt.load(args.holdout_checkpoint)
+    if "add" not in skip:
+        if args.holdout_checkpoint:
+            holdout = nbdt.load(args.holdout_checkpoint)
+        else:  # the class's row dropped and the head refit without its images
+            holdout = model.with_hierarchy(model.hierarchy.remove_class(args.add))
+            index = model.hierarchy.classes.index(args.add)
+            keep = train.targets != index
+            shifted = train.targets[keep] - (train.targets[keep] > index).long()
+            intervene.refit_head(holdout, train.features[keep], shifted, epochs=args.epochs)
         shots = [int(s) for s in args.shots.split(",")]
         out["add_class"] = add_class_table(
             holdout, model, train_set, test_set, args.add, shots, args.epochs
         )
+        out["add_class"]["backbone_saw_the_class"] = not args.holdout_checkpoint
     print(json.dumps(out, indent=1))
 
 

@@ -171,7 +171,7 @@ def test_head_only_under_torchrun(tiny_model, stripes_dir, tmp_path):
             "--output", tmp_path / "run", "--epochs", "1", "--batch-size", "32", "--quiet",
         ],
         capture_output=True, text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path.cwd())},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
