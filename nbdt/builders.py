@@ -52,7 +52,7 @@ def _synthetic_label(names: Sequence[str]) -> str:
     return f"synthetic: {shown}{more}"
 
 
-def _unique_ids(preferred: Sequence[str]) -> list[str]:
+def unique_ids(preferred: Sequence[str]) -> list[str]:
     """The preferred ids, with ``-2``, ``-3``, ... added to repeats, first come first served."""
     used: set[str] = set()
     out = []
@@ -66,7 +66,7 @@ def _unique_ids(preferred: Sequence[str]) -> list[str]:
     return out
 
 
-def _assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Hierarchy:
+def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Hierarchy:
     """Name a tree shape and turn it into a Hierarchy.
 
     Each leaf's WordNet ancestors (over all hypernym paths) become one row of a boolean matrix
@@ -109,7 +109,7 @@ def _assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Hiera
     inner_order = [n - num_classes for n in order if n >= num_classes]
     preferred = [w if r else n for w, n, r in zip(wnids, names, real, strict=True)]
     preferred += [inner_wnid[k] or "synthetic" for k in inner_order]
-    ids = _unique_ids(preferred)
+    ids = unique_ids(preferred)
     node_id = dict(enumerate(ids[:num_classes]))
     node_id.update(
         (num_classes + k, i) for k, i in zip(inner_order, ids[num_classes:], strict=True)
@@ -304,7 +304,7 @@ def induced(
         weight = weight / np.where(norms > 0, norms, 1.0)
     clustering = AgglomerativeClustering(n_clusters=1, linkage=linkage, compute_distances=True)
     clustering.fit(weight)
-    return _assemble(_collapse(clustering.children_, clustering.distances_, branching), names, ids)
+    return assemble(_collapse(clustering.children_, clustering.distances_, branching), names, ids)
 
 
 def wordnet(classes: Sequence[str], *, wnids: Sequence[str] | None = None) -> Hierarchy:
@@ -367,7 +367,7 @@ def wordnet(classes: Sequence[str], *, wnids: Sequence[str] | None = None) -> Hi
     top += [i for i in range(num_classes) if not is_wordnet_id(ids[i])]
     if len(top) > 1:
         shape.append(top)
-    return _assemble(shape, names, ids)
+    return assemble(shape, names, ids)
 
 
 def random(
@@ -392,7 +392,7 @@ def random(
         return len(names) + len(shape) - 1
 
     split(order)
-    return _assemble(shape, names, ids)
+    return assemble(shape, names, ids)
 
 
 # The hierarchy builders by name: nbdt-hierarchy's commands and nbdt-train's --hierarchy kinds.

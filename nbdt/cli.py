@@ -123,6 +123,21 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
     order = html.add_mutually_exclusive_group()
     order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
     order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
+
+    edit = commands.add_parser(
+        "edit", help="apply an edit file (move, group, ungroup, rename, remove; docs/edits.md)"
+    )
+    edit.add_argument(
+        "tree", metavar="TREE", help="a JSON file, or a shipped name such as fashion-mnist-wordnet"
+    )
+    edit.add_argument("edits", metavar="EDITS", help="the edit file, one operation per line")
+    edit.add_argument("-o", "--output", required=True, metavar="NEW.json", help="the edited tree")
+    edit.add_argument("--html", metavar="NEW.html", help="its page, with what moved marked")
+    edit.add_argument("--max-depth", type=_non_negative_int, metavar="N", help="print N levels")
+    edit.add_argument("--quiet", action="store_true", help="do not print the tree")
+    order = edit.add_mutually_exclusive_group()
+    order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
+    order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
     return parser
 
 
@@ -144,9 +159,34 @@ def _hierarchy_html(args: argparse.Namespace) -> int:
 _BUILDER_OPTIONS = ("linkage", "normalize", "branching", "seed")  # each builder takes its own
 
 
+def _hierarchy_edit(args: argparse.Namespace) -> int:
+    """`nbdt-hierarchy edit`: apply an edit file; write the new tree (and its page) only whole."""
+    from pathlib import Path
+
+    from nbdt.edits import apply_edits, moved_nodes, read_edits
+
+    for option, target in (("--output", args.output), ("--html", args.html)):
+        if target and not Path(target).resolve().parent.is_dir():
+            raise BadInput(f"{option} {target}: the folder {Path(target).parent} does not exist")
+    tree = _load_tree(args.tree, _hierarchy_classes(args))
+    edited = apply_edits(tree, read_edits(args.edits))
+    moved = moved_nodes(tree, edited)
+    if args.html:  # the page first: the tree file, which other commands read, comes last
+        from nbdt.visualize import hierarchy_html
+
+        hierarchy_html(edited, Path(args.html), moved=moved)
+    edited.save(Path(args.output))
+    if not args.quiet:
+        print(edited.render(max_depth=args.max_depth), flush=True)
+    print(f"wrote {args.output}: {len(moved)} nodes moved", file=sys.stderr)
+    return 0
+
+
 def _hierarchy(args: argparse.Namespace) -> int:
     if args.command == "html":
         return _hierarchy_html(args)
+    if args.command == "edit":
+        return _hierarchy_edit(args)
     import warnings
     from pathlib import Path
 
@@ -348,6 +388,12 @@ def _train_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, metavar="N", help="global batch, split over processes" + default
     )
     fit.add_argument("--seed", type=int, help=default.strip())
+    fit.add_argument(
+        "--head-only",
+        action="store_true",
+        help="with --checkpoint: train only the classifier head on backbone features computed"
+        " once (no augmentation), e.g. after editing the hierarchy",
+    )
 
     run = p.add_argument_group("run")
     run.add_argument("--output", required=True, metavar="DIR", help="checkpoints and metrics")

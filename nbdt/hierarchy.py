@@ -23,12 +23,17 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Node:
-    """One node: a unique ``id``, a display ``label``, a WordNet id or None, child ids in order."""
+    """One node: a unique ``id``, a display ``label``, a WordNet id or None, child ids in order.
+
+    ``user_label`` marks a label the user set (see :func:`nbdt.edits.rename`): tree edits keep it
+    instead of recomputing the lowest common hypernym.
+    """
 
     id: str
     label: str
     wnid: str | None = None
     children: tuple[str, ...] = ()
+    user_label: bool = False
 
     @property
     def is_leaf(self) -> bool:
@@ -270,6 +275,8 @@ class Hierarchy:
             entry: dict[str, Any] = {"id": node.id, "label": node.label}
             if node.wnid is not None:
                 entry["wnid"] = node.wnid
+            if node.user_label:
+                entry["user_label"] = True
             nodes.append(entry)
         links = [
             {"source": node.id, "target": child} for node in self.nodes for child in node.children
@@ -320,7 +327,8 @@ class Hierarchy:
             if wnid is None and is_wordnet_id(node_id):
                 wnid = node_id  # the reference's files use WordNet ids as node ids
             label = entry.get("label") or entry.get("name") or node_id
-            nodes.append(Node(node_id, str(label), wnid, tuple(children[node_id])))
+            user_label = entry.get("user_label") is True
+            nodes.append(Node(node_id, str(label), wnid, tuple(children[node_id]), user_label))
 
         graph = data.get("graph") or {}
         if graph.get("classes") is not None:
@@ -379,6 +387,43 @@ class Hierarchy:
         from nbdt import builders
 
         return builders.random(classes, seed=seed, branching=branching, **kwargs)
+
+    # ------------------------------------------------------------------ edits
+    def move(self, node: str, new_parent: str) -> Hierarchy:
+        """A new hierarchy with ``node`` moved under ``new_parent``; see :func:`nbdt.edits.move`."""
+        from nbdt import edits
+
+        return edits.move(self, node, new_parent)
+
+    def group(self, children: Sequence[str], label: str | None = None) -> Hierarchy:
+        """A new inner node over some siblings; see :func:`nbdt.edits.group`."""
+        from nbdt import edits
+
+        return edits.group(self, children, label)
+
+    def ungroup(self, node: str) -> Hierarchy:
+        """An inner node removed, its children moved up; see :func:`nbdt.edits.ungroup`."""
+        from nbdt import edits
+
+        return edits.ungroup(self, node)
+
+    def rename(self, node: str, label: str) -> Hierarchy:
+        """A node with the user's label; see :func:`nbdt.edits.rename`."""
+        from nbdt import edits
+
+        return edits.rename(self, node, label)
+
+    def remove_class(self, name: str) -> Hierarchy:
+        """A class dropped; see :func:`nbdt.edits.remove_class`."""
+        from nbdt import edits
+
+        return edits.remove_class(self, name)
+
+    def edit(self, edits_file: str | os.PathLike[str]) -> Hierarchy:
+        """An edit file applied in order; see :func:`nbdt.edits.apply_edits`."""
+        from nbdt import edits
+
+        return edits.apply_edits(self, edits_file)
 
 
 def _match_leaves(nodes: Sequence[Node], order: Sequence[str]) -> list[str]:

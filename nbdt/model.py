@@ -362,6 +362,13 @@ class NBDT(nn.Module):
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, node_score={self.node_score!r}, arch={self.arch!r}"
 
+    def with_hierarchy(self, hierarchy: Hierarchy) -> NBDT:
+        """An NBDT over the same backbone with ``hierarchy``'s rules and its own copy of the
+        head (a removed class's row dropped); see :func:`nbdt.intervene.with_hierarchy`."""
+        from nbdt.intervene import with_hierarchy
+
+        return with_hierarchy(self, hierarchy)
+
 
 def load(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> NBDT:
     """Load a model written by :meth:`NBDT.save` (or the trainer), in eval mode.

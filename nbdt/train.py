@@ -123,6 +123,7 @@ class TrainConfig:
     quiet: bool = False
     explain: int = 0
     report: bool = True
+    head_only: bool = False
 
     def validate(self) -> None:
         """Check values once, at the boundary, before anything is written; a ``ValueError``
@@ -180,6 +181,13 @@ class TrainConfig:
             )
         if self.hierarchy == "checkpoint" and not self.checkpoint:
             raise ValueError("--hierarchy checkpoint needs --checkpoint FILE")
+        if self.head_only and not self.checkpoint:
+            raise ValueError("--head-only refits the head of a trained model: give --checkpoint")
+        if self.head_only and self.resume:
+            raise ValueError(
+                "--head-only runs take seconds once features are cached: rerun with --overwrite"
+                " instead of --resume"
+            )
         if self.checkpoint and (self.pretrained or self.pretrained_file):
             raise ValueError(
                 "--checkpoint already holds weights: drop --pretrained/--pretrained-file"
@@ -216,7 +224,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     runtime = start_runtime(config.device)
     try:
         with _sigterm_as_ctrl_c():
-            summary = _Fit(make_plan(config, runtime.device), runtime).run()
+            plan = make_plan(config, runtime.device)
+            if config.head_only:
+                from nbdt.head_only import fit_head
+
+                summary = fit_head(plan, runtime)
+            else:
+                summary = _Fit(plan, runtime).run()
         if runtime.distributed:
             dist.barrier()  # rank 0 still writes pages and explanations: leave the group together
         return summary

@@ -15,7 +15,7 @@ import json
 import operator
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,15 +39,23 @@ def hierarchy_html(
     *,
     highlight: str | int | None = None,
     title: str | None = None,
+    moved: Iterable[str] = (),
 ) -> Path:
     """Write the hierarchy as one interactive HTML page: a collapsible tree with search and zoom.
 
     ``highlight`` is a node id (or a label naming one node) or a class index; its path from the
-    root opens expanded and highlighted. Returns ``path``; the file is written atomically.
+    root opens expanded and highlighted. ``moved`` holds node ids an edit moved (see
+    :func:`nbdt.edits.moved_nodes`): they are marked, listed in the legend, and their paths open.
+    Returns ``path``; the file is written atomically.
     """
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}")
+    moved = set(moved)
+    unknown = sorted(moved.difference(node.id for node in hierarchy.nodes))
+    if unknown:
+        raise ValueError(f"moved: {unknown[:3]} are no node ids of the hierarchy")
     data = tree_data(hierarchy)
+    data["moved"] = [int(node.id in moved) for node in hierarchy.nodes]
     data["highlight"] = None if highlight is None else _node_index(hierarchy, highlight)
     if title is None:
         title = f"{hierarchy.root.label}: {hierarchy.num_classes} classes"

@@ -186,6 +186,39 @@ def test_highlight_argument_opens_the_path_in_dark_mode(tmp_path, open_page, mak
     page.check_clean()
 
 
+def test_moved_nodes_are_marked_shown_and_explained_in_the_legend(tmp_path, open_page, make_tree):
+    from nbdt.edits import moved_nodes
+
+    before = make_tree(300, branching=3, seed=4)
+    deep = before.class_ids[max(range(300), key=lambda c: len(before.path(c)))]
+    after = before.move(deep, before.root.id)
+    moved = moved_nodes(before, after)
+    assert deep in moved
+    page = open_page(hierarchy_html(after, tmp_path / "moved.html", moved=moved))
+    # Every moved node is drawn (its path opens), marked, and only those.
+    assert sorted(drawn_ids(page, "g.node.moved")) == sorted(moved)
+    tag = f"g.node[data-id='{deep}'] .moved-tag"
+    assert page.js(f'document.querySelector("{tag}").textContent').strip() == "moved"
+    assert page.js(f'getComputedStyle(document.querySelector("{tag}")).display') != "none"
+    key = "getComputedStyle(document.getElementById('moved-key')).display"
+    assert page.js(key) != "none"
+    assert page.js("document.getElementById('moved-count').textContent") == str(len(moved))
+    # The mark is a colour of its own: not the plain node's.
+    stroke = "s => getComputedStyle(document.querySelector(s + ' circle')).stroke"
+    plain = next(c for c in after.class_ids if c not in moved and c in drawn_ids(page))
+    assert page.js(stroke, f"g.node[data-id='{deep}']") != page.js(
+        stroke, f"g.node[data-id='{plain}']"
+    )
+    page.check_clean()
+
+
+def test_pages_without_edits_show_no_moved_key(tmp_path, open_page, make_tree):
+    page = open_page(hierarchy_html(make_tree(10, seed=1), tmp_path / "plain.html"))
+    assert page.js("getComputedStyle(document.getElementById('moved-key')).display") == "none"
+    assert drawn_ids(page, "g.node.moved") == []
+    page.check_clean()
+
+
 # ---------------------------------------------------------------------- explanation page
 def test_explanation_page_shows_probabilities_path_and_images(
     tmp_path, open_page, make_tree, explanation_dict

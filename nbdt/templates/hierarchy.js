@@ -61,6 +61,10 @@
         measure.font = "11px " + family;
         w += measure.measureText("  " + data.leaves[i]).width;
       }
+      if (data.moved[i]) {
+        measure.font = "700 11px " + family;
+        w += measure.measureText("  moved").width;
+      }
       width[i] = TEXT_X + w + 4;
     }
     return width[i];
@@ -103,6 +107,7 @@
     const g = document.createElementNS(SVG_NS, "g");
     g.setAttribute("class", "node " + (kids[i].length ? "inner" : "leaf"));
     if (!data.wordnet[i]) g.classList.add("synthetic");
+    if (data.moved[i]) g.classList.add("moved");
     g.setAttribute("data-id", data.id[i]);
     g.setAttribute("data-index", String(i));
     const circle = document.createElementNS(SVG_NS, "circle");
@@ -126,6 +131,12 @@
       count.setAttribute("class", "count");
       count.textContent = "  " + data.leaves[i];
       text.appendChild(count);
+    }
+    if (data.moved[i]) {
+      const tag = document.createElementNS(SVG_NS, "tspan");
+      tag.setAttribute("class", "moved-tag");
+      tag.textContent = "  moved";
+      text.appendChild(tag);
     }
     g.append(mark, circle, text);
     els[i] = g;
@@ -447,6 +458,7 @@
     if (data.wnid[i]) row("WordNet id", data.wnid[i]);
     row("name", data.wordnet[i] ? "from WordNet" : "synthetic (no WordNet synset)");
     if (data.id[i] !== data.label[i] && data.id[i] !== data.wnid[i]) row("node id", data.id[i]);
+    if (data.moved[i]) row("edit", "moved to a new parent");
     if (data.class[i] >= 0) row("class index", String(data.class[i]));
     else row("classes below", String(data.leaves[i]));
     row("depth", String(depth[i]));
@@ -460,6 +472,13 @@
 
   // -------------------------------------------------------------------- start
   openLevels();
+  // What an edit moved is shown where it now sits.
+  const movedCount = data.moved.reduce((a, b) => a + b, 0);
+  for (let i = 0; i < N; i++) if (data.moved[i]) for (const j of ancestors(i).slice(0, -1)) open[j] = 1;
+  if (movedCount) {
+    document.getElementById("moved-key").hidden = false;
+    document.getElementById("moved-count").textContent = String(movedCount);
+  }
   if (data.highlight !== null) highlight(data.highlight);
   update();
   // Fit the tree; when it is too big to fit, keep the search's or --highlight's node in view.

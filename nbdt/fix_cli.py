@@ -1,0 +1,254 @@
+"""nbdt-fix: correct a model's mistakes or add classes, refitting only its head.
+
+A thin layer over :mod:`nbdt.intervene`: the replay is the cached features of a training set, the
+corrections and new classes come from folders of images, and the result is one model file.
+Every input is checked before the backbone runs; the model file is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """nbdt-fix: see :func:`parser`."""
+    from nbdt.cli import run
+
+    return run("nbdt-fix", _fix, parser(), argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    from nbdt.data import DATASETS, FASHION_MNIST_DIR
+    from nbdt.intervene import PLACES
+
+    p = argparse.ArgumentParser(
+        prog="nbdt-fix",
+        description="Correct mistakes (--corrections) or add classes (--add-class) of an nbdt"
+        " model by refitting only its classifier head on backbone features computed once; a"
+        " replay of the training set's features keeps the other classes where they were."
+        " Prints a JSON report (top-1 before and after) and writes one model file.",
+    )
+    default = " (default: %(default)s)"
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="an nbdt model file (best.pt)")
+    p.add_argument("-o", "--output", required=True, metavar="NEW.pt", help="the new model file")
+    what = p.add_argument_group("what to fix")
+    what.add_argument(
+        "--corrections",
+        metavar="DIR",
+        help="DIR/<class>/<image>: images the model got wrong, filed under their right class",
+    )
+    what.add_argument(
+        "--add-class",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a new class and a folder of its images (repeatable)",
+    )
+    what.add_argument(
+        "--place",
+        choices=PLACES,
+        default="wordnet",
+        help="a new leaf goes under its deepest WordNet hypernym in the tree, or (induced) next"
+        " to the class of the most similar head row" + default,
+    )
+    what.add_argument(
+        "--holdout",
+        type=float,
+        default=0.25,
+        metavar="SHARE",
+        help="share of the corrections kept out of the fit to measure generalisation" + default,
+    )
+    data = p.add_argument_group("replay and test data")
+    data.add_argument("--dataset", choices=DATASETS, default="fashion-mnist", help=default.strip())
+    data.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"dataset folder (fashion-mnist: IDX files, default Debian's {FASHION_MNIST_DIR})",
+    )
+    data.add_argument(
+        "--subset", type=_int_at_least(1), metavar="N", help="first N training images"
+    )
+    data.add_argument(
+        "--eval-subset",
+        type=_int_at_least(0),
+        metavar="N",
+        help="first N test images for the report (0: no test report; default: all)",
+    )
+    fit = p.add_argument_group("head refit")
+    fit.add_argument(
+        "--epochs",
+        type=_int_at_least(1),
+        default=5,
+        metavar="N",
+        help="passes over the replay" + default,
+    )
+    fit.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate" + default)
+    fit.add_argument(
+        "--batch-size", type=_int_at_least(1), default=512, metavar="N", help=default.strip()
+    )
+    fit.add_argument("--seed", type=_int_at_least(0), default=0, help=default.strip())
+    fit.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
+    fit.add_argument(
+        "--cache", metavar="DIR", help="keep replay features over 1 GiB on disk in DIR"
+    )
+    return p
+
+
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its message
+    return parse
+
+
+def _images(folder: Path, option: str) -> list[Path]:
+    """The image files of a folder (the suffixes torchvision's ImageFolder reads), sorted."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {folder}: no such folder of images")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise ValueError(f"{option} {folder}: holds no images ({', '.join(IMG_EXTENSIONS[:4])}...)")
+    return files
+
+
+def _additions(args: argparse.Namespace, hierarchy: Any) -> list[tuple[str, list[Path]]]:
+    """``--add-class NAME=DIR`` entries: new names, folders with images."""
+    from nbdt.intervene import check_new_class
+
+    out: list[tuple[str, list[Path]]] = []
+    for item in args.add_class:
+        name, sep, folder = item.partition("=")
+        if not sep or not name.strip() or not folder:
+            raise ValueError(f"--add-class {item!r}: expected NAME=DIR")
+        try:
+            name = check_new_class(hierarchy, name)
+        except ValueError as e:
+            raise ValueError(f"--add-class {item!r}: {e}") from None
+        if any(name.casefold() == done.casefold() for done, _ in out):
+            raise ValueError(f"--add-class {item!r}: {name!r} is given twice")
+        out.append((name, _images(Path(folder), "--add-class")))
+    return out
+
+
+def _corrections(args: argparse.Namespace, hierarchy: Any) -> tuple[list[Path], list[str]]:
+    """``DIR/<class>/<image>``: the files and their classes, every class known to the model."""
+    from nbdt.intervene import class_indices
+
+    root = Path(args.corrections)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--corrections {root}: no such folder")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(f"--corrections {root}: no class folders (DIR/<class>/<image>)")
+    files: list[Path] = []
+    labels: list[str] = []
+    for folder in folders:
+        try:
+            class_indices(hierarchy, [folder.name])
+        except ValueError as e:
+            raise ValueError(f"--corrections {folder}: {e}") from None
+        found = _images(folder, "--corrections")
+        files += found
+        labels += [folder.name] * len(found)
+    return files, labels
+
+
+def _fix(args: argparse.Namespace) -> int:
+    import math
+
+    import torch
+
+    import nbdt
+    from nbdt import data as datasets
+    from nbdt import intervene
+    from nbdt.train import start_runtime
+
+    if not args.corrections and not args.add_class:
+        raise ValueError("nothing to do: pass --corrections DIR and/or --add-class NAME=DIR")
+    if not 0 <= args.holdout < 1:
+        raise ValueError(f"--holdout must be in [0, 1), got {args.holdout}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"--output {output}: the folder {output.parent} does not exist")
+    device = start_runtime(args.device).device
+
+    model = nbdt.load(args.checkpoint).to(device)
+    additions = _additions(args, model.hierarchy)
+    corrections = _corrections(args, model.hierarchy) if args.corrections else None
+    train_set = datasets.load_dataset(args.dataset, "train", args.data_dir)
+    train_set = intervene.known_classes(train_set, model.hierarchy, args.checkpoint)
+    if args.subset:
+        train_set = train_set.head(args.subset)
+    test = None
+    if args.eval_subset != 0:
+        test_set = datasets.load_dataset(args.dataset, "test", args.data_dir)
+        test_set = intervene.known_classes(test_set, model.hierarchy, args.checkpoint)
+        if args.eval_subset:
+            test_set = test_set.head(args.eval_subset)
+        test = intervene.cache_features(model, test_set, batch_size=args.batch_size)
+
+    replay = intervene.cache_features(
+        model, train_set, batch_size=args.batch_size, folder=args.cache
+    )
+    report: dict[str, Any] = {"checkpoint": args.checkpoint, "replay_images": len(replay)}
+    options = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+    if corrections is not None:
+        files, labels = corrections
+        model, report["corrections"] = intervene.correct(
+            model, files, labels, replay.features, replay.targets, holdout=args.holdout,
+            test=test, **options,
+        )  # fmt: skip
+    for name, files in additions:
+        before = (
+            None
+            if test is None
+            else intervene.evaluate_features(model, test.features, test.targets)
+        )
+        model = intervene.add_class(model, name, files, args.place, replay=replay, **options)
+        images = intervene.pooled_features(model, files)
+        targets = torch.full((len(files),), model.hierarchy.num_classes - 1)
+        added: dict[str, Any] = {
+            "class": name,
+            "images": len(files),
+            "parent": model.hierarchy.parent(model.hierarchy.class_ids[-1]).label,
+            "own_images": intervene.evaluate_features(model, images, targets),
+        }
+        if test is not None:
+            added["old_classes_test_before"] = before
+            added["old_classes_test_after"] = intervene.evaluate_features(
+                model, test.features, test.targets
+            )
+        report.setdefault("added", []).append(added)
+        # The next class's replay holds this one too.
+        replay = intervene.Features(
+            torch.cat([replay.features, images]), torch.cat([replay.targets, targets])
+        )
+    model.save(output)
+    report["output"] = str(output)
+    json.dump(report, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,651 @@
+"""Acting on an NBDT without retraining its backbone: new tree, refit head, corrections, new class.
+
+The backbone's pooled features are computed once (:func:`cache_features`); everything after that
+trains only the classifier head on them, with the tree-supervision loss, so an intervention costs
+a few linear-layer epochs instead of a network's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nbdt._io import atomic_path
+from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
+from nbdt.loss import LOSSES
+from nbdt.model import NBDT
+
+IN_MEMORY_LIMIT = 1 << 30  # bytes of features kept in memory when a cache folder is given
+
+
+# ---------------------------------------------------------------------------- the head
+def _head(net: nn.Module) -> nn.Linear | nn.Conv2d:
+    """The network's classifier, asked the timm way: a Linear or a 1x1 Conv2d."""
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    is_conv = isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1)
+    if not (isinstance(head, nn.Linear) or is_conv):
+        raise ValueError(
+            f"{type(net).__name__}'s classifier is {type(head).__name__}: head-only interventions"
+            " need a Linear or 1x1 Conv2d head (get_classifier())"
+        )
+    return head
+
+
+def _head_rows(net: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """The head's (C, D) weight rows and (C,) bias, detached."""
+    head = _head(net)
+    bias = head.bias.detach() if head.bias is not None else None
+    return head.weight.detach().flatten(1), bias
+
+
+def _apply_head(head: nn.Module, features: Tensor) -> Tensor:
+    """Logits of pooled (N, D) features through a Linear or 1x1 Conv2d head."""
+    if isinstance(head, nn.Conv2d):
+        return head(features[:, :, None, None]).flatten(1)
+    return head(features)
+
+
+class FeatureHead(nn.Module):
+    """A network's classifier as a module of pooled (N, D) features: what head-only training
+    runs (and wraps in DistributedDataParallel) instead of the whole network."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.head = _head(net)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return _apply_head(self.head, features)
+
+
+def _with_head(net: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
+    """A copy of ``net`` that shares every module and tensor except the classifier, which is a
+    new one of these rows. Only the modules on the way to the head are copied (shallowly)."""
+    head = _head(net)
+    path = next(name for name, module in net.named_modules() if module is head).split(".")
+    rows, features = weight.shape
+    if isinstance(head, nn.Conv2d):
+        new: nn.Module = nn.Conv2d(features, rows, 1, bias=bias is not None)
+        weight = weight[:, :, None, None]
+    else:
+        new = nn.Linear(features, rows, bias=bias is not None)
+    new = new.to(device=head.weight.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    new.train(head.training)
+
+    def shallow(module: nn.Module) -> nn.Module:
+        twin = copy.copy(module)
+        twin._modules = dict(module._modules)
+        twin._parameters = dict(module._parameters)
+        twin._buffers = dict(module._buffers)
+        return twin
+
+    root = parent = shallow(net)
+    for name in path[:-1]:
+        child = shallow(parent._modules[name])
+        parent._modules[name] = child
+        parent = child
+    parent._modules[path[-1]] = new
+    if isinstance(getattr(root, "num_classes", None), int):
+        root.num_classes = rows
+    return root
+
+
+def _rewrap(model: NBDT, net: nn.Module, hierarchy: Hierarchy) -> NBDT:
+    """An NBDT like ``model`` (mode, node score, architecture, data config) over ``net``."""
+    return NBDT(
+        net,
+        hierarchy,
+        model.mode,
+        model.node_score,
+        arch=model.arch,
+        model_kwargs={**model.model_kwargs, "num_classes": hierarchy.num_classes},
+        data_config=model.data_config,
+    )
+
+
+def with_hierarchy(model: NBDT, hierarchy: Hierarchy) -> NBDT:
+    """An NBDT over the same backbone (shared weights) with ``hierarchy``'s decision rules.
+
+    It gets its own copy of the head, one row per class of ``hierarchy`` matched by leaf id, so
+    refitting it leaves ``model`` as it was; a class the tree lost (``remove_class``) loses its
+    row. A class the head has no row for is refused: add it with :func:`add_class`.
+    """
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"hierarchy must be a nbdt.Hierarchy, got {type(hierarchy).__name__}")
+    row = {leaf: i for i, leaf in enumerate(model.hierarchy.class_ids)}
+    unknown = [c for c in hierarchy.class_ids if c not in row]
+    if unknown:
+        raise ValueError(
+            f"with_hierarchy: the model's head has no row for classes"
+            f" {[hierarchy[c].label for c in unknown[:5]]} (matched by leaf id): add a class"
+            " with nbdt.intervene.add_class"
+        )
+    index = torch.tensor([row[c] for c in hierarchy.class_ids])
+    weight, bias = _head_rows(model.model)
+    index = index.to(weight.device)
+    net = _with_head(model.model, weight[index], None if bias is None else bias[index])
+    return _rewrap(model, net, hierarchy)
+
+
+# ---------------------------------------------------------------------------- features
+@dataclass(frozen=True)
+class Features:
+    """Pooled backbone features (N, D) float32 (in memory or a file mapping) and targets (N,)."""
+
+    features: Tensor
+    targets: Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+@contextlib.contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode and inference mode inside; every submodule's mode restored after."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for m, flag in modes.items():
+            m.training = flag
+
+
+def _device(model: NBDT) -> tuple[torch.device, torch.dtype]:
+    weight = _head(model.model).weight
+    return weight.device, weight.dtype
+
+
+def _pool(net: nn.Module, x: Tensor) -> Tensor:
+    """The features the head reads (timm's ``forward_head(..., pre_logits=True)``), as (B, D)."""
+    return net.forward_head(net.forward_features(x), pre_logits=True).flatten(1).float()
+
+
+def _model_input(model: NBDT, images: Tensor) -> Tensor:
+    """A uint8 batch through the model's preprocessing; float input is taken as preprocessed."""
+    from nbdt.data import BatchTransform
+
+    device, dtype = _device(model)
+    if images.dtype == torch.uint8:
+        return BatchTransform(model.data_config).to(device)(images.to(device)).to(dtype)
+    return images.to(device, dtype)
+
+
+def cache_features(
+    model: NBDT,
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int = 256,
+    folder: str | os.PathLike[str] | None = None,
+    in_memory_limit: int = IN_MEMORY_LIMIT,
+    name: str = "features.f32",
+) -> Features:
+    """The backbone's pooled features of every ``(image, target)`` of a dataset, computed once.
+
+    Images are uint8 dataset images (preprocessed with the model's data config) or float
+    model input. With ``folder``, features over ``in_memory_limit`` bytes go to
+    ``folder/name``, a memory-mapped file (written whole, then renamed into place).
+    """
+    if not len(dataset):
+        raise ValueError("cache_features: the dataset holds no images")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    targets = torch.empty(len(dataset), dtype=torch.long)
+    store: Tensor | None = None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_evaluating(model.model))
+        at = 0
+        for images, labels in loader:
+            pooled = _pool(model.model, _model_input(model, images)).cpu()
+            if store is None:
+                shape = (len(dataset), pooled.shape[1])
+                if folder is not None and math.prod(shape) * 4 > in_memory_limit:
+                    path = stack.enter_context(atomic_path(Path(folder) / name))
+                    store = torch.from_numpy(np.memmap(path, np.float32, "w+", shape=shape))
+                else:
+                    with torch.inference_mode(False):  # a tensor that training can read
+                        store = torch.empty(shape)
+            store[at : at + len(pooled)] = pooled
+            targets[at : at + len(pooled)] = torch.as_tensor(labels)
+            at += len(pooled)
+    assert store is not None
+    return Features(store, targets)
+
+
+def known_classes(dataset: Any, hierarchy: Hierarchy, source: str = "the model") -> Any:
+    """The images of ``hierarchy``'s classes in a dataset, relabelled to its class order: the
+    replay of a model trained with some of the dataset's classes held out."""
+    from nbdt.data import TensorImages
+
+    names = list(dataset.classes)
+    missing = [c for c in hierarchy.classes if c not in names]
+    if missing:
+        raise ValueError(
+            f"{source}: the model's classes {missing[:3]} are not among the dataset's"
+            f" {len(names)} classes"
+        )
+    if tuple(names) == hierarchy.classes:
+        return dataset
+    if not isinstance(dataset, TensorImages):
+        raise ValueError(f"{source}: the model's classes are not the dataset's, in its order")
+    mapping = torch.full((len(names),), -1, dtype=torch.long)
+    mapping[[names.index(c) for c in hierarchy.classes]] = torch.arange(hierarchy.num_classes)
+    keep = mapping[dataset.targets] >= 0
+    wnids = [leaf.wnid or leaf.label for leaf in hierarchy.leaves]
+    return TensorImages(
+        dataset.images[keep], mapping[dataset.targets[keep]], hierarchy.classes, wnids
+    )
+
+
+def pooled_features(model: NBDT, images: Any, batch_size: int = 256) -> Tensor:
+    """Pooled (N, D) features of images: a uint8 or float (N, C, H, W) batch, or a list of PIL
+    images, paths and (C, H, W) tensors (preprocessed as :meth:`NBDT.explain` does)."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images: expected an (N, C, H, W) batch, got {images.dim()}-d")
+        batches = [
+            _model_input(model, images[i : i + batch_size])
+            for i in range(0, len(images), batch_size)
+        ]
+    else:
+        items = list(images)
+        batches = [
+            model._input_batch(items[i : i + batch_size]) for i in range(0, len(items), batch_size)
+        ]
+    if not batches:
+        raise ValueError("images: none given")
+    with _evaluating(model.model):
+        pooled = [_pool(model.model, x).cpu() for x in batches]
+    return torch.cat(pooled)  # outside inference mode: a tensor that training can read
+
+
+# ---------------------------------------------------------------------------- refitting
+def evaluate_features(
+    model: NBDT, features: Tensor, targets: Tensor, batch_size: int = 4096
+) -> dict[str, float]:
+    """Top-1 (%) of the network, NBDT-soft and NBDT-hard on cached features."""
+    head = _head(model.model)
+    device, dtype = _device(model)
+    correct = torch.zeros(3, dtype=torch.long)
+    with _evaluating(model.model):
+        for i in range(0, len(targets), batch_size):
+            logits = _apply_head(head, features[i : i + batch_size].to(device, dtype))
+            y = targets[i : i + batch_size].to(device)
+            predictions = (
+                logits.argmax(1),
+                model.rules.soft(logits).argmax(1),
+                model.rules.hard(logits),
+            )
+            correct += torch.stack([(p == y).sum() for p in predictions]).cpu()
+    share = (100 * correct / max(len(targets), 1)).tolist()
+    return {
+        "top1": share[0],
+        "nbdt_soft_top1": share[1],
+        "nbdt_hard_top1": share[2],
+        "images": len(targets),
+    }
+
+
+def _train_head(
+    model: NBDT,
+    criterion: nn.Module,
+    sources: Sequence[tuple[Tensor, Tensor, float]],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    seed: int,
+) -> dict[str, Any]:
+    """AdamW with a cosine schedule on the head alone. An epoch is one pass over the first
+    source; every step also draws a batch of each other source, their losses weighted."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    head = _head(model.model)
+    device, dtype = _device(model)
+    criterion = criterion.to(device)
+    steps = epochs * math.ceil(len(sources[0][1]) / batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    orders = []
+    for _, targets, _ in sources:
+        size = min(batch_size, len(targets))
+        rounds = math.ceil(steps * size / len(targets))
+        order = torch.cat(
+            [torch.randperm(len(targets), generator=generator) for _ in range(rounds)]
+        )
+        orders.append(order[: steps * size].view(steps, size))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    losses = torch.zeros(steps)
+    was_training = head.training
+    head.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        loss = sum(
+            weight
+            * criterion(_apply_head(head, x[o[step]].to(device, dtype)), y[o[step]].to(device))
+            for (x, y, weight), o in zip(sources, orders, strict=True)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses[step] = loss.detach()
+    head.train(was_training)
+    per_epoch = steps // epochs
+    return {
+        "epochs": epochs,
+        "steps": steps,
+        "seconds": time.perf_counter() - start,
+        "loss_first_epoch": float(losses[:per_epoch].mean()),
+        "loss_last_epoch": float(losses[-per_epoch:].mean()),
+    }
+
+
+def _criterion(model: NBDT, hierarchy: Hierarchy, loss: str, options: dict[str, Any]) -> nn.Module:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    options.setdefault("node_score", model.node_score)
+    return LOSSES[loss](hierarchy, criterion=nn.CrossEntropyLoss(), **options)
+
+
+def refit_head(
+    model: NBDT,
+    features: Tensor,
+    targets: Tensor,
+    hierarchy: Hierarchy | None = None,
+    *,
+    loss: str = "soft",
+    epochs: int = 5,
+    lr: float = 1e-3,
+    batch_size: int = 512,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    **loss_options: Any,
+) -> dict[str, Any]:
+    """Train only ``model.model.get_classifier()``, in place, on cached features, with the
+    tree-supervision loss of ``hierarchy`` (default the model's) plus cross-entropy.
+
+    ``loss`` is "soft" or "hard"; ``loss_options`` go to the loss (``tree_weight``, ...).
+    The backbone is not run, so none of its weights or statistics change. Returns the loss of
+    the first and last epochs, steps and seconds.
+    """
+    hierarchy = hierarchy or model.hierarchy
+    _check_features(model, features, targets, hierarchy.num_classes)
+    criterion = _criterion(model, hierarchy, loss, dict(loss_options))
+    return _train_head(
+        model,
+        criterion,
+        [(features, targets, 1.0)],
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        seed=seed,
+    )
+
+
+def _check_features(model: NBDT, features: Tensor, targets: Tensor, classes: int) -> None:
+    rows, width = _head_rows(model.model)[0].shape
+    if rows != classes:
+        raise ValueError(f"the head has {rows} classes, the hierarchy {classes}")
+    if features.dim() != 2 or features.shape[1] != width:
+        raise ValueError(
+            f"features must be (N, {width}) for this head, got {tuple(features.shape)}"
+        )
+    if targets.shape != features.shape[:1] or not len(targets):
+        raise ValueError(
+            f"targets must be (N,) for {len(features)} features, got {tuple(targets.shape)}"
+        )
+    if targets.min() < 0 or targets.max() >= classes:
+        raise ValueError(f"targets must be class indices in [0, {classes})")
+
+
+# ---------------------------------------------------------------------------- corrections
+def class_indices(hierarchy: Hierarchy, labels: Sequence[int | str]) -> Tensor:
+    """Class indices of labels given as indices, class names, leaf ids or WordNet ids."""
+    from nbdt.edits import find_node
+
+    index = {leaf: i for i, leaf in enumerate(hierarchy.class_ids)}
+    out = []
+    for label in labels:
+        if isinstance(label, int | np.integer) and not isinstance(label, bool):
+            if not 0 <= label < hierarchy.num_classes:
+                raise ValueError(f"class index {label} outside [0, {hierarchy.num_classes})")
+            out.append(int(label))
+        else:
+            try:
+                out.append(index[find_node(hierarchy, str(label), "leaf").id])
+            except ValueError as e:
+                raise ValueError(f"unknown class {label!r}: {e}") from None
+    return torch.tensor(out, dtype=torch.long)
+
+
+def correct(
+    model: NBDT,
+    corrections_images: Any,
+    corrections_labels: Sequence[int | str],
+    replay_features: Tensor,
+    replay_targets: Tensor,
+    *,
+    holdout: float = 0.25,
+    correction_weight: float | None = None,
+    epochs: int = 5,
+    lr: float = 1e-3,
+    batch_size: int = 512,
+    seed: int = 0,
+    test: Features | None = None,
+    **loss_options: Any,
+) -> tuple[NBDT, dict[str, Any]]:
+    """A model whose head is refit so the corrected images get their right class.
+
+    Every step trains on a batch of the replay (cached training features, which keeps the other
+    classes where they were) and a batch of the corrections, weighted ``correction_weight``
+    (default: as one class of the replay, 1 / classes). A
+    seeded ``holdout`` share of the corrections is kept out of training: it measures whether the
+    fix generalises. Returns the new model (``model`` is left as it was) and before/after top-1
+    (network, NBDT-soft, NBDT-hard) on the fitted and held-out corrections, the replay and
+    ``test`` when given.
+    """
+    targets = class_indices(model.hierarchy, corrections_labels)
+    features = pooled_features(model, corrections_images)
+    if len(features) != len(targets):
+        raise ValueError(f"{len(features)} correction images but {len(targets)} labels")
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
+    _check_features(model, replay_features, replay_targets, model.hierarchy.num_classes)
+    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
+    held = order[: int(holdout * len(targets))]
+    fit = order[len(held) :]
+    if not len(fit):
+        raise ValueError("correct: no corrections left to fit after the holdout")
+
+    fixed = with_hierarchy(model, model.hierarchy)
+    if correction_weight is None:
+        correction_weight = 1.0 / model.hierarchy.num_classes
+    sets = {
+        "corrections": (features[fit], targets[fit]),
+        "held_out": (features[held], targets[held]),
+        "replay": (replay_features, replay_targets),
+    }
+    if test is not None:
+        sets["test"] = (test.features, test.targets)
+
+    def measure() -> dict[str, dict[str, float]]:
+        return {k: evaluate_features(fixed, f, t) for k, (f, t) in sets.items() if len(t)}
+
+    before = measure()
+    criterion = _criterion(fixed, fixed.hierarchy, "soft", dict(loss_options))
+    training = _train_head(
+        fixed,
+        criterion,
+        [(replay_features, replay_targets, 1.0), (features[fit], targets[fit], correction_weight)],
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=0.0,
+        seed=seed,
+    )
+    return fixed, {"before": before, "after": measure(), "training": training}
+
+
+# ---------------------------------------------------------------------------- a new class
+def _wordnet_place(model: NBDT, wnid: str | None, row: Tensor) -> tuple[str, None]:
+    """Under the deepest inner node whose synset is a hypernym of the new class (else the root)."""
+    from nbdt import wordnet
+
+    h = model.hierarchy
+    if wnid is None:
+        return h.root.id, None
+    above = wordnet.ancestors(wnid)
+    fits = [n for n in h.inner_nodes if n.wnid in above]
+    if not fits:
+        return h.root.id, None
+    return max(fits, key=lambda n: (h.depth(n.id), above[n.wnid])).id, None
+
+
+def _induced_place(model: NBDT, wnid: str | None, row: Tensor) -> tuple[str, str]:
+    """Next to the class whose head row is the most similar (cosine), grouped under a new node."""
+    weight = _head_rows(model.model)[0].float()
+    nearest = int(torch.nn.functional.cosine_similarity(weight, row[None].float()).argmax())
+    return model.hierarchy.root.id, model.hierarchy.class_ids[nearest]
+
+
+PLACES = {"wordnet": _wordnet_place, "induced": _induced_place}
+
+
+def imprint(
+    model: NBDT, features: Tensor, replay: Features | None = None, *, quantile: float = 0.05
+) -> tuple[Tensor, Tensor | None]:
+    """Weight imprinting: a head row and bias for a class from its examples' pooled features.
+
+    The row is the mean of the L2-normalised features, normalised and scaled to the mean norm of
+    the existing rows. The bias: with ``replay`` (features of the old classes), the new class's
+    logit stays below each replay image's own class logit on all but ``quantile`` of them, so
+    the new row does not swamp the old classes before (or without) a head refit; without a
+    replay, the mean of the existing biases. A head without bias gets none.
+    """
+    weight, bias = _head_rows(model.model)
+    unit = torch.nn.functional.normalize(features.float(), dim=1).mean(0)
+    row = torch.nn.functional.normalize(unit, dim=0) * weight.float().norm(dim=1).mean()
+    row = row.to(weight)
+    if bias is None:
+        return row, None
+    if replay is None or not len(replay):
+        return row, bias.mean()
+    if not 0 <= quantile < 1:
+        raise ValueError(f"quantile must be in [0, 1), got {quantile!r}")
+    device, dtype = _device(model)
+    pick = torch.randperm(len(replay), generator=torch.Generator().manual_seed(0))[:8192]
+    sample = replay.features[pick].to(device, dtype)
+    with torch.no_grad():
+        own = _apply_head(_head(model.model), sample).gather(
+            1, replay.targets[pick, None].to(device)
+        )
+        margin = own.squeeze(1).float() - sample.float() @ row.float()
+    return row, torch.quantile(margin, quantile).to(bias)
+
+
+def check_new_class(hierarchy: Hierarchy, name: str) -> str:
+    """The name of a class to add, stripped; a ValueError when it is empty or a class already
+    has it (as label or leaf id, any case)."""
+    name = str(name).strip()
+    taken = [
+        i
+        for i, leaf in enumerate(hierarchy.leaves)
+        if name.casefold() in (leaf.label.casefold(), leaf.id.casefold())
+    ]
+    if taken:
+        raise ValueError(
+            f"add_class: class {name!r} exists (class {taken[0]}, {hierarchy.classes[taken[0]]!r})"
+        )
+    if not name:
+        raise ValueError("add_class: empty class name")
+    return name
+
+
+def add_class(
+    model: NBDT,
+    name: str,
+    images: Any,
+    place: str = "wordnet",
+    wnid: str | None = None,
+    *,
+    replay: Features | None = None,
+    epochs: int = 5,
+    lr: float = 1e-3,
+    batch_size: int = 512,
+    seed: int = 0,
+    **loss_options: Any,
+) -> NBDT:
+    """A model with one more class, last in class order, from a few of its images.
+
+    Its head row is imprinted (:func:`imprint`, the bias calibrated on ``replay`` when given)
+    and its leaf placed by ``place``: "wordnet" under the deepest inner node whose WordNet synset
+    is a hypernym of the class's (``wnid``, else resolved from ``name``), "induced" grouped with
+    the class of the most similar head row. With ``replay`` (cached training features of the old
+    classes) and ``epochs`` > 0 the head is then refit on the replay and the new images, the new
+    class weighted as one class of the replay. The backbone is shared with ``model``, which is
+    left as it was.
+    """
+    from nbdt import wordnet
+    from nbdt.builders import unique_ids
+    from nbdt.edits import add_leaf
+
+    if place not in PLACES:
+        raise ValueError(f"place must be one of {', '.join(PLACES)}, got {place!r}")
+    h = model.hierarchy
+    name = check_new_class(h, name)
+    if replay is not None:
+        _check_features(model, replay.features, replay.targets, h.num_classes)
+    if (isinstance(images, Tensor) and not len(images)) or (
+        not isinstance(images, Tensor) and not len(list(images))
+    ):
+        raise ValueError(f"add_class: no images of {name!r}")
+    synset = wnid if wnid is not None else wordnet.resolve([name])[0]
+    if wnid is not None:
+        wordnet.synset(wnid)  # an unknown id is an error
+    real = is_wordnet_id(synset)
+    features = pooled_features(model, images)
+    row, bias = imprint(model, features, replay)
+    parent, sibling = PLACES[place](model, synset if real else None, row)
+    leaf_id = unique_ids([n.id for n in h.nodes] + [synset if real else name])[-1]
+    tree = add_leaf(h, Node(leaf_id, name, synset if real else None), parent, sibling)
+
+    weight, biases = _head_rows(model.model)
+    net = _with_head(
+        model.model,
+        torch.cat([weight, row[None]]),
+        None if biases is None else torch.cat([biases, bias[None]]),
+    )
+    grown = _rewrap(model, net, tree)
+    if replay is not None and epochs:
+        new_targets = torch.full((len(features),), h.num_classes, dtype=torch.long)
+        _train_head(
+            grown,
+            _criterion(grown, tree, "soft", dict(loss_options)),
+            [(replay.features, replay.targets, 1.0), (features, new_targets, 1.0 / h.num_classes)],
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            weight_decay=0.0,
+            seed=seed,
+        )
+    return grown
