@@ -322,3 +322,18 @@ def test_deletion_of_salient_pixels_hurts_the_trained_imagenet_model_most():
     assert drops["salient"].mean() > drops["least"].mean()
     assert drops["salient"].mean() > drops["shifted"].mean()
     assert (drops["salient"] > drops["least"]).mean() >= 0.6
+
+
+# ----------------------------------------------------------------------------------- CLI
+def test_examples_cli_refuses_bad_input_with_one_line(tmp_path, capsys):
+    from nbdt.cli_examples import examples_main
+
+    missing = str(tmp_path / "missing.pt")
+    out = str(tmp_path / "ex.npz")
+    assert examples_main([missing, "--dataset", "fashion-mnist", "-o", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.pt" in err[0]
+    nowhere = str(tmp_path / "no" / "ex.npz")
+    assert examples_main([missing, "--dataset", "fashion-mnist", "-o", nowhere]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "ex.npz").exists()
