@@ -76,6 +76,9 @@ def find_layer(model: NBDT, layer: str | nn.Module | None = None) -> tuple[str, 
     ``layer`` is a module of ``model.model`` or its dotted name; by default the module whose output
     is ``forward_features``' last feature map (for models without ``forward_features``, the last
     module with a 4-d output), found with forward hooks on one dry run and remembered per backbone.
+    Token maps (B, tokens, C) are read as a grid; with class-token pooling (ViT), the output of
+    the last block but one. The layer's output must alone feed the rest of the network (a block or
+    stage output, not a branch inside a residual block).
     """
     backbone = model.model
     modules = dict(backbone.named_modules())
@@ -140,10 +143,10 @@ def _detect_layer(model: NBDT) -> str:
         names = same if spatial else []
         if names and final.dim() == 3 and getattr(backbone, "global_pool", None) == "token":
             # Class-token pooling reads only the class token of the last map: explain the
-            # tokens entering the last block instead (the usual choice for ViT Grad-CAM).
+            # tokens entering the last block (the previous block's output) instead.
             blocks = getattr(backbone, "blocks", None)
-            if isinstance(blocks, nn.Sequential) and hasattr(blocks[-1], "norm1"):
-                names = [f"blocks.{len(blocks) - 1}.norm1"]
+            if isinstance(blocks, nn.Sequential) and len(blocks) > 1:
+                names = [f"blocks.{len(blocks) - 2}"]
     if not names:
         raise ValueError(
             f"the model has no spatial feature map to explain (its features are shaped {shape}):"
@@ -357,7 +360,7 @@ def decision_saliency(
             wrapper = _StepMargins(model, module, depth, chunk_steps)
             cam = cam_class(wrapper, [module], reshape_transform=_TokensToMap(model.model))
             try:
-                maps.append(cam(x, targets=[_RowTarget()] * (x.shape[0] * depth)))
+                maps.append(_run_cam(cam, x, depth))
                 valid.append(wrapper.last_steps.valid.cpu())
             finally:
                 cam.activations_and_grads.release()
@@ -367,6 +370,19 @@ def decision_saliency(
     return [
         [flat[b * depth + d] for d in range(depth) if mask[b][d]] for b in range(batch.shape[0])
     ]
+
+
+def _run_cam(cam: Any, x: Tensor, depth: int) -> np.ndarray:
+    """The CAM call; a layer inside a residual branch cannot be repeated alone: say so."""
+    try:
+        return cam(x, targets=[_RowTarget()] * (x.shape[0] * depth))
+    except RuntimeError as e:
+        if "size of tensor" not in str(e) and "must match" not in str(e):
+            raise
+        raise ValueError(
+            "layer: the network combines this layer's output with other tensors (a residual"
+            " branch?): pass layer= a module whose output alone feeds the rest, e.g. a block"
+        ) from None
 
 
 def decision_margins(model: NBDT, batch: Tensor, explanations: Sequence[Any]) -> Tensor:

@@ -337,3 +337,21 @@ def test_examples_cli_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert examples_main([missing, "--dataset", "fashion-mnist", "-o", nowhere]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "ex.npz").exists()
+
+
+def test_token_models_are_read_as_a_grid_and_branch_layers_are_refused():
+    from timm.models.vision_transformer import VisionTransformer
+
+    classes = [f"c{i}" for i in range(4)]
+    net = VisionTransformer(
+        img_size=32, patch_size=8, num_classes=4, embed_dim=16, depth=2, num_heads=2
+    ).eval()
+    config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    model = NBDT(net, Hierarchy.random(classes, seed=0), data_config=config)
+    assert evidence.find_layer(model)[0] == "blocks.0"  # class-token pooling: last block's input
+    batch = torch.randn(2, 3, 32, 32)
+    maps = decision_saliency(model, batch)
+    assert [len(m) for m in maps] == [len(e.path) for e in model.explain(batch)]
+    assert maps[0][0].shape == (32, 32) and maps[0][0].std() > 0
+    with pytest.raises(ValueError, match="residual"):
+        decision_saliency(model, batch, layer="blocks.1.norm1")
