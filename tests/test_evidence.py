@@ -342,12 +342,11 @@ def test_examples_cli_refuses_bad_input_with_one_line(tmp_path, capsys):
 def test_token_models_are_read_as_a_grid_and_branch_layers_are_refused():
     from timm.models.vision_transformer import VisionTransformer
 
-    classes = [f"c{i}" for i in range(4)]
     net = VisionTransformer(
-        img_size=32, patch_size=8, num_classes=4, embed_dim=16, depth=2, num_heads=2
+        img_size=32, patch_size=8, num_classes=len(CLASSES), embed_dim=16, depth=2, num_heads=2
     ).eval()
     config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
-    model = NBDT(net, Hierarchy.random(classes, seed=0), data_config=config)
+    model = NBDT(net, _tree(), data_config=config)
     assert evidence.find_layer(model)[0] == "blocks.0"  # class-token pooling: last block's input
     batch = torch.randn(2, 3, 32, 32)
     maps = decision_saliency(model, batch)
