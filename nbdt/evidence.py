@@ -56,6 +56,7 @@ FORMAT_VERSION = 1
 THUMBNAIL_SIZE = 64
 _ROWS_PER_CHUNK = 256  # (image, step) rows per CAM call: bounds the activations kept in memory
 _SEARCH_CHUNK = 65536  # feature rows per similarity product in nearest-neighbour search
+_MIN_SIDE = 7  # the coarsest map chosen when the final one is 1x1
 _HASH = 2654435761  # Knuth's multiplicative hash: a bijection of indices modulo 2**32
 
 _auto_layers: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
@@ -75,7 +76,8 @@ def find_layer(model: NBDT, layer: str | nn.Module | None = None) -> tuple[str, 
 
     ``layer`` is a module of ``model.model`` or its dotted name; by default the module whose output
     is ``forward_features``' last feature map (for models without ``forward_features``, the last
-    module with a 4-d output), found with forward hooks on one dry run and remembered per backbone.
+    module with a 4-d output; where that map is 1x1, the last stage output of at least 7x7), found
+    with forward hooks on one dry run and remembered per backbone.
     Token maps (B, tokens, C) are read as a grid; with class-token pooling (ViT), the output of
     the last block but one. The layer's output must alone feed the rest of the network (a block or
     stage output, not a branch inside a residual block).
@@ -141,6 +143,18 @@ def _detect_layer(model: NBDT) -> str:
             n for n, o in tensors if tuple(o.shape) == shape
         ]
         names = same if spatial else []
+        if not spatial and final.dim() == 4:
+            # A 1x1 final map (a small input through a deep network): the last stage or block
+            # output (a child of the backbone or of a Sequential, so its output alone feeds the
+            # rest) of at least 7x7, the resolution of a 224-px ImageNet CNN's last map; coarser
+            # maps failed the deletion test on 28-px Fashion-MNIST (scripts/bench_evidence.py).
+            parents = {n for n, m in backbone.named_modules() if isinstance(m, nn.Sequential)}
+            stages = [
+                (n, o)
+                for n, o in tensors
+                if o.dim() == 4 and ("." not in n or n.rsplit(".", 1)[0] in parents)
+            ]
+            names = [n for n, o in stages if min(o.shape[-2:]) >= _MIN_SIDE]
         if names and final.dim() == 3 and getattr(backbone, "global_pool", None) == "token":
             # Class-token pooling reads only the class token of the last map: explain the
             # tokens entering the last block (the previous block's output) instead.

@@ -156,12 +156,12 @@ def fashion_mnist(checkpoint: str, count: int) -> tuple[dict, dict, dict]:
     images = torch.stack([test[i][0] for i in range(count)])
     batch = BatchTransform(model.data_config)(images)
     explanations = model.explain(batch)
+    deletion: dict = {"checkpoint": checkpoint, "images": count}
+    deletion["layer"] = evidence.find_layer(model)[0]
+    for method in ("gradcam", "hirescam"):
+        maps = evidence.decision_saliency(model, batch, explanations, method=method)
+        deletion[method] = _deletion(model, batch, explanations, maps)
     maps = evidence.decision_saliency(model, batch, explanations)
-    deletion = {
-        "checkpoint": checkpoint,
-        "images": count,
-        **_deletion(model, batch, explanations, maps),
-    }
     sanity = _spearman(maps, evidence.decision_saliency(_randomised(model), batch, explanations))
 
     train = load_dataset("fashion-mnist", "train").head(2048)
