@@ -22,6 +22,8 @@ _EXPORTS = {
     "load": "nbdt.model",
     "hierarchy_html": "nbdt.visualize",
     "explanation_html": "nbdt.visualize",
+    "node_examples": "nbdt.evidence",
+    "NodeExamples": "nbdt.evidence",
 }
 
 __all__ = sorted(_EXPORTS)

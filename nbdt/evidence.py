@@ -18,6 +18,7 @@ gives every step's gradient.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from nbdt._io import atomic_path
 from nbdt._messages import one_line
+from nbdt.explanation import Example
 from nbdt.hierarchy import Hierarchy
 
 if TYPE_CHECKING:
@@ -51,6 +53,8 @@ CAM_METHODS = {
     "eigengradcam": "EigenGradCAM",
     "gradcam-elementwise": "GradCAMElementWise",
 }
+DEFAULT_METHOD = "gradcam"
+"""The CAM method of ``explain(..., evidence=True)`` and the CLIs (see the README's numbers)."""
 FORMAT_NAME = "nbdt-node-examples"
 FORMAT_VERSION = 1
 THUMBNAIL_SIZE = 64
@@ -399,6 +403,70 @@ def _run_cam(cam: Any, x: Tensor, depth: int) -> np.ndarray:
         ) from None
 
 
+def check_evidence_options(
+    model: NBDT, method: str | None, layer: str | nn.Module | None, examples: Any
+) -> str:
+    """Check ``explain``'s evidence options before any work; returns the method to use."""
+    method = DEFAULT_METHOD if method is None else method
+    if method not in CAM_METHODS:
+        raise ValueError(
+            f"method must be one of {', '.join(map(repr, CAM_METHODS))}, got {method!r}"
+        )
+    _grad_cam()
+    find_layer(model, layer)
+    if examples is not None:
+        if not isinstance(examples, NodeExamples):
+            raise TypeError(
+                f"examples must be a NodeExamples (nbdt.evidence.node_examples or"
+                f" NodeExamples.load), got {type(examples).__name__}"
+            )
+        examples.check(model.hierarchy, source="examples")
+    return method
+
+
+def attach_evidence(
+    model: NBDT,
+    batch: Tensor,
+    explanations: Sequence[Any],
+    *,
+    saliency: bool = True,
+    method: str = DEFAULT_METHOD,
+    layer: str | nn.Module | None = None,
+    examples: NodeExamples | None = None,
+) -> list[Any]:
+    """The explanations of ``batch`` with evidence on every step: the ``saliency`` map (one
+    forward and one batched backward for all steps, :func:`decision_saliency`) and, with
+    ``examples``, both children's representative images and the nearest examples images (by the
+    pooled features of one more forward pass)."""
+    maps = (
+        decision_saliency(model, batch, explanations, method=method, layer=layer)
+        if saliency
+        else None
+    )
+    features = None
+    if examples is not None:
+        with torch.no_grad():
+            features = pooled_features(model, batch)[1].float().cpu().numpy()
+    out = []
+    for b, explanation in enumerate(explanations):
+        steps = []
+        for d, step in enumerate(explanation.path):
+            changes: dict[str, Any] = {}
+            if maps is not None:
+                changes["saliency"] = maps[b][d]
+            if examples is not None and features is not None:
+                changes["child_examples"] = tuple(examples.examples(step.node_id, step.child_id))
+                changes["runner_up_examples"] = tuple(
+                    examples.examples(step.node_id, step.runner_up_id)
+                )
+                changes["nearest"] = tuple(
+                    examples.nearest(features[b], step.node_id, step.child_id, examples.k)
+                )
+            steps.append(dataclasses.replace(step, **changes))
+        out.append(dataclasses.replace(explanation, path=tuple(steps)))
+    return out
+
+
 def decision_margins(model: NBDT, batch: Tensor, explanations: Sequence[Any]) -> Tensor:
     """(B, max_depth) margins score(child) - score(runner-up) of the explanations' steps on
     ``batch`` (NaN past each path's end): what the deletion test measures."""
@@ -436,19 +504,6 @@ def pooled_features(model: NBDT, batch: Tensor) -> tuple[Tensor, Tensor]:
 
 # ------------------------------------------------------------------------- node examples
 KINDS = ("representative", "confused")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One training image behind a decision: dataset index, true class, score, PNG thumbnail.
-
-    ``score`` is the branch probability (node examples) or the cosine similarity (nearest)."""
-
-    index: int
-    class_index: int
-    label: str
-    score: float
-    thumbnail: bytes
 
 
 @dataclass(frozen=True, eq=False)
@@ -853,6 +908,7 @@ def node_examples(
     batch_size: int = 128,
     num_workers: int = 0,
     progress: bool = False,
+    distributed: bool = True,
 ) -> NodeExamples:
     """One streaming pass: for every inner node and child, the ``k`` representative images (true
     class under that child, sent there with the highest branch probability) and the ``k``
@@ -863,14 +919,17 @@ def node_examples(
     preprocessed float tensors; dataset indices are positions) or an iterable of
     (images, labels[, indices]) batches. Memory is O(nodes x children x k + sample) whatever the
     dataset's size; the result depends on no order of the data. Under torchrun each rank reads its
-    share of a dataset and the ranks merge their selections (every rank gets the result).
+    share of a dataset and the ranks merge their selections (every rank gets the result); with
+    ``distributed=False`` (one process calls this alone) this process reads all of it.
     """
     for name, value in (("k", k), ("sample", sample), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     import torch.distributed as dist
 
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    distributed = (
+        distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    )
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     collector = _Collector(model, k, sample)
     training = {m: m.training for m in model.modules()}

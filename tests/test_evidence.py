@@ -309,8 +309,8 @@ def test_deletion_of_salient_pixels_hurts_the_trained_imagenet_model_most():
     skimage = pytest.importorskip("skimage.data")
     from PIL import Image
 
+    from nbdt.classes import dataset_classes
     from nbdt.pretrained import efficientnet_lite0, load_hierarchy_for
-    from nbdt.wordnet import dataset_classes
 
     imagenet = dataset_classes("imagenet")
     tree = load_hierarchy_for("imagenet-induced", imagenet.names, imagenet.wnids)
@@ -326,7 +326,7 @@ def test_deletion_of_salient_pixels_hurts_the_trained_imagenet_model_most():
 
 # ----------------------------------------------------------------------------------- CLI
 def test_examples_cli_refuses_bad_input_with_one_line(tmp_path, capsys):
-    from nbdt.cli_examples import examples_main
+    from nbdt.cli import examples_main
 
     missing = str(tmp_path / "missing.pt")
     out = str(tmp_path / "ex.npz")
