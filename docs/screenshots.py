@@ -97,6 +97,7 @@ def photograph(
         if click:  # a click on an open node shows its examples and closes it: a second reopens
             tab.click(click)
             tab.click(click)
+            tab.mouse.move(300, height - 20)  # away from the node: no tooltip
             tab.wait_for_timeout(300)
         png = tab.screenshot()
         browser.close()

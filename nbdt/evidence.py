@@ -53,7 +53,7 @@ CAM_METHODS = {
     "eigengradcam": "EigenGradCAM",
     "gradcam-elementwise": "GradCAMElementWise",
 }
-DEFAULT_METHOD = "gradcam"
+DEFAULT_METHOD = "hirescam"
 """The CAM method of ``explain(..., evidence=True)`` and the CLIs (see the README's numbers)."""
 FORMAT_NAME = "nbdt-node-examples"
 FORMAT_VERSION = 1
@@ -337,7 +337,7 @@ def decision_saliency(
     batch: Tensor,
     explanations: Sequence[Any] | None = None,
     *,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     layer: str | nn.Module | None = None,
 ) -> list[list[np.ndarray]]:
     """Per image, per step of its path: an (H, W) float32 map in [0, 1] at the batch's H, W.
