@@ -37,10 +37,11 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/nbdt-train --arch resnet18 --dataset fashion-mnist --output $(DEMO_DIR) \
 	  --warmup-epochs 2 --epochs 1 --subset 15000 --explain 4 --overwrite
-	$(VENV)/bin/nbdt-explain --checkpoint $(DEMO_DIR)/best.pt --top-k 3 \
+	$(VENV)/bin/nbdt-explain --checkpoint $(DEMO_DIR)/best.pt --top-k 3 --evidence \
+	  --examples $(DEMO_DIR)/node_examples.npz \
 	  --html $(DEMO_DIR)/explain-cli.html $(DEMO_DIR)/images/test-*.png
 	@echo "demo outputs in $(abspath $(DEMO_DIR)): hierarchy.html, explanations.html,"\
-	  "explain-cli.html, metrics.jsonl, hierarchy.json, best.pt, last.pt"
+	  "explain-cli.html, node_examples.npz, metrics.jsonl, hierarchy.json, best.pt, last.pt"
 	@echo "evaluation report (nbdt-eval's metrics of the final model): $(abspath $(DEMO_DIR))/report.html"
 
 test: setup

@@ -26,6 +26,8 @@ _EXPORTS = {
     "EvalResult": "nbdt.evaluate",
     "TreeMetrics": "nbdt.evaluate",
     "report_html": "nbdt.report",
+    "node_examples": "nbdt.evidence",
+    "NodeExamples": "nbdt.evidence",
 }
 
 __all__ = sorted(_EXPORTS)

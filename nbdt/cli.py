@@ -410,6 +410,13 @@ def _train_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="no evaluation at the end (eval.json, report.html: a pass over the test split)",
     )
+    run.add_argument(
+        "--no-examples",
+        dest="examples",
+        action="store_false",
+        help="no node_examples.npz (each node's training images, shown on the pages and"
+        " explained images' heatmaps)",
+    )
     return p
 
 
@@ -467,6 +474,27 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
         "--json", action="store_true", help="print a JSON list, one explanation per image"
     )
     parser.add_argument("--html", metavar="FILE", help="also write the explanations as HTML")
+    from nbdt.evidence import CAM_METHODS, DEFAULT_METHOD
+
+    evidence = parser.add_argument_group("evidence")
+    evidence.add_argument(
+        "--evidence",
+        action="store_true",
+        help="a heatmap per decision: where the image pushed the node towards the child taken"
+        " rather than the runner-up (in --json and --html)",
+    )
+    evidence.add_argument(
+        "--method", choices=CAM_METHODS, default=DEFAULT_METHOD, help="CAM method (%(default)s)"
+    )
+    evidence.add_argument(
+        "--layer", metavar="NAME", help="backbone module to explain (default: found automatically)"
+    )
+    evidence.add_argument(
+        "--examples",
+        metavar="FILE",
+        help="node examples (nbdt-examples, or nbdt-train's node_examples.npz): each decision's"
+        " training images and the nearest ones",
+    )
     return run("nbdt-explain", _explain, parser, argv)
 
 
@@ -493,6 +521,15 @@ def _explain(args: argparse.Namespace) -> int:
         raise BadInput(f"--top-k {args.top_k}: the model has only {classes} classes")
     top_k = min(5, classes) if args.top_k is None else args.top_k
     channels = model.data_config["input_size"][0]
+    examples = None
+    if args.examples:
+        from nbdt.evidence import NodeExamples
+
+        examples = NodeExamples.load(args.examples, model.hierarchy)
+    if args.evidence or examples is not None:
+        from nbdt.evidence import check_evidence_options
+
+        check_evidence_options(model, args.method, args.layer, examples)
     if note:
         print(note, file=sys.stderr if args.json else sys.stdout)
     explained: list[tuple[str, object]] = []
@@ -507,8 +544,15 @@ def _explain(args: argparse.Namespace) -> int:
                 failed += 1
         if not loaded:
             continue
+        explain_options = {
+            "top_k": top_k,
+            "evidence": args.evidence,
+            "method": args.method,
+            "layer": args.layer,
+            "examples": examples,
+        }
         try:
-            explanations = model.explain([image for _, image in loaded], top_k=top_k)
+            explanations = model.explain([image for _, image in loaded], **explain_options)
         except NonFiniteLogits as e:  # report those images, explain the others
             for row in e.rows:
                 print(
@@ -518,7 +562,9 @@ def _explain(args: argparse.Namespace) -> int:
                 )
             failed += len(e.rows)
             loaded = [item for i, item in enumerate(loaded) if i not in set(e.rows)]
-            explanations = model.explain([i for _, i in loaded], top_k=top_k) if loaded else []
+            explanations = (
+                model.explain([i for _, i in loaded], **explain_options) if loaded else []
+            )
         for (name, _), exp in zip(loaded, explanations, strict=True):
             explained.append((name, exp))
             if not args.json:
@@ -540,6 +586,7 @@ def _explain(args: argparse.Namespace) -> int:
             args.html,
             hierarchy=model.hierarchy,
             title="nbdt-explain",
+            crop_pct=float(model.data_config.get("crop_pct", 1.0)),
         )
         print(f"nbdt-explain: wrote {out}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed else 0
@@ -669,12 +716,79 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum`` (0 or 1)."""
+    kind = "non-negative" if minimum == 0 else "positive"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}")
+        return value
+
+    return parse
+
+
+_non_negative_int = _int_at_least(0)
+_positive_int = _int_at_least(1)
+
+
+# ----------------------------------------------------------------------- nbdt-examples
+def examples_main(argv: Sequence[str] | None = None) -> int:
+    """nbdt-examples CHECKPOINT --dataset NAME -o FILE: the node-examples pass on its own."""
+    from nbdt.data import DATASETS, SPLITS
+
+    parser = argparse.ArgumentParser(
+        prog="nbdt-examples",
+        description="For every inner node and child of a model's tree: the training images it"
+        " sends there most confidently and its typical mistakes (with 64-px thumbnails), plus a"
+        " sample of pooled features for nearest-image search, saved as one .npz file.",
+    )
+    parser.add_argument("checkpoint", help="an nbdt model file (nbdt-train's best.pt)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data-dir", help="the dataset's folder (needed for 'folder')")
+    parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument("-o", "--output", required=True, help="the .npz file to write")
+    parser.add_argument("-k", type=_positive_int, default=8, help="images per node, child, kind")
+    parser.add_argument(
+        "--sample", type=_positive_int, default=4096, help="images kept for nearest-image search"
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=128)
+    parser.add_argument(
+        "--workers", type=_non_negative_int, default=0, help="DataLoader worker processes"
+    )
+    return run("nbdt-examples", _examples, parser, argv)
+
+
+def _examples(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import nbdt
+    from nbdt.data import load_dataset
+    from nbdt.evidence import node_examples
+
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"{output}: the folder {output.parent} does not exist")
+    model = nbdt.load(args.checkpoint)
+    dataset = load_dataset(args.dataset, args.split, args.data_dir)
+    if list(dataset.classes) != list(model.hierarchy.classes):
+        raise ValueError(
+            f"{args.dataset}: its {len(dataset.classes)} classes are not the model's"
+            f" {model.hierarchy.num_classes} ({', '.join(model.hierarchy.classes[:3])}, ...)"
+        )
+    found = node_examples(
+        model,
+        dataset,
+        k=args.k,
+        sample=args.sample,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    found.save(output)
+    print(f"nbdt-examples: wrote {output}", file=sys.stderr)
+    return 0

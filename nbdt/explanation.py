@@ -2,11 +2,17 @@
 
 Everything that reads or writes explanations (the model, the trainer, the CLI's JSON, the HTML
 page) takes the field list from these dataclasses, so a new field is added here once. Torch-free.
+
+Evidence travels in JSON as data URIs: a step's ``saliency`` map as an 8-bit grayscale PNG
+(pixel value / 255 is the map's value, so a round trip is exact to 1/255), an example's
+thumbnail as the PNG it is.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,8 +24,24 @@ from nbdt._messages import for_terminal
 _MAY_BE_ABSENT = "absent"
 
 
-def _optional(value: Any) -> Any:
-    return field(metadata={_MAY_BE_ABSENT: value})
+def _optional(value: Any, default: Any = dataclasses.MISSING, compare: bool = True) -> Any:
+    return field(default=default, compare=compare, metadata={_MAY_BE_ABSENT: value})
+
+
+_PNG_URI = "data:image/png;base64,"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training image behind a decision: dataset index, true class, score, PNG thumbnail.
+
+    ``score`` is the branch probability (node examples) or the cosine similarity (nearest)."""
+
+    index: int
+    class_index: int
+    label: str
+    score: float
+    thumbnail: bytes
 
 
 def format_probability(p: float) -> str:
@@ -46,6 +68,19 @@ class Step:
     runner_up_id: str
     runner_up_label: str
     runner_up_probability: float
+    # What sets a label that repeats an ancestor's apart ("garment: Pullover, Coat, Shirt"),
+    # else the label itself (nbdt.labels.distinct_label); "" in records made before it existed.
+    display: str = _optional("", "")
+    child_display: str = _optional("", "")
+    runner_up_display: str = _optional("", "")
+    # Evidence (explain(..., evidence=True, examples=...)): where in the image the node was
+    # pushed towards the child rather than the runner-up, an (H, W) float32 map in [0, 1] at the
+    # input's resolution; the representative training images of both children; the training
+    # images nearest to this one among those the node sends to the child taken.
+    saliency: Any = _optional(None, None, compare=False)
+    child_examples: tuple[Example, ...] = _optional((), ())
+    runner_up_examples: tuple[Example, ...] = _optional((), ())
+    nearest: tuple[Example, ...] = _optional((), ())
 
 
 @dataclass(frozen=True)
@@ -81,12 +116,13 @@ class Explanation:
         escaped for the terminal (:func:`nbdt._messages.for_terminal`)."""
         merged: list[list[Any]] = []
         for step in self.path:
+            shown = step.child_display or step.child_label
             if merged and merged[-1][0] == step.child_label:
-                merged[-1][1] *= step.probability
+                merged[-1][1:] = [merged[-1][1] * step.probability, shown]
             else:
-                merged.append([step.child_label, step.probability])
+                merged.append([step.child_label, step.probability, shown])
         decisions = " -> ".join(
-            f"{for_terminal(label)} ({format_probability(p)})" for label, p in merged
+            f"{for_terminal(shown)} ({format_probability(p)})" for _, p, shown in merged
         )
         return f"Prediction: {for_terminal(self.label)} // Decisions: {decisions}"
 
@@ -111,11 +147,68 @@ def _plain(value: Any) -> Any:
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
+    if isinstance(value, bytes):
+        return png_data_uri(value)
+    if hasattr(value, "__array__"):
+        return saliency_png(value)
     return value
 
 
+def png_data_uri(png: bytes) -> str:
+    """PNG bytes as a ``data:image/png;base64,`` URI (how JSON and the pages carry images)."""
+    return _PNG_URI + base64.b64encode(png).decode("ascii")
+
+
+def saliency_png(saliency: Any) -> str:
+    """An (H, W) map in [0, 1] as an 8-bit grayscale PNG data URI (the JSON form)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.clip(np.asarray(saliency, dtype=np.float32), 0, 1) * 255).round()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return png_data_uri(buffer.getvalue())
+
+
+def _png_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str) or not value.startswith(_PNG_URI):
+        raise ValueError(f"{what}: expected a {_PNG_URI}... URI")
+    try:
+        return base64.b64decode(value[len(_PNG_URI) :], validate=True)
+    except ValueError:
+        raise ValueError(f"{what}: damaged base64 data") from None
+
+
+def saliency_from_json(value: Any, what: str = "saliency") -> Any:
+    """A saliency map from its JSON form (a PNG data URI) or an array, as float32 (H, W)."""
+    import numpy as np
+    from PIL import Image
+
+    if value is None:
+        return None
+    if hasattr(value, "__array__"):
+        array = np.asarray(value, dtype=np.float32)
+    else:
+        try:
+            with Image.open(io.BytesIO(_png_bytes(value, what))) as image:
+                array = np.asarray(image.convert("L"), dtype=np.float32) / 255
+        except OSError:
+            raise ValueError(f"{what}: not a PNG image") from None
+    if array.ndim != 2:
+        raise ValueError(f"{what}: expected an (H, W) map, got shape {array.shape}")
+    return array
+
+
 # The records an explanation nests (its tuple fields), and what an error calls each of them.
-_NESTED = {"top_k": (TopClass, "top_k"), "path": (Step, "path step")}
+_NESTED = {
+    "top_k": (TopClass, "top_k"),
+    "path": (Step, "path step"),
+    "child_examples": (Example, "child example"),
+    "runner_up_examples": (Example, "runner-up example"),
+    "nearest": (Example, "nearest example"),
+}
 
 
 def _read(cls: type, data: Any, where: str, nested: bool = False) -> Any:
@@ -141,6 +234,10 @@ def _read(cls: type, data: Any, where: str, nested: bool = False) -> Any:
 
 
 def _convert(f: dataclasses.Field, value: Any, what: str) -> Any:
+    if f.type == "bytes":
+        return _png_bytes(value, what)
+    if f.name == "saliency":
+        return saliency_from_json(value, what)
     if f.type == "int":
         return int(value)
     if f.type == "float":

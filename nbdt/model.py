@@ -21,6 +21,7 @@ from nbdt.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint, save_c
 from nbdt.explanation import Explanation, Step, TopClass
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
+from nbdt.labels import distinct_label
 from nbdt.networks import input_channels, network_from_checkpoint, rebuild_errors
 from nbdt.rules import NODE_SCORES, DecisionRules, check_finite
 
@@ -85,6 +86,10 @@ class NBDT(nn.Module):
             else {"num_classes": hierarchy.num_classes, "in_chans": in_chans}
         )
         self.data_config = dict(data_config or networks.data_config(model, in_chans))
+        self.display_labels = {
+            node.id: distinct_label(hierarchy, node.id) for node in hierarchy.nodes
+        }
+        """Each node's label as a path shows it: with its classes where it repeats an ancestor's."""
 
         self._rebuildable = False  # checked by the first checkpoint()
         self.train(model.training)  # a wrapped model in eval mode stays in eval mode
@@ -157,7 +162,14 @@ class NBDT(nn.Module):
         return create_transform(**config, is_training=False)
 
     def explain(
-        self, x: ImageInput | Sequence[ImageInput], top_k: int = 5
+        self,
+        x: ImageInput | Sequence[ImageInput],
+        top_k: int = 5,
+        *,
+        evidence: bool = False,
+        method: str | None = None,
+        layer: str | nn.Module | None = None,
+        examples: Any = None,
     ) -> Explanation | list[Explanation]:
         """Predict and explain: one :class:`Explanation` per image, a list for several.
 
@@ -167,9 +179,20 @@ class NBDT(nn.Module):
         to the predicted class: in soft mode the most probable class (the product of the path's
         branch probabilities is its probability), in hard mode the greedy descent's leaf.
         Unreadable files raise one ``ValueError`` naming the file.
+
+        Evidence (``nbdt.evidence``): ``evidence=True`` gives every step a ``saliency`` map at
+        the input's resolution, made by ``method`` (a key of ``nbdt.evidence.CAM_METHODS``;
+        default ``nbdt.evidence.DEFAULT_METHOD``) at backbone ``layer`` (a module or dotted name;
+        found automatically by default); ``examples`` (a ``NodeExamples`` of this hierarchy)
+        attaches the representative images of the child taken and of the runner-up, and the
+        nearest training images among those the node sends to the child taken.
         """
         if not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
+        if evidence or examples is not None:
+            from nbdt.evidence import check_evidence_options
+
+            method = check_evidence_options(self, method, layer, examples)
         single = not isinstance(x, (list, tuple)) and not (
             isinstance(x, torch.Tensor) and x.dim() == 4
         )
@@ -179,6 +202,18 @@ class NBDT(nn.Module):
         try:
             with torch.inference_mode():
                 explanations = self._explain_batch(batch, top_k)
+            if evidence or examples is not None:
+                from nbdt.evidence import attach_evidence
+
+                explanations = attach_evidence(
+                    self,
+                    batch,
+                    explanations,
+                    saliency=evidence,
+                    method=method,
+                    layer=layer,
+                    examples=examples,
+                )
         finally:
             for module, flag in training.items():
                 module.training = flag
@@ -294,6 +329,9 @@ class NBDT(nn.Module):
                     runner_up.id,
                     runner_up.label,
                     runner_up_probs[d],
+                    self.display_labels[node.id],
+                    self.display_labels[child.id],
+                    self.display_labels[runner_up.id],
                 )
             )
         leaf = leaves[class_index]

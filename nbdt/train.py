@@ -124,6 +124,7 @@ class TrainConfig:
     explain: int = 0
     report: bool = True
     head_only: bool = False
+    examples: bool = True
 
     def validate(self) -> None:
         """Check values once, at the boundary, before anything is written; a ``ValueError``
@@ -670,17 +671,37 @@ class RunResult:
     transform: nn.Module
     progress: Progress
     eval_set: datasets.ImageDataset | None = None  # the test split with held-out classes
+    train_set: datasets.ImageDataset | None = None
+    examples: Any = None  # the run's NodeExamples, once the node_examples stage made them
 
 
 OutputStage = Callable[["RunFolder", RunResult], None]
 
 
+def node_examples(folder: RunFolder, result: RunResult) -> None:
+    """node_examples.npz: each node's representative and confused training images (the pages
+    show them); off with --no-examples."""
+    if not result.config.examples or result.train_set is None:
+        return
+    from nbdt.evidence import node_examples as find_examples
+
+    result.examples = find_examples(
+        result.model.eval(),
+        result.train_set,
+        batch_size=result.config.batch_size,
+        progress=not result.config.quiet,
+        distributed=False,
+    )
+    result.examples.save(folder.path / "node_examples.npz")
+
+
 def hierarchy_page(folder: RunFolder, result: RunResult) -> None:
-    """hierarchy.html."""
+    """hierarchy.html (with the node examples when there are some)."""
     hierarchy_html(
         result.model.hierarchy,
         folder.path / "hierarchy.html",
         title=f"{result.config.dataset} hierarchy",
+        examples=result.examples,
     )
 
 
@@ -692,7 +713,15 @@ def explanations(folder: RunFolder, result: RunResult) -> None:
     test_set, model = result.test_set, result.model.eval()
     images, targets = zip(*(test_set[i] for i in range(min(count, len(test_set)))), strict=True)
     device = next(model.parameters()).device
-    explained = model.explain(result.transform(torch.stack(images).to(device)))
+    batch = result.transform(torch.stack(images).to(device))
+    if result.examples is not None:
+        try:
+            explained = model.explain(batch, evidence=True, examples=result.examples)
+        except (ValueError, ImportError) as e:  # no spatial map, or no grad-cam: examples only
+            result.progress.line(f"explanations without heatmaps: {one_line(e)}")
+            explained = model.explain(batch, examples=result.examples)
+    else:
+        explained = model.explain(batch)
     pictures = [datasets.to_pil(image) for image in images]
     (folder.path / "images").mkdir(exist_ok=True)
     records = []
@@ -736,7 +765,12 @@ def evaluation_report(folder: RunFolder, result: RunResult) -> None:
     result.progress.line(evaluated.summary())
 
 
-OUTPUT_STAGES: list[OutputStage] = [hierarchy_page, explanations, evaluation_report]
+OUTPUT_STAGES: list[OutputStage] = [
+    node_examples,
+    hierarchy_page,
+    explanations,
+    evaluation_report,
+]
 """What every run writes at its end, in order; a stage may write nothing (see its setting)."""
 
 
@@ -750,12 +784,13 @@ class RunFolder:
     FILES = (
         "last.pt", "best.pt", "metrics.jsonl", "args.json", "hierarchy.json", "hierarchy.html",
         "explanations.json", "explanations.html", "eval.json", "report.html",
+        "node_examples.npz",
     )  # fmt: skip
     # Settings that do not change what a run computes: --resume may differ in these only.
     OPERATIONAL = frozenset(
         {
             "output", "data_dir", "download", "workers", "device", "compile", "resume",
-            "overwrite", "quiet", "explain", "report",
+            "overwrite", "quiet", "explain", "report", "examples",
         }
     )  # fmt: skip
 
@@ -1023,6 +1058,7 @@ class _Fit:
             self.eval_transform,
             progress,
             self.plan.eval_set,
+            self.plan.train_set,
         )
         self.folder.finish(result)
         progress.summary(summary)

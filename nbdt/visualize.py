@@ -22,8 +22,9 @@ from typing import Any
 
 from nbdt._io import write_text
 from nbdt.classes import is_wordnet_id
-from nbdt.explanation import Explanation
+from nbdt.explanation import Explanation, png_data_uri
 from nbdt.hierarchy import Hierarchy
+from nbdt.labels import distinct_label
 
 IMAGE_MAX_SIDE = 320
 """Images are downscaled to at most this many pixels per side before they are embedded."""
@@ -40,13 +41,16 @@ def hierarchy_html(
     highlight: str | int | None = None,
     title: str | None = None,
     moved: Iterable[str] = (),
+    examples: Any = None,
 ) -> Path:
     """Write the hierarchy as one interactive HTML page: a collapsible tree with search and zoom.
 
     ``highlight`` is a node id (or a label naming one node) or a class index; its path from the
     root opens expanded and highlighted. ``moved`` holds node ids an edit moved (see
     :func:`nbdt.edits.moved_nodes`): they are marked, listed in the legend, and their paths open.
-    Returns ``path``; the file is written atomically.
+    With ``examples`` (``nbdt.evidence.NodeExamples`` of this hierarchy), clicking an inner node
+    shows each child's representative and confused training images. Returns ``path``; the file is
+    written atomically.
     """
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}")
@@ -56,6 +60,9 @@ def hierarchy_html(
         raise ValueError(f"moved: {unknown[:3]} are no node ids of the hierarchy")
     data = tree_data(hierarchy)
     data["moved"] = [int(node.id in moved) for node in hierarchy.nodes]
+    if examples is not None:
+        examples.check(hierarchy, source="examples")
+        data["examples"] = _examples_data(hierarchy, examples)
     data["highlight"] = None if highlight is None else _node_index(hierarchy, highlight)
     if title is None:
         title = f"{hierarchy.root.label}: {hierarchy.num_classes} classes"
@@ -70,13 +77,20 @@ def explanation_html(
     *,
     hierarchy: Hierarchy | None = None,
     title: str | None = None,
+    crop_pct: float = 1.0,
 ) -> Path:
     """Write explanations as one HTML page, a section per image: prediction, path, bars, context.
 
     ``explanations``: ``Explanation`` objects or their ``to_dict()`` dicts (one, or a list);
     ``images``: a PIL image, an image file path or None for each explanation (or None for all).
-    With ``hierarchy``, each step also lists the node's other children. Written atomically.
+    With ``hierarchy``, each step also lists the node's other children. Steps with evidence
+    (``explain(..., evidence=True, examples=...)``) show the image under their heatmap (a toggle)
+    and the training images behind the decision; ``crop_pct`` is the centred share of the image's
+    shorter side that the model saw (timm's ``crop_pct``), so the map lies where it belongs.
+    Written atomically.
     """
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
     exps = [explanations] if _is_single(explanations) else list(explanations)
     if not exps:
         raise ValueError("explanation_html: no explanations given")
@@ -94,18 +108,20 @@ def explanation_html(
     items = []
     for i, (exp, image) in enumerate(zip(exps, imgs, strict=True)):
         record = _explanation_record(exp, i)
-        items.append(
-            {
-                "explanation": record,
-                "image": None if image is None else _image_data_uri(image),
-                "context": None if hierarchy is None else _path_context(hierarchy, record, i),
-            }
-        )
+        item = {
+            "explanation": record,
+            "image": None if image is None else _image_data_uri(image),
+            "context": None if hierarchy is None else _path_context(hierarchy, record, i),
+        }
+        if any(step["saliency"] for step in record["path"]):
+            item["overlays"] = [_overlay_uri(step["saliency"]) for step in record["path"]]
+        items.append(item)
     if title is None:
         title = (
             "NBDT explanation" if len(items) == 1 else f"NBDT explanations ({len(items)} images)"
         )
-    return write_text(path, render_page("explanation", title, {"title": title, "items": items}))
+    data = {"title": title, "items": items, "crop_pct": crop_pct}
+    return write_text(path, render_page("explanation", title, data))
 
 
 # ------------------------------------------------------------------------- page assembly
@@ -161,7 +177,60 @@ def tree_data(h: Hierarchy) -> dict[str, Any]:
         "parent": [-1 if p is None else index[p.id] for p in parents],
         "leaves": [len(h.leaf_indices(node.id)) for node in nodes],
         "class": [class_index.get(node.id, -1) for node in nodes],
+        "display": [distinct_label(h, node.id) for node in nodes],
     }
+
+
+def _examples_data(h: Hierarchy, examples: Any) -> dict[str, Any]:
+    """Per inner node (by position in ``h.nodes``), per child: its representative and confused
+    images as [thumbnail position, class label, branch probability]; each thumbnail once."""
+    position = {node.id: i for i, node in enumerate(h.nodes)}
+    thumbs: dict[int, int] = {}
+    uris: list[str] = []
+
+    def rows(found: Any) -> list[list[Any]]:
+        out = []
+        for example in found:
+            if example.index not in thumbs:
+                thumbs[example.index] = len(uris)
+                uris.append(png_data_uri(example.thumbnail))
+            out.append([thumbs[example.index], example.label, round(example.score, 4)])
+        return out
+
+    nodes = {}
+    for node in h.inner_nodes:
+        nodes[str(position[node.id])] = [
+            {
+                "child": position[child],
+                "representative": rows(examples.examples(node.id, child, "representative")),
+                "confused": rows(examples.examples(node.id, child, "confused")),
+            }
+            for child in node.children
+        ]
+    return {"thumbs": uris, "nodes": nodes}
+
+
+# Heatmap colours from cold to hot (value 0 to 1), blended over the image with rising opacity.
+_HEAT = ((0.0, (40, 0, 90)), (0.35, (180, 20, 90)), (0.7, (250, 130, 10)), (1.0, (255, 250, 150)))
+
+
+def _overlay_uri(saliency: Any) -> str | None:
+    """A step's saliency (its record's PNG data URI, or None) as a coloured RGBA PNG overlay."""
+    if saliency is None:
+        return None
+    import numpy as np
+    from PIL import Image
+
+    from nbdt.explanation import saliency_from_json
+
+    values = saliency_from_json(saliency, "saliency")
+    stops, colours = zip(*_HEAT, strict=True)
+    rgb = [np.interp(values, stops, [c[k] for c in colours]) for k in range(3)]
+    alpha = 215 * np.clip(values, 0, 1) ** 1.5
+    pixels = np.stack([*rgb, alpha], -1).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGBA").save(buffer, format="PNG", optimize=True)
+    return png_data_uri(buffer.getvalue())
 
 
 def _node_index(h: Hierarchy, highlight: str | int) -> int:

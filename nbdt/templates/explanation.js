@@ -50,21 +50,70 @@
     return row;
   }
 
-  function step(s, children) {
+  /* A row of training-image thumbnails; the tooltip names the class and the score. */
+  function thumbs(title, list, score) {
+    const group = el("div", "ex-group");
+    group.append(el("div", "ex-title", title));
+    const row = el("div", "thumbs");
+    for (const x of list) {
+      const img = picture(x.thumbnail, x.label);
+      img.classList.add("thumb");
+      img.title = `${x.label} · ${score} ${x.score.toFixed(2)} · training image ${x.index}`;
+      row.append(img);
+    }
+    if (!list.length) row.append(el("span", "none", "none"));
+    group.append(row);
+    return group;
+  }
+
+  /* A decision's evidence: the image under its heatmap (click or the page toggle hides the map),
+     both children's typical training images and the nearest training images. */
+  function evidence(s, image, overlay) {
+    const examples = s.child_examples.length || s.runner_up_examples.length || s.nearest.length;
+    if (!(image && overlay) && !examples) return null;
+    const box = el("div", "evidence");
+    if (image && overlay) {
+      const fig = el("div", "heat");
+      fig.style.setProperty("--zoom", String(1 / (data.crop_pct || 1)));
+      const map = el("img", "overlay");
+      map.alt = `heatmap: where the image pushed "${s.label}" towards "${s.child_label}" rather than "${s.runner_up_label}"`;
+      map.src = overlay;
+      fig.append(picture(image, ""), map);
+      fig.title = map.alt + " (click to toggle)";
+      fig.addEventListener("click", () => fig.classList.toggle("off"));
+      box.append(fig);
+    }
+    if (examples) {
+      const groups = el("div", "ex-groups");
+      const child = s.child_display || s.child_label;
+      const runner = s.runner_up_display || s.runner_up_label;
+      groups.append(
+        thumbs(`→ ${child}: typical training images`, s.child_examples, "p"),
+        thumbs(`vs ${runner}: typical training images`, s.runner_up_examples, "p"),
+        thumbs(`nearest training images sent to ${child}`, s.nearest, "similarity")
+      );
+      box.append(groups);
+    }
+    return box;
+  }
+
+  function step(s, children, image, overlay) {
     const li = el("li", "step");
     li.setAttribute("data-node-id", s.node_id);
     const line = el("div", "node-line");
-    line.append(el("span", "node-name", s.label));
+    line.append(el("span", "node-name", s.display || s.label));
     const meta = [`entropy ${s.entropy.toFixed(2)} nats`];
     if (children) meta.push(`${children.length} children`);
     if (s.wnid) meta.push(s.wnid);
     line.append(el("span", "node-meta", meta.join(" · ")));
     const branches = el("div", "branches");
     branches.append(
-      branch("taken", "→", s.child_label, s.probability),
-      branch("runner-up", "vs", s.runner_up_label, s.runner_up_probability)
+      branch("taken", "→", s.child_display || s.child_label, s.probability),
+      branch("runner-up", "vs", s.runner_up_display || s.runner_up_label, s.runner_up_probability)
     );
     li.append(el("span", "dot"), line, branches);
+    const proof = evidence(s, image, overlay);
+    if (proof) li.append(proof);
     const others = (children || []).filter((c) => c.role === "other");
     if (others.length) {
       const box = el("div", "others");
@@ -88,7 +137,7 @@
     steps.forEach((s, i) => {
       if (i) line.append(el("span", "sep", "›"));
       const hop = el("span", "hop");
-      hop.append(el("bdi", "", s.child_label), " ");
+      hop.append(el("bdi", "", s.child_display || s.child_label), " ");
       hop.append(el("b", "", pct(s.probability)));
       line.append(hop);
     });
@@ -142,7 +191,9 @@
       el("h3", "", "Decision path, root to leaf")
     );
     const path = el("ol", "path");
-    e.path.forEach((s, i) => path.append(step(s, item.context ? item.context[i] : null)));
+    e.path.forEach((s, i) =>
+      path.append(step(s, item.context ? item.context[i] : null, item.image, item.overlays && item.overlays[i]))
+    );
     const leaf = el("li", "step leaf");
     const line = el("div", "node-line");
     line.append(el("span", "node-name", e.label), el("span", "node-meta", `class ${e.class_index} · predicted`));
@@ -158,6 +209,16 @@
   const main = document.getElementById("explanations");
   const total = data.items.length;
   main.replaceChildren(...data.items.map((item, n) => card(item, n, total)));
+
+  const toggle = document.getElementById("heat-toggle");
+  if (data.items.some((item) => item.overlays)) {
+    toggle.hidden = false;
+    toggle.addEventListener("click", () => {
+      const off = document.body.classList.toggle("no-heat");
+      toggle.textContent = off ? "Show heatmaps" : "Hide heatmaps";
+      toggle.setAttribute("aria-pressed", String(!off));
+    });
+  }
 
   if (total > 1) {
     const nav = document.getElementById("index");

@@ -32,7 +32,9 @@
   const maxDepth = depth.reduce((a, b) => Math.max(a, b), 0);
   const innerCount = kids.filter((k) => k.length > 0).length;
   const lowerLabel = data.label.map((s) => s.toLowerCase());
-  const shortLabel = data.label.map((s) => (s.length > MAX_LABEL ? s.slice(0, MAX_LABEL - 1) + "…" : s));
+  // A label that repeats an ancestor's is shown with what sets the node apart (its classes).
+  const shown = data.display || data.label;
+  const shortLabel = shown.map((s) => (s.length > MAX_LABEL ? s.slice(0, MAX_LABEL - 1) + "…" : s));
 
   const open = new Uint8Array(N);
   const onPath = new Uint8Array(N);
@@ -421,6 +423,7 @@
     if (moved || !node || e.type !== "pointerup") return;
     const i = Number(node.getAttribute("data-index"));
     if (!kids[i].length) return;
+    showExamples(i);
     if (e.altKey || e.shiftKey) setSubtree(i, open[i] ? 0 : 1);
     else open[i] = open[i] ? 0 : 1;
     updateKeeping(i);
@@ -441,6 +444,67 @@
     { passive: false }
   );
 
+  // ------------------------------------------------------------ node examples
+  /* The panel for inner node i: per child, the training images the node sends there (of that
+     branch: representative; of another branch: its typical mistakes). */
+  const panel = document.getElementById("examples");
+  function exampleRow(title, rows, hint) {
+    const group = document.createElement("div");
+    group.className = "ex-group";
+    const head = document.createElement("div");
+    head.className = "ex-title";
+    head.textContent = title;
+    const strip = document.createElement("div");
+    strip.className = "thumbs";
+    for (const [t, label, p] of rows) {
+      const img = document.createElement("img");
+      img.className = "thumb";
+      img.alt = label;
+      img.title = `${label} · ${hint} ${(100 * p).toFixed(1)}%`;
+      img.src = data.examples.thumbs[t];
+      strip.append(img);
+    }
+    if (!rows.length) {
+      const none = document.createElement("span");
+      none.className = "none";
+      none.textContent = "none";
+      strip.append(none);
+    }
+    group.append(head, strip);
+    return group;
+  }
+  function showExamples(i) {
+    if (!data.examples || !data.examples.nodes[i]) return;
+    const title = document.createElement("h2");
+    title.textContent = shown[i];
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "close";
+    close.textContent = "×";
+    close.title = "Close";
+    close.addEventListener("click", () => (panel.hidden = true));
+    const lede = document.createElement("p");
+    lede.className = "ex-lede";
+    lede.textContent = "What this node sends to each child: its training images of that branch, and the ones it sends there by mistake.";
+    const parts = [close, title, lede];
+    for (const c of data.examples.nodes[i]) {
+      const section = document.createElement("section");
+      section.className = "ex-child";
+      section.setAttribute("data-child", data.id[c.child]);
+      const name = document.createElement("h3");
+      name.textContent = "→ " + shown[c.child];
+      section.append(
+        name,
+        exampleRow("representative", c.representative, "sent here with"),
+        exampleRow("confused (of another branch)", c.confused, "sent here with")
+      );
+      parts.push(section);
+    }
+    panel.replaceChildren(...parts);
+    panel.setAttribute("data-node", data.id[i]);
+    panel.hidden = false;
+  }
+
   // ------------------------------------------------------------------ tooltip
   function showTip(i, cx, cy) {
     const lines = [];
@@ -454,7 +518,7 @@
     };
     const head = document.createElement("div");
     head.className = "t-label";
-    head.textContent = data.label[i];
+    head.textContent = shown[i];
     if (data.wnid[i]) row("WordNet id", data.wnid[i]);
     row("name", data.wordnet[i] ? "from WordNet" : "synthetic (no WordNet synset)");
     if (data.id[i] !== data.label[i] && data.id[i] !== data.wnid[i]) row("node id", data.id[i]);
