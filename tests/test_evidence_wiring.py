@@ -236,7 +236,7 @@ def test_pyproject_registers_nbdt_examples():
 def _run_result(folder, fm_checkpoint, stripes_dir, **settings) -> train.RunResult:
     model = NBDT.from_checkpoint(torch.load(fm_checkpoint, weights_only=True))
     config = train.TrainConfig(
-        dataset="fashion-mnist", output=str(folder), explain=2, quiet=True, **settings
+        dataset="fashion-mnist", output=str(folder), explain=2, quiet=True, report=False, **settings
     )
     test = load_dataset("fashion-mnist", "test", stripes_dir)
     return train.RunResult(
@@ -246,7 +246,7 @@ def _run_result(folder, fm_checkpoint, stripes_dir, **settings) -> train.RunResu
         test,
         BatchTransform(model.data_config),
         train.Progress(False, True),
-        load_dataset("fashion-mnist", "train", stripes_dir).head(96),
+        train_set=load_dataset("fashion-mnist", "train", stripes_dir).head(96),
     )
 
 
