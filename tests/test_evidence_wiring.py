@@ -334,3 +334,12 @@ def test_pages_show_heatmaps_and_examples_in_a_browser(tmp_path, open_page):  # 
     heads = tree.js("[...document.querySelectorAll('#examples h3')].map(e => e.textContent)")
     assert heads == ["→ c2", "→ right: c3, c4"]
     tree.check_clean()
+
+
+def test_default_method_meets_the_deletion_goal_and_gradcam_stays_available(capsys):
+    from nbdt.evidence import CAM_METHODS, DEFAULT_METHOD
+
+    assert DEFAULT_METHOD == "hirescam" and "gradcam" in CAM_METHODS
+    with pytest.raises(SystemExit):
+        explain_main(["--help"])
+    assert "--method {gradcam," in capsys.readouterr().out
