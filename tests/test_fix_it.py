@@ -131,7 +131,7 @@ def test_head_only_refits_the_head_alone_and_writes_the_run_folder(
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {
         "args.json", "last.pt", "best.pt", "metrics.jsonl", "hierarchy.json", "hierarchy.html",
-        "explanations.json", "explanations.html", "images",
+        "explanations.json", "explanations.html", "images", "eval.json", "report.html",
     }  # fmt: skip
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["phase"], r["train_images"], r["test_images"]) for r in rows] == [
