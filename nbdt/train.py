@@ -354,6 +354,16 @@ class Plan:
             return builders.build(kind, classes, seed=self.config.seed)
         return load_hierarchy_for(kind, classes.names, classes.wnids)
 
+    def check_tree_source(self) -> None:
+        """Refuse to induce the tree before any epoch trained the head (the recipe would build
+        it from random weights, which ``nbdt-hierarchy induced`` refuses too)."""
+        if self.config.hierarchy == "induced" and self.warmup_epochs == 0 and not self.trained_head:
+            raise ValueError(
+                f"--hierarchy induced with --warmup-epochs 0: {builders.RANDOM_HEAD};"
+                " pass --warmup-epochs N (N >= 1), a --checkpoint whose head has these classes,"
+                " or --hierarchy wordnet|random|FILE"
+            )
+
     def induce(self, model: nn.Module) -> Hierarchy:
         """The hierarchy induced from the head's weights as they are now."""
         return builders.build("induced", self.classes, weights=model)
@@ -421,12 +431,6 @@ def make_plan(config: TrainConfig, device: torch.device) -> Plan:
     if config.hierarchy is None:  # a trained head's hierarchy is the default one
         kind = "checkpoint" if plan.trained_head else "induced"
         plan.config = dataclasses.replace(config, hierarchy=kind)
-    if plan.config.hierarchy == "induced" and plan.warmup_epochs == 0 and not plan.trained_head:
-        raise ValueError(
-            f"--hierarchy induced with --warmup-epochs 0: {builders.RANDOM_HEAD};"
-            " pass --warmup-epochs N (N >= 1), a --checkpoint whose head has these classes,"
-            " or --hierarchy wordnet|random|FILE"
-        )
     if len(train_set) < config.batch_size:
         raise ValueError(
             f"{len(train_set)} training images, fewer than one batch"
@@ -955,6 +959,7 @@ class _Fit:
     warm-up then tree-supervised epochs, a checkpoint per epoch, the output stages at the end."""
 
     def __init__(self, plan: Plan, runtime: Runtime):
+        plan.check_tree_source()
         self.plan, self.runtime = plan, runtime
         self.config = config = plan.config
         self.folder = RunFolder(config.output, runtime.main)
@@ -1048,7 +1053,8 @@ class _Fit:
             )
             raise Interrupted(f"{when}: {where}; continue with --resume") from None
         except (ValueError, OSError) as e:  # a bad image found mid-epoch, a full disk
-            raise type(e)(f"{one_line(e)}; {self.folder.after_error()}") from None
+            kind = OSError if isinstance(e, OSError) else ValueError
+            raise kind(f"{one_line(e)}; {self.folder.after_error()}") from None
         summary = self._summary()
         result = RunResult(
             self._nbdt(self.hierarchy),
