@@ -185,6 +185,7 @@ class NBDT(nn.Module):
         )
         self.data_config = dict(data_config or _resolve_data_config(model, in_chans))
 
+        self.pruned: dict[str, dict[str, Any]] | None = None  # see nbdt.compress
         self._rebuildable = False  # checked by the first checkpoint()
         self._inner_nodes = hierarchy.inner_nodes  # the hierarchy builds these tuples per call
         self._leaves = hierarchy.leaves
@@ -243,8 +244,12 @@ class NBDT(nn.Module):
             model = timm.create_model(
                 checkpoint["arch"], pretrained=False, **dict(checkpoint["model_kwargs"])
             )
+            if checkpoint.get("pruned"):  # a pruned network: its own channel counts
+                from nbdt.compress import restore_pruned
+
+                restore_pruned(model, checkpoint["pruned"], checkpoint["state_dict"])
             model.load_state_dict(checkpoint["state_dict"])
-            return cls(
+            nbdt = cls(
                 model,
                 hierarchy,
                 checkpoint["mode"],
@@ -253,6 +258,8 @@ class NBDT(nn.Module):
                 model_kwargs=checkpoint["model_kwargs"],
                 data_config=checkpoint.get("data_config"),
             )
+            nbdt.pruned = checkpoint.get("pruned")
+            return nbdt
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             # load_state_dict lists the mismatched keys on later lines: keep them, on one line.
             reason = " ".join(str(e).split())[:300] or type(e).__name__
@@ -446,7 +453,8 @@ class NBDT(nn.Module):
             )
         _check_plain("model_kwargs", self.model_kwargs)
         _check_plain("data_config", self.data_config)
-        self._check_rebuildable()
+        if not self.pruned:
+            self._check_rebuildable()
         return {
             **extra,
             "format": FORMAT_NAME,
@@ -458,6 +466,7 @@ class NBDT(nn.Module):
             "mode": self.mode,
             "node_score": self.node_score,
             "data_config": dict(self.data_config),
+            **({"pruned": self.pruned} if self.pruned else {}),
         }
 
     def _check_rebuildable(self) -> None:
