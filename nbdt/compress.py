@@ -324,3 +324,44 @@ def onnx_latency(
             m.run(x)
             row.append(time.process_time() - start)
     return [float(np.median(row)) for row in times]
+
+
+def evaluate_onnx(
+    files: Mapping[str, str | os.PathLike[str]],
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    reference: str,
+    threads: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Per ONNX file: size, network / NBDT-soft / NBDT-hard top-1 on ``inputs`` (preprocessed)
+    and ``labels``, CPU latency at batch 1 and 64 (measured interleaved), and decision agreement
+    with the ``reference`` file's hard decisions; ratios against the reference."""
+    from nbdt.runtime import OnnxNBDT
+
+    names = list(files)
+    latency = {
+        batch: onnx_latency([files[n] for n in names], batch, threads=threads) for batch in (1, 64)
+    }
+    outputs = {name: OnnxNBDT(files[name], threads=threads).run(inputs) for name in names}
+    hierarchy = OnnxNBDT(files[reference]).hierarchy
+    rows: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(names):
+        out = outputs[name]
+        rows[name] = {
+            "file_bytes": Path(files[name]).stat().st_size,
+            "latency_s_batch1": latency[1][i],
+            "latency_s_batch64": latency[64][i],
+            "network_top1": float((out["logits"].argmax(1) == labels).mean() * 100),
+            "nbdt_soft_top1": float((out["class_log_probs"].argmax(1) == labels).mean() * 100),
+            "nbdt_hard_top1": float((out["hard_class"] == labels).mean() * 100),
+            "agreement": decision_agreement(
+                hierarchy, outputs[reference]["hard_class"], out["hard_class"]
+            ),
+        }
+    base = rows[reference]
+    for row in rows.values():
+        row["size_ratio"] = row["file_bytes"] / base["file_bytes"]
+        row["latency_ratio_batch64"] = row["latency_s_batch64"] / base["latency_s_batch64"]
+        row["soft_top1_change"] = row["nbdt_soft_top1"] - base["nbdt_soft_top1"]
+    return rows

@@ -386,3 +386,24 @@ def test_import_nbdt_runtime_does_not_import_torch():
     if model_loaded == "True":
         pytest.skip("the explanation types are still defined in nbdt.model, which needs torch")
     assert torch_loaded == "False"
+
+
+# ----------------------------------------------------------------------------------- CLIs
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compress", "m.pt", "-o", "out"], "nothing to do: pass --prune RATIO"),
+        (["compress", "m.pt", "-o", "out", "--prune", "1.5"], "--prune: the ratio must be"),
+        (["compress", "m.pt", "-o", "out", "--quantize", "int8", "--test", "0"], "--test"),
+        (["export", "absent.pt", "-o", "m.onnx"], "absent.pt: no such file"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    from nbdt import deploy_cli
+
+    monkeypatch.chdir(tmp_path)
+    main = {"compress": deploy_cli.compress_main, "export": deploy_cli.export_main}[argv[0]]
+    assert main(argv[1:]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.onnx").exists()
