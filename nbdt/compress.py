@@ -230,7 +230,8 @@ def quantize_onnx(
 ) -> Path:
     """Static int8 QDQ quantisation of an exported NBDT, calibrated on ``calibration`` (batches
     of preprocessed float32 images); only the network's nodes are quantised, the rules stay
-    float32. The metadata is kept; the file is written atomically."""
+    float32 and read float32 logits (the head's output is not quantised). The metadata is kept;
+    the file is written atomically."""
     onnx = import_deploy("onnx")
     import_deploy("onnxruntime")
     from onnxruntime import quantization as q
@@ -239,7 +240,8 @@ def quantize_onnx(
         raise ValueError("quantize: no calibration images")
     proto = onnx.load_model(str(source))
     nodes = network_nodes(proto)
-    if not nodes:
+    head = [n.op_type for n in proto.graph.node if "logits" in n.output]
+    if not nodes or not head:
         raise ValueError(f"{source}: no network nodes found to quantise (not an nbdt export?)")
 
     class Reader(q.CalibrationDataReader):
@@ -262,7 +264,12 @@ def quantize_onnx(
                 weight_type=q.QuantType.QInt8,
                 nodes_to_quantize=nodes,
                 calibrate_method=q.CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                extra_options={
+                    "ActivationSymmetric": False,
+                    "WeightSymmetric": True,
+                    # the logits reach the rules unrounded
+                    "OpTypesToExcludeOutputQuantization": head,
+                },
             )
         except Exception as e:  # calibration failures surface as many error types
             raise ValueError(f"quantize {source}: calibration failed ({_one_line(e)})") from None

@@ -55,6 +55,9 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True, metavar="FOLDER")
     parser.add_argument("--prune", type=float, metavar="RATIO", help="channel ratio in (0, 1)")
     parser.add_argument("--importance", choices=IMPORTANCES, default="magnitude")
+    parser.add_argument(
+        "--round-to", type=int, default=8, metavar="N", help="keep channel counts multiples of N"
+    )
     parser.add_argument("--global-pruning", action="store_true", help="rank across layers")
     parser.add_argument("--quantize", choices=QUANTIZATIONS)
     parser.add_argument("--dataset", default="fashion-mnist")
@@ -96,7 +99,11 @@ def _compress(args: argparse.Namespace) -> int:
     compressed = model
     if args.prune is not None:
         compressed = compress.prune(
-            model, args.prune, importance=args.importance, global_pruning=args.global_pruning
+            model,
+            args.prune,
+            importance=args.importance,
+            global_pruning=args.global_pruning,
+            round_to=args.round_to or None,
         )
         compressed.save(output / "pruned.pt")
         files["pruned"] = export_onnx(compressed, output / "pruned.onnx")

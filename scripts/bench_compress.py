@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--prune", type=float, default=0.3, help="channel pruning ratio")
     parser.add_argument("--importance", default="magnitude", choices=compress.IMPORTANCES)
+    parser.add_argument(
+        "--round-to", type=int, default=8, metavar="N", help="keep channel counts multiples of N"
+    )
     parser.add_argument("--global-pruning", action="store_true")
     parser.add_argument("--test", type=int, default=2000, help="test images compared")
     parser.add_argument("--calibration", type=int, default=256, help="training images")
@@ -95,7 +98,11 @@ def main() -> None:
             result["imagenet_parity"] = imagenet_parity(folder)
 
         pruned = compress.prune(
-            model, args.prune, importance=args.importance, global_pruning=args.global_pruning
+            model,
+            args.prune,
+            importance=args.importance,
+            global_pruning=args.global_pruning,
+            round_to=args.round_to or None,
         )
         pruned_fp32 = export_onnx(pruned, folder / "pruned.onnx")
         files = {
