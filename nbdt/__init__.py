@@ -22,6 +22,8 @@ _EXPORTS = {
     "load": "nbdt.model",
     "hierarchy_html": "nbdt.visualize",
     "explanation_html": "nbdt.visualize",
+    "export_onnx": "nbdt.export",
+    "OnnxNBDT": "nbdt.runtime",
 }
 
 __all__ = sorted(_EXPORTS)

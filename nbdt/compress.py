@@ -18,11 +18,12 @@ is what is served, needs no torch at run time, and its QDQ form runs on every OR
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
 from nbdt.networks import architecture_changes
 from nbdt.runtime import INPUT_NAME, import_deploy
+
+if TYPE_CHECKING:
+    from nbdt.train import TrainConfig
 
 
 def _magnitude(tp: Any) -> Any:
@@ -62,8 +66,8 @@ def prune(
 
     ``importance`` is a key of :data:`IMPORTANCES`; "taylor" reads the gradients of the NBDT's
     soft-inference NLL on ``examples`` (batches of preprocessed images and labels). The head is
-    kept whole. Fine-tune the result with the trainer's loop (:func:`finetune_pruned` is that
-    seam). An architecture Torch-Pruning cannot handle is one ``ValueError`` naming it.
+    kept whole. Save it and fine-tune the file with :func:`finetune` (the trainer's parts). An
+    architecture Torch-Pruning cannot handle is one ``ValueError`` naming it.
     """
     tp = import_deploy("torch_pruning")
     if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
@@ -109,15 +113,65 @@ def prune(
     return pruned
 
 
-def finetune_pruned(model: NBDT, train: Callable[[NBDT], NBDT]) -> NBDT:
-    """Fine-tune a pruned model with ``train`` (the trainer's loop, which takes an NBDT and
-    returns it trained), keeping the record of its pruned architecture."""
-    pruned = getattr(model, "pruned", None)
-    tuned = train(model)
-    if pruned is not None:
-        tuned.pruned = architecture_changes(tuned.model, tuned.arch, tuned.model_kwargs)
-    return tuned
-    return tuned
+def finetune(config: TrainConfig) -> tuple[NBDT, list[dict[str, Any]]]:
+    """Tree-supervised fine-tuning of the model file ``config.checkpoint`` (a pruned one
+    rebuilds from it) with ``nbdt-train``'s parts: the plan's network and data, then per epoch
+    :func:`~nbdt.train.train_one_epoch` and :func:`~nbdt.train.validate`; ``config.output``
+    becomes a run folder as ``nbdt-train`` writes (args.json, last.pt, best.pt, metrics.jsonl,
+    its output stages). ``config.hierarchy`` "checkpoint" keeps the tree, "induced" induces
+    it again from the head first. Returns the tuned model and the epochs' metrics."""
+    from nbdt import data, train
+
+    config.validate()
+    runtime = train.start_runtime(config.device)
+    plan = train.make_plan(config, runtime.device)
+    if plan.checkpoint is None:
+        raise ValueError("finetune: config.checkpoint must name the model file to fine-tune")
+    network, model_kwargs = plan.network()
+    device = runtime.device
+    data_config = plan.checkpoint.get("data_config") or plan.data_config(network, model_kwargs)
+    hierarchy = plan.fixed_hierarchy() or plan.induce(network)
+    model = NBDT(
+        network,
+        hierarchy,
+        plan.checkpoint["mode"],
+        plan.config.node_score,
+        arch=plan.config.arch,
+        model_kwargs=model_kwargs,
+        data_config=data_config,
+    ).to(device)
+    model.pruned = plan.checkpoint.get("pruned")  # training keeps the architecture
+    amp = train.amp_dtype(device) if plan.config.amp else None
+    context = train.StepContext(runtime, amp, train.Progress(runtime.main, plan.config.quiet))
+    train_transform = data.BatchTransform(data_config, augment=plan.config.augment).to(device)
+    eval_transform = data.BatchTransform(data_config).to(device)
+    loader, sampler = train.train_loader(plan.train_set, plan.config, runtime)
+    test = train.eval_loader(plan.test_set, plan.config, runtime)
+    optimizer = train.make_optimizer(plan.config, network)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=plan.config.epochs * len(loader)
+    )
+    folder = train.RunFolder(plan.config.output, runtime.main)
+    folder.start(plan.config)
+    folder.publish_hierarchy(hierarchy)
+    history: list[dict[str, Any]] = []
+    for epoch in range(plan.config.epochs):
+        sampler.set_epoch(epoch)
+        criterion = plan.criterion(epoch, hierarchy, device)
+        stats = train.train_one_epoch(
+            network, loader, criterion, optimizer, scheduler, train_transform, context,
+            description=f"fine-tune {epoch + 1}/{plan.config.epochs}",
+        )  # fmt: skip
+        metrics = train.validate(network, test, criterion, model.rules, eval_transform, context)
+        history.append({"epoch": epoch + 1, "phase": "finetune", **stats, **metrics})
+        best = max(history, key=lambda m: m["nbdt_soft_top1"]) is history[-1]
+        state = {"epoch": epoch + 1, "config": dataclasses.asdict(plan.config)}
+        folder.save_epoch(model.checkpoint(train=state), history, best)
+    result = train.RunResult(
+        model, plan.config, plan.classes, plan.test_set, eval_transform, context.progress
+    )
+    folder.finish(result)
+    return model.eval(), history
 
 
 def _one_line(error: BaseException) -> str:
@@ -158,6 +212,10 @@ def _accumulate_gradients(
 
 
 # --------------------------------------------------------------------------- quantisation
+# activation type name -> onnxruntime.quantization.QuantType member
+ACTIVATION_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
+
+
 def network_nodes(proto: Any) -> list[str]:
     """Names of the nodes the exporter traced inside the network (not the decision rules),
     read from the name scopes torch.onnx records on every node."""
@@ -176,16 +234,22 @@ def quantize_onnx(
     path: str | os.PathLike[str],
     calibration: Sequence[np.ndarray],
     *,
+    activations: str = "uint8",
     per_channel: bool = True,
 ) -> Path:
     """Static int8 QDQ quantisation of an exported NBDT, calibrated on ``calibration`` (batches
     of preprocessed float32 images); only the network's nodes are quantised, the rules stay
     float32 and read float32 logits (the head's output is not quantised). The metadata is kept;
-    the file is written atomically."""
+    the file is written atomically.
+
+    ``activations`` is a key of :data:`ACTIVATION_TYPES` (weights are always int8: U8S8 is what
+    ONNX Runtime's x86 kernels without VNNI run fastest)."""
     onnx = import_deploy("onnx")
     import_deploy("onnxruntime")
     from onnxruntime import quantization as q
 
+    if activations not in ACTIVATION_TYPES:
+        raise ValueError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}")
     if not len(calibration):
         raise ValueError("quantize: no calibration images")
     proto = onnx.load_model(str(source))
@@ -210,7 +274,7 @@ def quantize_onnx(
                 Reader(),
                 quant_format=q.QuantFormat.QDQ,
                 per_channel=per_channel,
-                activation_type=q.QuantType.QInt8,
+                activation_type=getattr(q.QuantType, ACTIVATION_TYPES[activations]),
                 weight_type=q.QuantType.QInt8,
                 nodes_to_quantize=nodes,
                 calibrate_method=q.CalibrationMethod.MinMax,

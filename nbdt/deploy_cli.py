@@ -43,7 +43,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def compress_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-compress: prune and/or quantise an NBDT, and measure what it keeps."""
-    from nbdt.compress import IMPORTANCES
+    from nbdt.compress import ACTIVATION_TYPES, IMPORTANCES
 
     parser = argparse.ArgumentParser(
         prog="nbdt-compress",
@@ -59,7 +59,24 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
         "--round-to", type=int, default=8, metavar="N", help="keep channel counts multiples of N"
     )
     parser.add_argument("--global-pruning", action="store_true", help="rank across layers")
+    parser.add_argument(
+        "--finetune-epochs", type=int, default=0, metavar="N",
+        help="tree-supervised fine-tuning epochs after pruning (nbdt-train's loop)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finetune-subset", type=int, metavar="N", help="fine-tune on the first N train images"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="fine-tuning batch (64)")
+    parser.add_argument("--lr", type=float, help="fine-tuning learning rate (nbdt-train's)")
+    parser.add_argument(
+        "--reinduce", action="store_true",
+        help="induce the hierarchy again from the pruned model's head before fine-tuning",
+    )  # fmt: skip
     parser.add_argument("--quantize", choices=QUANTIZATIONS)
+    parser.add_argument(
+        "--activations", choices=ACTIVATION_TYPES, default="uint8",
+        help="int8 activation type (uint8: U8S8, fastest on x86 without VNNI)",
+    )  # fmt: skip
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-dir", metavar="DIR")
     parser.add_argument("--calibration", type=int, default=256, metavar="N", help="train images")
@@ -77,6 +94,12 @@ def _compress(args: argparse.Namespace) -> int:
         raise BadInput("nothing to do: pass --prune RATIO and/or --quantize int8")
     if args.prune is not None and not 0 < args.prune < 1:
         raise BadInput(f"--prune: the ratio must be between 0 and 1, got {args.prune}")
+    if args.finetune_epochs < 0:
+        raise BadInput(f"--finetune-epochs: must be >= 0, got {args.finetune_epochs}")
+    if args.finetune_epochs and args.prune is None:
+        raise BadInput("--finetune-epochs fine-tunes a pruned model: pass --prune RATIO")
+    if args.reinduce and not args.finetune_epochs:
+        raise BadInput("--reinduce changes the tree the fine-tuning learns: pass --finetune-epochs")
     for option in ("calibration", "test"):
         if getattr(args, option) < 1:
             raise BadInput(f"--{option}: needs at least one image")
@@ -106,12 +129,17 @@ def _compress(args: argparse.Namespace) -> int:
             round_to=args.round_to or None,
         )
         compressed.save(output / "pruned.pt")
+        if args.finetune_epochs:
+            compressed, _ = compress.finetune(_finetune_config(args, model, output))
+            compressed.save(output / "pruned.pt")
         files["pruned"] = export_onnx(compressed, output / "pruned.onnx")
         networks["pruned"] = compressed
     if args.quantize == "int8":
         source = files.get("pruned", files["uncompressed"])
         name = "pruned_int8" if "pruned" in files else "int8"
-        files[name] = compress.quantize_onnx(source, output / f"{name}.onnx", batches)
+        files[name] = compress.quantize_onnx(
+            source, output / f"{name}.onnx", batches, activations=args.activations
+        )
         networks[name] = compressed
     rows = compress.evaluate_onnx(files, inputs, labels, reference="uncompressed")
     for name, row in rows.items():
@@ -123,6 +151,29 @@ def _compress(args: argparse.Namespace) -> int:
     print(_table(rows))
     print(f"nbdt-compress: wrote {output}")
     return 0
+
+
+def _finetune_config(args: argparse.Namespace, model, output: Path):
+    """nbdt-train's settings for fine-tuning ``output``/pruned.pt into ``output``/finetune."""
+    from nbdt.train import TrainConfig
+
+    size = model.data_config["input_size"]
+    return TrainConfig(
+        output=str(output / "finetune"),
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        checkpoint=str(output / "pruned.pt"),
+        hierarchy="induced" if args.reinduce else "checkpoint",
+        node_score=model.node_score,
+        warmup_epochs=0,
+        epochs=args.finetune_epochs,
+        subset=args.finetune_subset,
+        eval_subset=args.test,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        image_size=size[-1] if args.dataset == "folder" and size[-1] == size[-2] else None,
+        overwrite=True,
+    )
 
 
 def _table(rows: dict[str, dict]) -> str:

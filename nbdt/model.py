@@ -244,6 +244,14 @@ class NBDT(nn.Module):
         )
 
     # -------------------------------------------------------------------------- persistence
+    def export_onnx(self, path: str | os.PathLike[str], **options: Any) -> Path:
+        """This model as one ONNX file (network, decision rules and nbdt metadata) that
+        ``nbdt.OnnxNBDT`` and ``nbdt-explain --onnx`` run without torch; ``options`` go to
+        :func:`nbdt.export.export_onnx`. Needs the ``deploy`` extra."""
+        from nbdt.export import export_onnx
+
+        return export_onnx(self, path, **options)
+
     def checkpoint(self, **extra: Any) -> dict[str, Any]:
         """The save format as a dict (``extra`` keys, e.g. optimizer state, are added)."""
         if not self.arch:

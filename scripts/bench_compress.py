@@ -1,134 +1,100 @@
-"""Export parity and compression of a trained Fashion-MNIST NBDT, as JSON.
+"""Train large, then compress, against training small: Fashion-MNIST NBDTs, as JSON.
 
-For a checkpoint (e.g. ``runs/demo/best.pt``): export it to ONNX (time, parity with PyTorch),
-then compare variants against that fp32 ONNX model on the first ``--test`` test images: int8
-only, pruned only, pruned + int8 (no fine-tuning). Per variant: file size, parameters, MACs,
-CPU latency (ONNX Runtime, one thread, CPU time, measured interleaved) at batch 1 and 64,
-network / NBDT-soft / NBDT-hard top-1, and decision agreement with the fp32 model. With
-``--imagenet`` it also measures the shipped ImageNet example's parity on skimage's photos.
+Trains a large backbone (``--large``, resnet50) and a small one (``--small``, resnet18) with
+nbdt-train's settings (same images, epochs and seed; each run's CPU seconds are recorded), then
+runs nbdt-compress on both: the large one pruned to about the small one's parameter count
+(channel pruning removes about ``1 - (1 - r)**2`` of a layer's weights, so
+``r = 1 - sqrt(small / large)``), fine-tuned with the trainer's loop and quantised to int8; the
+small one quantised to int8 only. Per variant: file size, parameters, MACs, CPU latency at
+batch 1 and 64 (ONNX Runtime, one thread), network / NBDT-soft / NBDT-hard top-1 and decision
+agreement with its own uncompressed model.
 
-    .venv/bin/python scripts/bench_compress.py runs/demo/best.pt --prune 0.3 --out compress.json
+    .venv/bin/python scripts/bench_compress.py --output runs/bench-compress \\
+        --subset 15000 --warmup-epochs 2 --epochs 1 --finetune-epochs 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
+import math
+import resource
 from pathlib import Path
 
-import numpy as np
-import torch
-
-import nbdt
-from nbdt import compress, data
-from nbdt.export import export_onnx
-from nbdt.runtime import OnnxNBDT
-
-PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "hubble_deep_field")
+from nbdt import train
+from nbdt.compress import parameters_and_macs
+from nbdt.deploy_cli import compress_main
+from nbdt.model import load
 
 
-def parity(model: nbdt.NBDT, path: Path, batch: torch.Tensor) -> dict[str, float]:
-    """Max |class log-prob| difference and the share of equal hard classes (= hard paths)."""
-    out = OnnxNBDT(path).run(batch.numpy())
-    with torch.no_grad():
-        logits = model.logits(batch)
-        soft, hard = model.rules.soft(logits).numpy(), model.rules.hard(logits).numpy()
-    return {
-        "max_abs_diff_class_log_probs": float(np.abs(out["class_log_probs"] - soft).max()),
-        "hard_path_equal": float((out["hard_class"] == hard).mean()),
-        "images": len(batch),
-    }
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def imagenet_parity(folder: Path) -> dict[str, float]:
-    import skimage.data
-    from PIL import Image
+def train_run(arch: str, args: argparse.Namespace) -> dict[str, object]:
+    """One nbdt-train run into ``output``/``arch``; its summary and CPU seconds."""
+    config = train.TrainConfig(
+        output=str(args.output / arch),
+        dataset="fashion-mnist",
+        data_dir=args.data_dir,
+        arch=arch,
+        warmup_epochs=args.warmup_epochs,
+        epochs=args.epochs,
+        subset=args.subset,
+        eval_subset=args.test,
+        batch_size=args.batch_size,
+        overwrite=True,
+    )
+    start = cpu_seconds()
+    summary = train.train(config)
+    return {"cpu_s": cpu_seconds() - start, **summary}
 
-    from nbdt.pretrained import efficientnet_lite0, load_hierarchy_for
-    from nbdt.wordnet import dataset_classes
 
-    classes = dataset_classes("imagenet")
-    tree = load_hierarchy_for("imagenet-induced", classes.names, classes.wnids)
-    model = nbdt.NBDT(efficientnet_lite0(), tree, "soft", "marginal").eval()
-    start = time.perf_counter()
-    path = export_onnx(model, folder / "imagenet.onnx")
-    seconds = time.perf_counter() - start
-    images = [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in PHOTOS]
-    batch = torch.stack([model.transform(image) for image in images])
-    return {"export_s": seconds, **parity(model, path, batch)}
+def compress_run(checkpoint: Path, output: Path, extra: list[str], args) -> dict[str, object]:
+    """nbdt-compress of ``checkpoint`` into ``output``; its compress.json."""
+    argv = [str(checkpoint), "-o", str(output), "--quantize", "int8", "--test", str(args.test)]
+    argv += ["--calibration", str(args.calibration), *extra]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    if compress_main(argv) != 0:
+        raise SystemExit(f"nbdt-compress {' '.join(argv)} failed")
+    return json.loads((output / "compress.json").read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("--prune", type=float, default=0.3, help="channel pruning ratio")
-    parser.add_argument("--importance", default="magnitude", choices=compress.IMPORTANCES)
-    parser.add_argument(
-        "--round-to", type=int, default=8, metavar="N", help="keep channel counts multiples of N"
-    )
-    parser.add_argument("--global-pruning", action="store_true")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--large", default="resnet50")
+    parser.add_argument("--small", default="resnet18")
+    parser.add_argument("--subset", type=int, default=15000, help="training images")
+    parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--finetune-subset", type=int, default=5000)
     parser.add_argument("--test", type=int, default=2000, help="test images compared")
     parser.add_argument("--calibration", type=int, default=256, help="training images")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--imagenet", action="store_true", help="also the ImageNet parity")
-    parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
-    torch.set_num_threads(1)
 
-    model = nbdt.load(args.checkpoint)
-    transform = data.BatchTransform(model.data_config)
-    test = data.load_dataset("fashion-mnist", "test", args.data_dir)
-    train = data.load_dataset("fashion-mnist", "train", args.data_dir)
-    with torch.no_grad():
-        inputs = transform(test.images[: args.test])
-        calibration = transform(train.images[: args.calibration]).numpy()
-    labels = test.targets[: args.test].numpy()
-    batches = [calibration[i : i + 32] for i in range(0, len(calibration), 32)]
-
-    result: dict[str, object] = {"checkpoint": args.checkpoint, "arch": model.arch}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        start = time.perf_counter()
-        fp32 = export_onnx(model, folder / "fp32.onnx")
-        result["export_s"] = time.perf_counter() - start
-        result["parity"] = parity(model, fp32, inputs)
-        if args.imagenet:
-            result["imagenet_parity"] = imagenet_parity(folder)
-
-        pruned = compress.prune(
-            model,
-            args.prune,
-            importance=args.importance,
-            global_pruning=args.global_pruning,
-            round_to=args.round_to or None,
-        )
-        pruned_fp32 = export_onnx(pruned, folder / "pruned.onnx")
-        files = {
-            "fp32": fp32,
-            "int8": compress.quantize_onnx(fp32, folder / "int8.onnx", batches),
-            "pruned": pruned_fp32,
-            "pruned_int8": compress.quantize_onnx(
-                pruned_fp32, folder / "pruned-int8.onnx", batches
-            ),
-        }
-        networks = {"fp32": model, "int8": model, "pruned": pruned, "pruned_int8": pruned}
-        variants = compress.evaluate_onnx(files, inputs.numpy(), labels, reference="fp32")
-        for name, row in variants.items():
-            row["params"], row["macs"] = compress.parameters_and_macs(networks[name])
-        result.update(
-            prune=args.prune,
-            importance=args.importance,
-            global_pruning=args.global_pruning,
-            test_images=len(labels),
-            calibration_images=len(calibration),
-            variants=variants,
-        )
+    result: dict[str, object] = {"settings": {k: str(v) for k, v in vars(args).items()}}
+    runs = {arch: train_run(arch, args) for arch in (args.large, args.small)}
+    best = {arch: args.output / arch / "best.pt" for arch in runs}
+    params = {arch: parameters_and_macs(load(best[arch]))[0] for arch in runs}
+    ratio = 1 - math.sqrt(params[args.small] / params[args.large])
+    large = compress_run(
+        best[args.large],
+        args.output / f"{args.large}-compressed",
+        ["--prune", f"{ratio:.3f}", "--finetune-epochs", str(args.finetune_epochs),
+         "--finetune-subset", str(args.finetune_subset)],
+        args,
+    )  # fmt: skip
+    small = compress_run(best[args.small], args.output / f"{args.small}-int8", [], args)
+    result.update(training=runs, prune_ratio=ratio, large=large, small=small)
     text = json.dumps(result, indent=1)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    (args.output / "bench_compress.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":
