@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[test,report]'
+	$(PIP) install -q -e '.[test,report,evidence,deploy]'
 	touch $(STAMP)
 
 # resnet18 from scratch on Fashion-MNIST (CPU: a few minutes): cross-entropy warm-up, hierarchy

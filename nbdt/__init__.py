@@ -28,6 +28,8 @@ _EXPORTS = {
     "report_html": "nbdt.report",
     "node_examples": "nbdt.evidence",
     "NodeExamples": "nbdt.evidence",
+    "export_onnx": "nbdt.export",
+    "OnnxNBDT": "nbdt.runtime",
 }
 
 __all__ = sorted(_EXPORTS)

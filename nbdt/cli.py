@@ -448,6 +448,12 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
         "--checkpoint", metavar="FILE", help="an nbdt model file (NBDT.save or nbdt-train)"
     )
     parser.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="an ONNX file from nbdt-export: explained with ONNX Runtime alone (its own"
+        " hierarchy and rules)",
+    )
+    parser.add_argument(
         "--hierarchy",
         metavar="NAME|FILE",
         help="a shipped hierarchy name (default for the example: imagenet-induced; or"
@@ -598,6 +604,8 @@ def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
     from nbdt.model import NBDT, read_checkpoint
     from nbdt.pretrained import load_hierarchy_for
 
+    if args.onnx:
+        return _onnx_model(args), None
     if args.checkpoint:
         checkpoint = read_checkpoint(args.checkpoint)
         if args.hierarchy:
@@ -709,6 +717,23 @@ def _eval(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _onnx_model(args: argparse.Namespace) -> Any:
+    """The ONNX Runtime explainer of ``--onnx``; its file fixes the tree and the node score."""
+    from nbdt.runtime import OnnxNBDT
+
+    given = [f"--{n}" for n in ("checkpoint", "hierarchy") if getattr(args, n)]
+    if given:
+        raise BadInput(f"--onnx: the ONNX file holds the model and its tree: drop {given[0]}")
+    model = OnnxNBDT(args.onnx)
+    if args.node_score and args.node_score != model.node_score:
+        raise BadInput(
+            f"--node-score {args.node_score}: {args.onnx} was exported with"
+            f" {model.node_score} rules (export again with nbdt-export --node-score)"
+        )
+    model.mode = args.mode or model.mode
+    return model
 
 
 def _names(text: str) -> list[str]:

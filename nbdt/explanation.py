@@ -1,7 +1,8 @@
 """The explanation format: a prediction and its path of decisions, as plain frozen dataclasses.
 
 Everything that reads or writes explanations (the model, the trainer, the CLI's JSON, the HTML
-page) takes the field list from these dataclasses, so a new field is added here once. Torch-free.
+page) takes the field list from these dataclasses, so a new field is added here once; the model
+and the ONNX Runtime explainer build them with :func:`explanations_from_arrays`. Torch-free.
 
 Evidence travels in JSON as data URIs: a step's ``saliency`` map as an 8-bit grayscale PNG
 (pixel value / 255 is the map's value, so a round trip is exact to 1/255), an example's
@@ -16,7 +17,12 @@ import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from nbdt.hierarchy import Hierarchy
 
 from nbdt._messages import for_terminal
 
@@ -252,3 +258,109 @@ def _convert(f: dataclasses.Field, value: Any, what: str) -> Any:
     if f.type == "str | None":
         return None if value is None else str(value)
     return str(value)
+
+
+def class_paths(hierarchy: Hierarchy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each class's root-to-leaf path as (C, D) inner-node indices and child slots (0 past the
+    end) and (C,) lengths; nodes in ``hierarchy.inner_nodes`` order, as the decision rules."""
+    inner = hierarchy.inner_nodes
+    trail: dict[str, list[tuple[int, int]]] = {hierarchy.root.id: []}
+    for i, node in enumerate(inner):
+        for slot, child in enumerate(node.children):
+            trail[child] = [*trail[node.id], (i, slot)]
+    depth = max(hierarchy.max_depth, 1)
+    steps = np.zeros((hierarchy.num_classes, depth, 2), dtype=np.int64)
+    lengths = np.zeros(hierarchy.num_classes, dtype=np.int64)
+    for c, leaf_id in enumerate(hierarchy.class_ids):
+        path = trail[leaf_id]
+        lengths[c] = len(path)
+        if path:
+            steps[c, : len(path)] = path
+    return steps[..., 0], steps[..., 1], lengths
+
+
+def explanations_from_arrays(
+    hierarchy: Hierarchy,
+    mode: str,
+    node_score: str,
+    node_log_probs: np.ndarray,
+    class_log_probs: np.ndarray,
+    predicted: np.ndarray,
+    top_k: int,
+    display: Mapping[str, str] | None = None,
+) -> list[Explanation]:
+    """One :class:`Explanation` per sample from the decision rules' outputs (``NBDT.explain``
+    and the ONNX Runtime explainer both build theirs here).
+
+    ``node_log_probs`` (B, N, K) holds each inner node's child log-probabilities (padding -inf),
+    ``class_log_probs`` (B, C) soft inference's, ``predicted`` (B,) the classes to explain; the
+    arithmetic stays in their dtype (float32 from a model), vectorised over the batch.
+    ``display`` maps node ids to their labels as a path shows them (default:
+    :func:`nbdt.labels.distinct_label` of every node).
+    """
+    if display is None:
+        from nbdt.labels import distinct_label
+
+        display = {node.id: distinct_label(hierarchy, node.id) for node in hierarchy.nodes}
+    nodes_of, slots_of, length_of = class_paths(hierarchy)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    node_log_probs = np.asarray(node_log_probs)
+    class_log_probs = np.asarray(class_log_probs)
+    rows = np.arange(len(predicted))
+    nodes, slots = nodes_of[predicted], slots_of[predicted]  # (B, D)
+    step_log_probs = node_log_probs[rows[:, None], nodes]  # (B, D, K)
+    step_probs = np.exp(step_log_probs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entr = np.where(step_probs > 0, -step_probs * np.log(step_probs), 0)
+    entropy = entr.astype(step_probs.dtype).sum(-1)
+    taken = np.take_along_axis(step_probs, slots[..., None], -1)[..., 0]
+    others = step_log_probs.copy()
+    np.put_along_axis(others, slots[..., None], -np.inf, -1)
+    runner_up_slot = others.argmax(-1)
+    runner_up_prob = np.exp(np.take_along_axis(others, runner_up_slot[..., None], -1)[..., 0])
+    class_probs = np.exp(class_log_probs)
+    k = min(top_k, class_probs.shape[1])
+    top_index = np.argsort(-class_probs, axis=1, kind="stable")[:, :k]
+    top_prob = np.take_along_axis(class_probs, top_index, 1)
+    probability = np.exp(class_log_probs[rows, predicted])
+
+    inner, leaves = hierarchy.inner_nodes, hierarchy.leaves
+    explanations = []
+    for b, class_index in enumerate(predicted.tolist()):
+        steps = []
+        for d in range(int(length_of[class_index])):
+            node = inner[int(nodes[b, d])]
+            child = hierarchy[node.children[int(slots[b, d])]]
+            runner_up = hierarchy[node.children[int(runner_up_slot[b, d])]]
+            steps.append(
+                Step(
+                    node.id,
+                    node.label,
+                    node.wnid,
+                    float(entropy[b, d]),
+                    child.id,
+                    child.label,
+                    float(taken[b, d]),
+                    runner_up.id,
+                    runner_up.label,
+                    float(runner_up_prob[b, d]),
+                    display[node.id],
+                    display[child.id],
+                    display[runner_up.id],
+                )
+            )
+        leaf = leaves[class_index]
+        top = zip(top_index[b].tolist(), top_prob[b].tolist(), strict=True)
+        explanations.append(
+            Explanation(
+                class_index,
+                leaf.label,
+                leaf.wnid,
+                float(probability[b]),
+                mode,
+                node_score,
+                tuple(TopClass(i, leaves[i].label, p) for i, p in top),
+                tuple(steps),
+            )
+        )
+    return explanations

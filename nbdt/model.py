@@ -18,7 +18,7 @@ from torch import nn
 
 from nbdt import networks
 from nbdt.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint, save_checkpoint
-from nbdt.explanation import Explanation, Step, TopClass
+from nbdt.explanation import Explanation, explanations_from_arrays
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
 from nbdt.labels import distinct_label
@@ -91,6 +91,7 @@ class NBDT(nn.Module):
         }
         """Each node's label as a path shows it: with its classes where it repeats an ancestor's."""
 
+        self.pruned: dict[str, dict[str, Any]] | None = None  # see nbdt.compress
         self._rebuildable = False  # checked by the first checkpoint()
         self.train(model.training)  # a wrapped model in eval mode stays in eval mode
 
@@ -134,7 +135,7 @@ class NBDT(nn.Module):
         """Rebuild a model from a :meth:`checkpoint` dict (``source`` names it in errors)."""
         network = network_from_checkpoint(checkpoint, source)
         with rebuild_errors(source):
-            return cls(
+            nbdt = cls(
                 network,
                 Hierarchy.from_node_link(checkpoint["hierarchy"]),
                 checkpoint["mode"],
@@ -143,6 +144,8 @@ class NBDT(nn.Module):
                 model_kwargs=checkpoint["model_kwargs"],
                 data_config=checkpoint.get("data_config"),
             )
+        nbdt.pruned = checkpoint.get("pruned")
+        return nbdt
 
     # ---------------------------------------------------------------------------- inference
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,93 +264,31 @@ class NBDT(nn.Module):
         return torch.cat([r.to(device) for r in rows]).to(dtype)
 
     def _explain_batch(self, batch: torch.Tensor, top_k: int) -> list[Explanation]:
-        """Compute every sample's path at once, then build the Python objects."""
+        """The rules' outputs for the whole batch at once, read into explanations by the one
+        builder the ONNX Runtime explainer shares."""
         logits = self.model(batch)
         check_finite(logits)
-        node_log_probs = self.rules.node_log_probs(logits)  # (B, N, K), padding -inf
-        class_log_probs = self.rules.soft(logits)  # (B, C)
         predicted = MODES[self.mode](self.rules, logits).argmax(1)
-        rows = torch.arange(batch.shape[0], device=logits.device)
-        # The rules hold each class's root-to-leaf path as (inner node, child slot) per depth.
-        nodes = self.rules.path_node[predicted]  # (B, D), padded past the path's length
-        slots = self.rules.path_slot[predicted]
-        step_log_probs = node_log_probs[rows[:, None], nodes]  # (B, D, K)
-        step_probs = step_log_probs.exp()
-        entropy = torch.special.entr(step_probs).sum(-1)
-        taken = step_probs.gather(-1, slots[..., None]).squeeze(-1)
-        # Padding children sit at -inf, as does the child taken: the max is the best other child.
-        others = step_log_probs.scatter(-1, slots[..., None], -math.inf)
-        runner_up_log_prob, runner_up_slot = others.max(-1)
-        top_prob, top_index = class_log_probs.exp().topk(min(top_k, class_log_probs.shape[1]))
-        probability = class_log_probs.gather(1, predicted[:, None]).squeeze(1).exp()
-
-        columns = (
-            predicted,
-            probability,
-            self.rules.path_length[predicted],
-            nodes,
-            slots,
-            entropy,
-            taken,
-            runner_up_slot,
-            runner_up_log_prob.exp(),
-            top_index,
-            top_prob,
-        )
-        return [self._explanation(*row) for row in zip(*(c.tolist() for c in columns), strict=True)]
-
-    def _explanation(
-        self,
-        class_index: int,
-        probability: float,
-        length: int,
-        nodes: list[int],
-        slots: list[int],
-        entropy: list[float],
-        taken: list[float],
-        runner_up_slots: list[int],
-        runner_up_probs: list[float],
-        top_index: list[int],
-        top_prob: list[float],
-    ) -> Explanation:
-        """Build one explanation from its already computed numbers."""
-        h, leaves = self.hierarchy, self.hierarchy.leaves
-        steps = []
-        for d in range(length):
-            node = h.inner_nodes[nodes[d]]
-            child = h[node.children[slots[d]]]
-            runner_up = h[node.children[runner_up_slots[d]]]
-            steps.append(
-                Step(
-                    node.id,
-                    node.label,
-                    node.wnid,
-                    entropy[d],
-                    child.id,
-                    child.label,
-                    taken[d],
-                    runner_up.id,
-                    runner_up.label,
-                    runner_up_probs[d],
-                    self.display_labels[node.id],
-                    self.display_labels[child.id],
-                    self.display_labels[runner_up.id],
-                )
-            )
-        leaf = leaves[class_index]
-        top = zip(top_index, top_prob, strict=True)
-        return Explanation(
-            class_index,
-            leaf.label,
-            leaf.wnid,
-            probability,
+        return explanations_from_arrays(
+            self.hierarchy,
             self.mode,
             self.node_score,
-            tuple(TopClass(i, leaves[i].label, p) for i, p in top),
-            tuple(steps),
+            self.rules.node_log_probs(logits).float().cpu().numpy(),  # (B, N, K), padding -inf
+            self.rules.soft(logits).float().cpu().numpy(),
+            predicted.cpu().numpy(),
+            top_k,
+            self.display_labels,
         )
 
     # -------------------------------------------------------------------------- persistence
+    def export_onnx(self, path: str | os.PathLike[str], **options: Any) -> Path:
+        """This model as one ONNX file (network, decision rules and nbdt metadata) that
+        ``nbdt.OnnxNBDT`` and ``nbdt-explain --onnx`` run without torch; ``options`` go to
+        :func:`nbdt.export.export_onnx`. Needs the ``deploy`` extra."""
+        from nbdt.export import export_onnx
+
+        return export_onnx(self, path, **options)
+
     def checkpoint(self, **extra: Any) -> dict[str, Any]:
         """The save format as a dict (``extra`` keys, e.g. optimizer state, are added)."""
         if not self.arch:
@@ -357,7 +298,8 @@ class NBDT(nn.Module):
             )
         _check_plain("model_kwargs", self.model_kwargs)
         _check_plain("data_config", self.data_config)
-        self._check_rebuildable()
+        if not self.pruned:
+            self._check_rebuildable()
         return {
             **extra,
             "format": FORMAT_NAME,
@@ -369,6 +311,7 @@ class NBDT(nn.Module):
             "mode": self.mode,
             "node_score": self.node_score,
             "data_config": dict(self.data_config),
+            **({"pruned": self.pruned} if self.pruned else {}),
         }
 
     def _check_rebuildable(self) -> None:

@@ -113,7 +113,8 @@ def rebuild_errors(source: str) -> Iterator[None]:
 
 
 def network_from_checkpoint(checkpoint: Mapping[str, Any], source: str) -> nn.Module:
-    """The timm network of an nbdt model dict, its weights loaded (``source`` names it)."""
+    """The timm network of an nbdt model dict, its weights loaded (``source`` names it); a
+    pruned network (``"pruned"``: its changed module attributes) is reshaped before loading."""
     import timm
 
     check_format(checkpoint, source)
@@ -121,8 +122,68 @@ def network_from_checkpoint(checkpoint: Mapping[str, Any], source: str) -> nn.Mo
         model = timm.create_model(
             checkpoint["arch"], pretrained=False, **dict(checkpoint["model_kwargs"])
         )
+        if checkpoint.get("pruned"):
+            restore_pruned(model, checkpoint["pruned"], checkpoint["state_dict"])
         model.load_state_dict(checkpoint["state_dict"])
     return model
+
+
+# Attribute types a module's architecture is made of (what a pruned checkpoint records).
+_ARCH_ATTRS = (int, float, bool, tuple, list, str, type(None))
+
+
+def architecture_changes(
+    network: nn.Module, arch: str, model_kwargs: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Per module, the plain attributes (channel counts, groups, ...) that differ from a fresh
+    ``timm.create_model(arch, **model_kwargs)``: what a checkpoint needs to rebuild a pruned
+    network (the parameter shapes come from its state dict)."""
+    import timm
+
+    with torch.device("meta"):
+        fresh = dict(timm.create_model(arch, **dict(model_kwargs)).named_modules())
+    changes: dict[str, dict[str, Any]] = {}
+    for name, module in network.named_modules():
+        reference = fresh.get(name)
+        if reference is None or type(reference) is not type(module):
+            raise ValueError(f"save: module {name!r} is not in timm's {arch}")
+        differ = {
+            key: value
+            for key, value in vars(module).items()
+            if not key.startswith("_")
+            and key != "training"
+            and isinstance(value, _ARCH_ATTRS)
+            and vars(reference).get(key) != value
+        }
+        if differ:
+            changes[name] = differ
+    return changes
+
+
+def restore_pruned(
+    network: nn.Module,
+    changes: Mapping[str, Mapping[str, Any]],
+    state_dict: Mapping[str, torch.Tensor],
+) -> None:
+    """Reshape a fresh timm ``network`` in place to a pruned checkpoint's architecture: set the
+    recorded attributes, and give every parameter and buffer the state dict's shape."""
+    modules = dict(network.named_modules())
+    for name, attributes in changes.items():
+        if name not in modules:
+            raise ValueError(f"pruned module {name!r} is not in this architecture")
+        for key, value in attributes.items():
+            setattr(modules[name], key, tuple(value) if isinstance(value, list) else value)
+    for key, tensor in state_dict.items():
+        module_name, _, attr = key.rpartition(".")
+        module = modules.get(module_name)
+        if module is None:
+            continue
+        if attr in module._parameters and module._parameters[attr] is not None:
+            if module._parameters[attr].shape != tensor.shape:
+                module._parameters[attr] = nn.Parameter(torch.empty_like(tensor, device="cpu"))
+        elif attr in module._buffers and module._buffers[attr] is not None:
+            if module._buffers[attr].shape != tensor.shape:
+                module._buffers[attr] = torch.empty_like(tensor, device="cpu")
 
 
 def head_classes(model: nn.Module) -> int | None:

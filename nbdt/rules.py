@@ -31,6 +31,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from nbdt.explanation import class_paths
 from nbdt.hierarchy import Hierarchy
 
 _Method = TypeVar("_Method", bound=Callable[..., Tensor])
@@ -166,7 +167,7 @@ class DecisionRules(nn.Module):
         self.num_nodes = len(inner)
         self.max_children = max(len(node.children) for node in inner)
         self.max_depth = hierarchy.max_depth
-        n, k, c, d = self.num_nodes, self.max_children, self.num_classes, self.max_depth
+        n, k, d = self.num_nodes, self.max_children, self.max_depth
 
         # Depth-first leaf order: the leaves under every node occupy positions [start, end).
         preorder, stack = [], [hierarchy.root.id]
@@ -214,16 +215,9 @@ class DecisionRules(nn.Module):
         self.register_buffer("slot_edge", slot_edge, persistent=False)
 
         # Root-to-leaf paths: the (node, slot) taken at each depth, padded to max_depth.
-        trail: dict[str, list[tuple[int, int]]] = {hierarchy.root.id: []}
-        for i, node in enumerate(inner):
-            for slot, child in enumerate(node.children):
-                trail[child] = [*trail[node.id], (i, slot)]
-        paths = [trail[leaf_id] for leaf_id in hierarchy.class_ids]
-        padded = [path + [(0, 0)] * (d - len(path)) for path in paths]
-        steps = torch.tensor(padded, dtype=torch.long).reshape(c, d, 2)
-        length = torch.tensor([len(path) for path in paths])
-        self.register_buffer("path_node", steps[..., 0].contiguous(), persistent=False)
-        self.register_buffer("path_slot", steps[..., 1].contiguous(), persistent=False)
+        path_node, path_slot, length = (torch.from_numpy(a) for a in class_paths(hierarchy))
+        self.register_buffer("path_node", path_node, persistent=False)
+        self.register_buffer("path_slot", path_slot.contiguous(), persistent=False)
         self.register_buffer("path_length", length, persistent=False)
         self.register_buffer("path_mask", torch.arange(d) < length[:, None], persistent=False)
 

