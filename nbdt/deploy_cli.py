@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from nbdt.cli import BadInput, _run
+from nbdt.cli import BadInput, run
 
 QUANTIZATIONS = ("int8",)
 
@@ -30,7 +30,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--node-score", choices=("mean", "marginal"), help="default: the checkpoint's"
     )
-    return _run("nbdt-export", _export, parser, argv)
+    return run("nbdt-export", _export, parser, argv)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -81,7 +81,7 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", metavar="DIR")
     parser.add_argument("--calibration", type=int, default=256, metavar="N", help="train images")
     parser.add_argument("--test", type=int, default=2000, metavar="N", help="test images")
-    return _run("nbdt-compress", _compress, parser, argv)
+    return run("nbdt-compress", _compress, parser, argv)
 
 
 def _compress(args: argparse.Namespace) -> int:
