@@ -473,5 +473,5 @@ def test_the_parts_serve_a_head_only_refit(stripes_dir, tmp_path):
     folder.finish(result)
     names = {p.name for p in folder.path.iterdir()}
     assert names == {"args.json", "hierarchy.json", "hierarchy.html", "last.pt", "best.pt",
-                     "metrics.jsonl"}  # fmt: skip
+                     "metrics.jsonl", "eval.json", "report.html"}  # fmt: skip
     assert nbdt.load(folder.path / "last.pt").hierarchy == hierarchy
