@@ -550,13 +550,11 @@ def _explain(args: argparse.Namespace) -> int:
                 failed += 1
         if not loaded:
             continue
-        explain_options = {
-            "top_k": top_k,
-            "evidence": args.evidence,
-            "method": args.method,
-            "layer": args.layer,
-            "examples": examples,
-        }
+        explain_options: dict[str, Any] = {"top_k": top_k}
+        if not args.onnx:  # evidence needs the network's gradients and features
+            explain_options.update(
+                evidence=args.evidence, method=args.method, layer=args.layer, examples=examples
+            )
         try:
             explanations = model.explain([image for _, image in loaded], **explain_options)
         except NonFiniteLogits as e:  # report those images, explain the others
@@ -726,6 +724,9 @@ def _onnx_model(args: argparse.Namespace) -> Any:
     given = [f"--{n}" for n in ("checkpoint", "hierarchy") if getattr(args, n)]
     if given:
         raise BadInput(f"--onnx: the ONNX file holds the model and its tree: drop {given[0]}")
+    if args.evidence or args.examples:
+        option = "--evidence" if args.evidence else "--examples"
+        raise BadInput(f"{option} needs the network itself: use --checkpoint instead of --onnx")
     model = OnnxNBDT(args.onnx)
     if args.node_score and args.node_score != model.node_score:
         raise BadInput(

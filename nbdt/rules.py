@@ -128,8 +128,11 @@ class NonFiniteLogits(ValueError):
 def check_finite(logits: Tensor, what: str = "logits") -> None:
     """Raise :class:`NonFiniteLogits` naming the rows of ``logits`` that hold NaN or infinity.
 
-    One host-device synchronisation: for inference paths, not for every training step.
+    One host-device synchronisation: for inference paths, not for every training step. Skipped
+    while ``torch.export`` traces (ONNX export): a graph cannot branch on the data.
     """
+    if torch.compiler.is_exporting():
+        return
     bad = ~torch.isfinite(logits).all(dim=1)
     if bool(bad.any()):
         raise NonFiniteLogits(bad.nonzero().flatten().tolist(), what)

