@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from nbdt._io import atomic_path
-from nbdt.model import NBDT
+from nbdt.model import NBDT, eval_mode
 from nbdt.runtime import (
     INPUT_NAME,
     ONNX_FORMAT_NAME,
@@ -89,23 +89,17 @@ def export_onnx(
     size = tuple(int(v) for v in model.data_config["input_size"])
     example = torch.zeros(example_batch, *size)
     graph = ExportGraph(model).cpu().float()
-    training = {module: module.training for module in model.modules()}
-    graph.eval()
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                graph,
-                (example,),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
-                opset_version=opset,
-                dynamo=True,
-                verbose=False,
-            )
-    finally:
-        for module, flag in training.items():
-            module.training = flag
+    with eval_mode(graph), torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
     proto = program.model_proto
     onnx.helper.set_model_props(proto, onnx_metadata(model))
     with atomic_path(path) as tmp:

@@ -6,9 +6,10 @@ every prediction as its path of decisions; ``save`` / ``load`` keep all of it in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +201,7 @@ class NBDT(nn.Module):
             isinstance(x, torch.Tensor) and x.dim() == 4
         )
         batch = self._input_batch(list(x) if isinstance(x, (list, tuple)) else [x])
-        training = {module: module.training for module in self.modules()}
-        self.eval()
-        try:
+        with eval_mode(self):
             with torch.inference_mode():
                 explanations = self._explain_batch(batch, top_k)
             if evidence or examples is not None:
@@ -217,9 +216,6 @@ class NBDT(nn.Module):
                     layer=layer,
                     examples=examples,
                 )
-        finally:
-            for module, flag in training.items():
-                module.training = flag
         return explanations[0] if single else explanations
 
     def _input_batch(self, items: list[ImageInput]) -> torch.Tensor:
@@ -349,6 +345,19 @@ class NBDT(nn.Module):
         from nbdt.intervene import with_hierarchy
 
         return with_hierarchy(self, hierarchy)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run the block with ``module`` in eval mode, then give every submodule back its own
+    train/eval flag (a model half in train mode stays so)."""
+    training = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in training.items():
+            m.training = flag
 
 
 def load(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> NBDT:
