@@ -13,8 +13,6 @@ from pathlib import Path
 
 from nbdt.cli import BadInput, run
 
-QUANTIZATIONS = ("int8",)
-
 
 def export_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-export: an nbdt model file as one ONNX file (network + decision rules + metadata)."""
@@ -43,7 +41,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def compress_main(argv: Sequence[str] | None = None) -> int:
     """nbdt-compress: prune and/or quantise an NBDT, and measure what it keeps."""
-    from nbdt.compress import ACTIVATION_TYPES, IMPORTANCES
+    from nbdt.compress import ACTIVATION_TYPES, IMPORTANCES, QUANTIZATIONS
+    from nbdt.data import DATASETS
 
     parser = argparse.ArgumentParser(
         prog="nbdt-compress",
@@ -52,7 +51,10 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
         " compress.json comparing them with the uncompressed model on the test split.",
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="an nbdt model file")
-    parser.add_argument("-o", "--output", required=True, metavar="FOLDER")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="FOLDER",
+        help="where the ONNX files, pruned.pt, finetune/ and compress.json go",
+    )  # fmt: skip
     parser.add_argument("--prune", type=float, metavar="RATIO", help="channel ratio in (0, 1)")
     parser.add_argument("--importance", choices=IMPORTANCES, default="magnitude")
     parser.add_argument(
@@ -66,19 +68,34 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--finetune-subset", type=int, metavar="N", help="fine-tune on the first N train images"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="fine-tuning batch (64)")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, metavar="N", help="fine-tuning batch (64)"
+    )
     parser.add_argument("--lr", type=float, help="fine-tuning learning rate (nbdt-train's)")
+    parser.add_argument(
+        "--distill", type=float, default=1.0, metavar="W",
+        help="weight of the decision-distillation term while fine-tuning: the KL, at every inner"
+        " node, from the uncompressed model's choice among the children to the pruned one's,"
+        " so the pruned model keeps its decisions (default 1; 0 turns it off)",
+    )  # fmt: skip
     parser.add_argument(
         "--reinduce", action="store_true",
         help="induce the hierarchy again from the pruned model's head before fine-tuning",
     )  # fmt: skip
-    parser.add_argument("--quantize", choices=QUANTIZATIONS)
+    kinds = "; ".join(f"{k}: {f.__doc__.strip()}" for k, f in QUANTIZATIONS.items())
+    parser.add_argument(
+        "--quantize", nargs="+", choices=QUANTIZATIONS, metavar="KIND",
+        help=f"quantise the (pruned) model's ONNX file, one file per KIND ({kinds})",
+    )  # fmt: skip
     parser.add_argument(
         "--activations", choices=ACTIVATION_TYPES, default="uint8",
-        help="int8 activation type (uint8: U8S8, fastest on x86 without VNNI)",
+        help="static int8's activation type (uint8: U8S8, fastest on x86 without VNNI)",
     )  # fmt: skip
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--data-dir", metavar="DIR")
+    parser.add_argument(
+        "--dataset", default="fashion-mnist", choices=DATASETS,
+        help="the model's data: fine-tuning, calibration and the test comparison (fashion-mnist)",
+    )  # fmt: skip
+    parser.add_argument("--data-dir", metavar="DIR", help="where --dataset's files are")
     parser.add_argument("--calibration", type=int, default=256, metavar="N", help="train images")
     parser.add_argument("--test", type=int, default=2000, metavar="N", help="test images")
     return run("nbdt-compress", _compress, parser, argv)
@@ -91,13 +108,15 @@ def _compress(args: argparse.Namespace) -> int:
     from nbdt.export import export_onnx
 
     if args.prune is None and args.quantize is None:
-        raise BadInput("nothing to do: pass --prune RATIO and/or --quantize int8")
+        raise BadInput("nothing to do: pass --prune RATIO and/or --quantize KIND")
     if args.prune is not None and not 0 < args.prune < 1:
         raise BadInput(f"--prune: the ratio must be between 0 and 1, got {args.prune}")
     if args.finetune_epochs < 0:
         raise BadInput(f"--finetune-epochs: must be >= 0, got {args.finetune_epochs}")
     if args.finetune_epochs and args.prune is None:
         raise BadInput("--finetune-epochs fine-tunes a pruned model: pass --prune RATIO")
+    if not args.distill >= 0:
+        raise BadInput(f"--distill: must be >= 0, got {args.distill}")
     if args.reinduce and not args.finetune_epochs:
         raise BadInput("--reinduce changes the tree the fine-tuning learns: pass --finetune-epochs")
     for option in ("calibration", "test"):
@@ -130,23 +149,30 @@ def _compress(args: argparse.Namespace) -> int:
         )
         compressed.save(output / "pruned.pt")
         if args.finetune_epochs:
-            compressed, _ = compress.finetune(_finetune_config(args, model, output))
+            teacher = None if args.reinduce else model  # a new tree has no teacher's decisions
+            config = _finetune_config(args, model, output)
+            compressed, _ = compress.finetune(config, teacher=teacher, distill=args.distill)
             compressed.save(output / "pruned.pt")
         files["pruned"] = export_onnx(compressed, output / "pruned.onnx")
         networks["pruned"] = compressed
-    if args.quantize == "int8":
+    for kind in dict.fromkeys(args.quantize or ()):
+        name = f"pruned_{kind}" if "pruned" in files else kind
         source = files.get("pruned", files["uncompressed"])
-        name = "pruned_int8" if "pruned" in files else "int8"
-        files[name] = compress.quantize_onnx(
-            source, output / f"{name}.onnx", batches, activations=args.activations
-        )
+        quantizer = compress.QUANTIZATIONS[kind]
+        files[name] = quantizer(source, output / f"{name}.onnx", batches, args.activations)
         networks[name] = compressed
     rows = compress.evaluate_onnx(files, inputs, labels, reference="uncompressed")
     for name, row in rows.items():
         row["params"], row["macs"] = compress.parameters_and_macs(networks[name])
     from nbdt._io import write_text
 
-    report = {"checkpoint": args.checkpoint, "test_images": len(labels), "variants": rows}
+    settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "output")}
+    report = {
+        "checkpoint": args.checkpoint,
+        "settings": settings,
+        "test_images": len(labels),
+        "variants": rows,
+    }
     write_text(output / "compress.json", json.dumps(report, indent=1) + "\n")
     print(_table(rows))
     print(f"nbdt-compress: wrote {output}")
@@ -179,13 +205,13 @@ def _finetune_config(args: argparse.Namespace, model, output: Path):
 def _table(rows: dict[str, dict]) -> str:
     """The comparison as a fixed-width text table."""
     header = (
-        f"{'variant':<14}{'MB':>8}{'params':>11}{'MMACs':>9}{'ms@1':>8}{'ms@64':>9}"
+        f"{'variant':<20}{'MB':>8}{'params':>11}{'MMACs':>9}{'ms@1':>8}{'ms@64':>9}"
         f"{'net%':>7}{'soft%':>7}{'hard%':>7}{'paths%':>8}"
     )
     lines = [header]
     for name, r in rows.items():
         lines.append(
-            f"{name:<14}{r['file_bytes'] / 1e6:>8.2f}{r['params']:>11,}{r['macs'] / 1e6:>9.1f}"
+            f"{name:<20}{r['file_bytes'] / 1e6:>8.2f}{r['params']:>11,}{r['macs'] / 1e6:>9.1f}"
             f"{r['latency_s_batch1'] * 1e3:>8.2f}{r['latency_s_batch64'] * 1e3:>9.1f}"
             f"{r['network_top1']:>7.2f}{r['nbdt_soft_top1']:>7.2f}{r['nbdt_hard_top1']:>7.2f}"
             f"{r['agreement']['path'] * 100:>8.2f}"

@@ -220,3 +220,38 @@ class HardTreeSupLoss(_TreeSupLoss):
 
 # The tree-supervision losses by name (nbdt-train's --loss).
 LOSSES: dict[str, type[_TreeSupLoss]] = {"soft": SoftTreeSupLoss, "hard": HardTreeSupLoss}
+
+
+class DecisionDistillLoss(nn.Module):
+    """A loss plus a term that keeps a student's decisions those of a teacher (compression).
+
+    ``loss(logits, target) + weight * T**2 * KL``, where KL is, per sample, the mean over the
+    inner nodes of KL(teacher's distribution over the node's children || the student's), both at
+    temperature ``T`` (logits divided by T; Hinton et al.'s T**2 keeps the gradient's scale). It
+    trains every node's decision, not only those on the label's path: a pruned network then
+    takes the same branches as the model it came from, mistakes included.
+    """
+
+    def __init__(
+        self, loss: nn.Module, rules: DecisionRules, weight: float = 1.0, temperature: float = 1.0
+    ) -> None:
+        super().__init__()
+        if not weight >= 0 or not temperature > 0:
+            raise ValueError(f"need weight >= 0 and temperature > 0, got {weight}, {temperature}")
+        self.loss, self.rules = loss, rules
+        self.weight, self.temperature = float(weight), float(temperature)
+
+    def forward(self, logits: Tensor, target: Tensor, teacher_logits: Tensor) -> Tensor:
+        """The wrapped loss of ``(logits, target)`` plus the weighted decision KL, batch mean."""
+        return self.loss(logits, target) + self.weight * self.decision_kl(logits, teacher_logits)
+
+    def decision_kl(self, logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        """The batch mean of the per-sample mean over nodes of the children's KL, times T**2."""
+        t = self.temperature
+        student = self.rules.node_log_probs(logits / t)
+        with torch.no_grad():
+            teacher = self.rules.node_log_probs(teacher_logits.detach() / t)
+        slot = torch.isfinite(teacher)  # padding slots are -inf for both
+        gap = teacher.masked_fill(~slot, 0) - student.masked_fill(~slot, 0)
+        terms = teacher.exp() * gap
+        return terms.sum(2).mean(1).mean() * t * t

@@ -528,13 +528,18 @@ def train_one_epoch(
     *,
     generator: torch.Generator | None = None,
     description: str = "train",
+    teacher: nn.Module | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``: a step of ``optimizer`` (and ``scheduler``) per batch.
+
+    With a ``teacher`` network (distillation), the loss is ``criterion(logits, targets,
+    teacher_logits)``, the teacher's logits on the same inputs, without gradients.
 
     Returns the mean loss, top-1 and throughput over all processes; raises
     :class:`LossDiverged` when the running loss stops being finite.
     """
     model.train()
+    extra: tuple[Tensor, ...] = ()
     device = context.device
     sums = torch.zeros(2, device=device)  # loss * n, correct
     count = 0
@@ -547,7 +552,10 @@ def train_one_epoch(
         targets = targets.to(device, non_blocking=True)
         with context.autocast():
             logits = model(inputs)
-        loss = criterion(logits.float(), targets)
+            if teacher is not None:
+                with torch.no_grad():
+                    extra = (teacher(inputs).float(),)
+        loss = criterion(logits.float(), targets, *extra)
         optimizer.zero_grad(set_to_none=True)
         context.scaler.scale(loss).backward()
         context.scaler.step(optimizer)

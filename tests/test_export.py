@@ -381,6 +381,91 @@ def test_int8_keeps_the_rules_float_and_most_decisions(fashion, tmp_path):
     assert agreement["path"] > 0.9 and math.isclose(agreement["per_depth"][0], 1.0, abs_tol=0.05)
 
 
+def scoped_graph(path, weight, shared):
+    """Conv (network scope) -> Gemm (rules scope, reading ``shared``, also the Conv's bias)."""
+    h, scope = onnx.helper, "pkg.torch.onnx.name_scopes"
+    conv = h.make_node("Conv", ["image", "w", "b"], ["y"], "conv")
+    conv.metadata_props.add(key=scope, value="['', 'network', 'conv1']")
+    flatten = h.make_node("Flatten", ["y"], ["f"], "flatten")
+    flatten.metadata_props.add(key=scope, value="['', 'network']")
+    gemm = h.make_node("Gemm", ["f", "shared", "b"], ["logits"], "rules_gemm", transB=1)
+    gemm.metadata_props.add(key=scope, value="['', 'rules']")
+    graph = h.make_graph(
+        [conv, flatten, gemm], "g",
+        [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [None, 2, 1, 1])],
+        [h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [None, 3])],
+        [onnx.numpy_helper.from_array(weight, "w"), onnx.numpy_helper.from_array(shared, "shared"),
+         onnx.numpy_helper.from_array(np.zeros(3, np.float32), "b")],
+    )  # fmt: skip
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    h.set_model_props(model, {"nbdt.format": "nbdt-onnx"})
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_int8_weights_store_each_output_channel_as_int8_and_decode_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((3, 2, 1, 1)) * [[[[1.0]]], [[[1e-3]]], [[[0.0]]]]).astype(
+        np.float32
+    )
+    shared = rng.standard_normal((3, 3)).astype(np.float32)
+    source = scoped_graph(tmp_path / "fp32.onnx", weight, shared)
+    out = compress.quantize_weights(source, tmp_path / "w8.onnx")
+    proto = onnx.load_model(str(out))
+    tensors = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert tensors["w.int8"].dtype == np.int8 and "w" not in tensors
+    np.testing.assert_array_equal(tensors["shared"], shared)  # the rules' weights stay float32
+    assert [p.key for p in proto.metadata_props] == ["nbdt.format"]
+    expected = np.empty_like(weight)  # a plain loop over output channels
+    for c in range(3):
+        scale = np.abs(weight[c]).max() / 127 or 1.0
+        expected[c] = np.clip(np.round(weight[c] / scale), -127, 127) * np.float32(scale)
+    decoded = tensors["w.int8"].astype(np.float32) * tensors["w.scale"]
+    np.testing.assert_allclose(decoded, expected, rtol=1e-6, atol=0)
+    x = rng.standard_normal((4, 2, 1, 1)).astype(np.float32)
+    run = {p: ort.InferenceSession(str(p)).run(None, {"image": x})[0] for p in (source, out)}
+    reference = x.reshape(4, 2) @ expected.reshape(3, 2).T @ shared.T
+    np.testing.assert_allclose(run[out], reference, rtol=1e-5, atol=1e-6)
+    options = ort.SessionOptions()  # ONNX Runtime folds the decoding into a float32 weight
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(str(out), options)
+    loaded = onnx.load_model(options.optimized_model_filepath)
+    assert not {"Cast", "Mul"} & {n.op_type for n in loaded.graph.node}
+
+
+def test_int8_weights_refuse_a_graph_without_network_nodes(tmp_path):
+    tiny_onnx(tmp_path / "plain.onnx")
+    with pytest.raises(ValueError, match="plain.onnx: no network nodes"):
+        compress.quantize_weights(tmp_path / "plain.onnx", tmp_path / "w8.onnx")
+    assert not (tmp_path / "w8.onnx").exists()
+
+
+@pytest.mark.slow
+def test_int8_weights_keep_decisions_and_size_a_quarter(fashion, tmp_path):
+    model, path, inputs, _, _ = fashion
+    quantized = compress.quantize_weights(path, tmp_path / "w8.onnx")
+    assert quantized.stat().st_size < 0.4 * path.stat().st_size  # the tree's metadata stays
+    before, after = onnx.load_model(str(path)), onnx.load_model(str(quantized))
+    network = set(compress.network_nodes(before))
+    weighted = [n for n in before.graph.node if n.name in network and n.op_type in ("Conv", "Gemm")]
+    codes = [t for t in after.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(codes) == len(weighted) > 10  # every convolution's and the head's weight
+    fp32, w8 = OnnxNBDT(path).run(inputs.numpy()), OnnxNBDT(quantized).run(inputs.numpy())
+    agreement = compress.decision_agreement(model.hierarchy, fp32["hard_class"], w8["hard_class"])
+    assert agreement["path"] >= 0.98
+    assert np.abs(w8["class_log_probs"] - fp32["class_log_probs"]).max() < 0.1
+
+
+def test_the_quantisers_root_logger_advice_stays_quiet_and_configures_nothing(monkeypatch, capsys):
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # a program that has not configured logging
+    with compress._unconfigured_root_logger_quiet():
+        logging.warning("Please consider to run pre-processing before quantization.")
+    assert root.handlers == [] and capsys.readouterr().err == ""
+
+
 def test_import_nbdt_runtime_does_not_import_torch():
     """The runtime explains without torch: it and the explanation builder never import it."""
     code = "import sys, nbdt.runtime;print('torch' in sys.modules, 'nbdt.model' in sys.modules)"
@@ -398,6 +483,7 @@ def test_import_nbdt_runtime_does_not_import_torch():
         (["export", "absent.pt", "-o", "m.onnx"], "absent.pt: no such file"),
         (["compress", "m.pt", "-o", "out", "--finetune-epochs", "1"], "pass --prune RATIO"),
         (["compress", "m.pt", "-o", "o", "--prune", "0.3", "--reinduce"], "--finetune-epochs"),
+        (["compress", "m.pt", "-o", "o", "--prune", "0.3", "--distill", "-1"], "--distill"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
@@ -482,17 +568,19 @@ def test_cli_compress_prunes_finetunes_with_the_trainer_and_quantizes(fashion, t
     argv = [
         str(checkpoint_of(path)), "-o", str(out), "--prune", "0.3", "--round-to", "0",
         "--finetune-epochs", "1", "--finetune-subset", "64", "--batch-size", "32",
-        "--test", "64", "--calibration", "32", "--quantize", "int8",
+        "--test", "64", "--calibration", "32", "--quantize", "int8", "int8-weights",
     ]  # fmt: skip
     assert compress_main(argv) == 0
     table = capsys.readouterr().out
     assert "pruned_int8" in table and "paths%" in table
     report = json.loads((out / "compress.json").read_text())
     rows = report["variants"]
-    assert list(rows) == ["uncompressed", "pruned", "pruned_int8"]
+    assert list(rows) == ["uncompressed", "pruned", "pruned_int8", "pruned_int8-weights"]
     assert rows["pruned"]["params"] < 0.8 * rows["uncompressed"]["params"]
-    assert rows["pruned_int8"]["file_bytes"] < 0.5 * rows["pruned"]["file_bytes"]
+    for name in ("pruned_int8", "pruned_int8-weights"):
+        assert rows[name]["file_bytes"] < 0.5 * rows["pruned"]["file_bytes"]
     assert rows["uncompressed"]["agreement"]["path"] == 1.0
+    assert report["settings"]["distill"] == 1.0  # fine-tuned towards the model's decisions
     # fine-tuned by the trainer's parts: a run folder with its metrics and checkpoints
     metrics = [json.loads(line) for line in (out / "finetune" / "metrics.jsonl").open()]
     assert [m["phase"] for m in metrics] == ["finetune"] and metrics[0]["train_images"] == 64

@@ -5,7 +5,8 @@ import reference_loops as ref
 import torch
 import torch.nn.functional as F
 
-from nbdt.loss import HardTreeSupLoss, SoftTreeSupLoss, WeightSchedule
+from nbdt.loss import DecisionDistillLoss, HardTreeSupLoss, SoftTreeSupLoss, WeightSchedule
+from nbdt.rules import DecisionRules
 
 TREES = [(23, 0, (2, 7), False), (14, 1, (2, 3), True), (32, 2, (2, 2), False)]
 
@@ -196,3 +197,46 @@ def test_an_empty_batch_is_no_error(node_score):
         for _ in range(2):  # before and after the first-batch input check
             assert loss(empty, none).isnan()  # as torch's CrossEntropyLoss: a mean over nothing
             loss(*batch(h))
+
+
+def reference_decision_kl(h, logits, teacher_logits, temperature):
+    """A plain loop over samples, inner nodes and children."""
+    student = ref.node_log_probs(h, logits / temperature)
+    teacher = ref.node_log_probs(h, teacher_logits / temperature)
+    total = logits.new_zeros(())
+    for b in range(logits.shape[0]):
+        for i, node in enumerate(h.inner_nodes):
+            for k in range(len(node.children)):
+                p = teacher[b, i, k].exp()
+                total = total + p * (teacher[b, i, k] - student[b, i, k])
+    return total / (logits.shape[0] * len(h.inner_nodes)) * temperature**2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_decision_distillation_is_the_nodes_kl_to_the_teacher(tree, temperature):
+    logits, target = batch(tree)
+    teacher = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1)).double()
+    base = SoftTreeSupLoss(tree).double()
+    loss = DecisionDistillLoss(base, DecisionRules(tree).double(), 0.5, temperature)
+    value = loss(logits, target, teacher)
+    expected = reference_decision_kl(tree, logits, teacher, temperature)
+    assert value.item() == pytest.approx((base(logits, target) + 0.5 * expected).item(), rel=1e-9)
+    gradient = torch.autograd.grad(loss.decision_kl(logits, teacher), logits)[0]
+    expected_gradient = torch.autograd.grad(expected, logits)[0]
+    torch.testing.assert_close(gradient, expected_gradient)  # no NaN from the padding slots
+
+
+def test_decision_distillation_vanishes_when_the_decisions_are_the_teachers(tree):
+    logits, target = batch(tree)
+    loss = DecisionDistillLoss(SoftTreeSupLoss(tree).double(), DecisionRules(tree).double())
+    kl = loss.decision_kl(logits, logits.detach())
+    assert abs(kl.item()) < 1e-12
+    assert torch.autograd.grad(kl, logits)[0].abs().max() < 1e-12
+    shifted = logits.detach() + 5.0  # the same decisions: node scores move together
+    assert abs(loss.decision_kl(logits, shifted).item()) < 1e-9
+
+
+@pytest.mark.parametrize("kwargs", [{"weight": -1.0}, {"temperature": 0.0}])
+def test_decision_distillation_bad_arguments(tree, kwargs):
+    with pytest.raises(ValueError, match="weight >= 0 and temperature > 0"):
+        DecisionDistillLoss(SoftTreeSupLoss(tree), DecisionRules(tree), **kwargs)

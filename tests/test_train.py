@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import nbdt
 from nbdt import data, train
@@ -475,3 +477,30 @@ def test_the_parts_serve_a_head_only_refit(stripes_dir, tmp_path):
     assert names == {"args.json", "hierarchy.json", "hierarchy.html", "last.pt", "best.pt",
                      "metrics.jsonl", "eval.json", "report.html"}  # fmt: skip
     assert nbdt.load(folder.path / "last.pt").hierarchy == hierarchy
+
+
+def test_train_one_epoch_hands_the_criterion_the_teachers_logits_on_the_same_inputs():
+    """Distillation: ``criterion(logits, targets, teacher(inputs))`` for each batch, no gradient
+    into the teacher."""
+    torch.manual_seed(0)
+    features = torch.randn(12, 5)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(features, torch.arange(12) % 3), batch_size=4
+    )
+    student, teacher = nn.Linear(5, 3), nn.Linear(5, 3)
+    seen = []
+
+    def criterion(logits, targets, teacher_logits):
+        seen.append(teacher_logits)
+        return F.mse_loss(logits, teacher_logits)
+
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    context = train.StepContext(train.start_runtime("cpu"))
+    stats = train.train_one_epoch(
+        student, loader, criterion, optimizer, scheduler, lambda x, g: x, context, teacher=teacher
+    )
+    assert stats["train_images"] == 12
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(seen), teacher(features))
+    assert all(not t.requires_grad for t in seen) and teacher.weight.grad is None
