@@ -22,12 +22,13 @@ import dataclasses
 import io
 import json
 import os
+import sys
 import weakref
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +39,7 @@ from nbdt._io import atomic_path
 from nbdt._messages import one_line
 from nbdt.explanation import Example
 from nbdt.hierarchy import Hierarchy
-
-if TYPE_CHECKING:
-    from nbdt.model import NBDT
+from nbdt.model import NBDT, eval_mode
 
 # name -> pytorch_grad_cam class: the gradient-based CAMs, which read only activations and
 # gradients (Score-CAM and Ablation-CAM would rerun the network once per channel).
@@ -317,19 +316,15 @@ def _frozen(model: nn.Module) -> Iterator[None]:
     """No parameter gradients (none computed, none lost), eval mode; everything restored."""
     params = list(model.parameters())
     state = [(p.requires_grad, p.grad) for p in params]
-    training = {m: m.training for m in model.modules()}
     try:
         for p in params:
             p.requires_grad_(False)
-        model.eval()
-        with torch.inference_mode(False), torch.enable_grad():
+        with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             yield
     finally:
         for p, (flag, grad) in zip(params, state, strict=True):
             p.requires_grad_(flag)
             p.grad = grad
-        for m, flag in training.items():
-            m.training = flag
 
 
 def decision_saliency(
@@ -932,13 +927,11 @@ def node_examples(
     )
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     collector = _Collector(model, k, sample)
-    training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         batches: Iterable[tuple[Tensor, Tensor, Tensor]] = _batches(
             data, batch_size, num_workers, rank, world
         )
-        if progress:
+        if progress and sys.stderr.isatty():  # a log file gets no bar redrawn in place
             from tqdm import tqdm
 
             batches = tqdm(batches, desc="node examples", unit="batch")
@@ -951,9 +944,6 @@ def node_examples(
                     f"data: labels must be class indices in [0, {model.hierarchy.num_classes})"
                 )
             collector.update(images, labels, indices)
-    finally:
-        for m, flag in training.items():
-            m.training = flag
     result = collector.result()
     if not distributed:
         return result

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from nbdt._io import atomic_path
 from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
 from nbdt.loss import LOSSES
-from nbdt.model import NBDT
+from nbdt.model import NBDT, eval_mode
 
 IN_MEMORY_LIMIT = 1 << 30  # bytes of features kept in memory when a cache folder is given
 
@@ -156,14 +156,8 @@ class Features:
 @contextlib.contextmanager
 def _evaluating(module: nn.Module) -> Iterator[None]:
     """Eval mode and inference mode inside; every submodule's mode restored after."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        for m, flag in modes.items():
-            m.training = flag
+    with eval_mode(module), torch.inference_mode():
+        yield
 
 
 def _device(model: NBDT) -> tuple[torch.device, torch.dtype]:
