@@ -124,7 +124,7 @@ def prune(
 
 
 def finetune(
-    config: TrainConfig, *, teacher: NBDT | None = None, distill: float = 1.0
+    config: TrainConfig, *, teacher: NBDT | None = None, distill: float = 0.5
 ) -> tuple[NBDT, list[dict[str, Any]]]:
     """Tree-supervised fine-tuning of the model file ``config.checkpoint`` (a pruned one
     rebuilds from it) with ``nbdt-train``'s parts: the plan's network and data, then per epoch
@@ -132,9 +132,9 @@ def finetune(
     becomes a run folder as ``nbdt-train`` writes (args.json, last.pt, best.pt, metrics.jsonl,
     its output stages). ``config.hierarchy`` "checkpoint" keeps the tree, "induced" induces
     it again from the head first. With a ``teacher`` (the uncompressed model) and ``distill``
-    > 0, the loss adds ``distill`` times :class:`~nbdt.loss.DecisionDistillLoss`'s decision KL
-    to the teacher, so that the tuned model keeps its decisions. Returns the tuned model and
-    the epochs' metrics."""
+    > 0, a share ``distill`` of the loss is :class:`~nbdt.loss.DecisionDistillLoss`'s decision
+    KL to the teacher (1: the teacher's decisions alone), so that the tuned model keeps its
+    decisions. Returns the tuned model and the epochs' metrics."""
     from nbdt import data, train
     from nbdt.loss import DecisionDistillLoss
 

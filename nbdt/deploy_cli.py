@@ -73,10 +73,11 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--lr", type=float, help="fine-tuning learning rate (nbdt-train's)")
     parser.add_argument(
-        "--distill", type=float, default=1.0, metavar="W",
-        help="weight of the decision-distillation term while fine-tuning: the KL, at every inner"
-        " node, from the uncompressed model's choice among the children to the pruned one's,"
-        " so the pruned model keeps its decisions (default 1; 0 turns it off)",
+        "--distill", type=float, default=0.5, metavar="SHARE",
+        help="share of the fine-tuning loss given to decision distillation: the KL, at every"
+        " inner node, from the uncompressed model's choice among the children to the pruned"
+        " one's; the rest is the tree-supervision loss on the labels (default 0.5; 1: the"
+        " uncompressed model's decisions alone; 0: the labels alone)",
     )  # fmt: skip
     parser.add_argument(
         "--reinduce", action="store_true",
@@ -115,8 +116,8 @@ def _compress(args: argparse.Namespace) -> int:
         raise BadInput(f"--finetune-epochs: must be >= 0, got {args.finetune_epochs}")
     if args.finetune_epochs and args.prune is None:
         raise BadInput("--finetune-epochs fine-tunes a pruned model: pass --prune RATIO")
-    if not args.distill >= 0:
-        raise BadInput(f"--distill: must be >= 0, got {args.distill}")
+    if not 0 <= args.distill <= 1:
+        raise BadInput(f"--distill: a share between 0 and 1, got {args.distill}")
     if args.reinduce and not args.finetune_epochs:
         raise BadInput("--reinduce changes the tree the fine-tuning learns: pass --finetune-epochs")
     for option in ("calibration", "test"):

@@ -223,27 +223,33 @@ LOSSES: dict[str, type[_TreeSupLoss]] = {"soft": SoftTreeSupLoss, "hard": HardTr
 
 
 class DecisionDistillLoss(nn.Module):
-    """A loss plus a term that keeps a student's decisions those of a teacher (compression).
+    """A loss that keeps a student's decisions those of a teacher (compression).
 
-    ``loss(logits, target) + weight * T**2 * KL``, where KL is, per sample, the mean over the
-    inner nodes of KL(teacher's distribution over the node's children || the student's), both at
-    temperature ``T`` (logits divided by T; Hinton et al.'s T**2 keeps the gradient's scale). It
-    trains every node's decision, not only those on the label's path: a pruned network then
-    takes the same branches as the model it came from, mistakes included.
+    ``(1 - share) * loss(logits, target) + share * T**2 * KL``, where KL is, per sample, the mean
+    over the inner nodes of KL(teacher's distribution over the node's children || the
+    student's), both at temperature ``T`` (logits divided by T; Hinton et al.'s T**2 keeps the
+    gradient's scale). It trains every node's decision, not only those on the label's path: a
+    pruned network then takes the same branches as the model it came from, mistakes included.
+    ``share`` 1 learns the teacher's decisions alone (the labels are not read).
     """
 
     def __init__(
-        self, loss: nn.Module, rules: DecisionRules, weight: float = 1.0, temperature: float = 1.0
+        self, loss: nn.Module, rules: DecisionRules, share: float = 0.5, temperature: float = 1.0
     ) -> None:
         super().__init__()
-        if not weight >= 0 or not temperature > 0:
-            raise ValueError(f"need weight >= 0 and temperature > 0, got {weight}, {temperature}")
+        if not 0 <= share <= 1 or not temperature > 0:
+            raise ValueError(
+                f"need 0 <= share <= 1 and temperature > 0, got {share}, {temperature}"
+            )
         self.loss, self.rules = loss, rules
-        self.weight, self.temperature = float(weight), float(temperature)
+        self.share, self.temperature = float(share), float(temperature)
 
     def forward(self, logits: Tensor, target: Tensor, teacher_logits: Tensor) -> Tensor:
-        """The wrapped loss of ``(logits, target)`` plus the weighted decision KL, batch mean."""
-        return self.loss(logits, target) + self.weight * self.decision_kl(logits, teacher_logits)
+        """The mix of the wrapped loss of ``(logits, target)`` and the decision KL, batch mean."""
+        kl = self.decision_kl(logits, teacher_logits)
+        if self.share == 1:
+            return kl
+        return (1 - self.share) * self.loss(logits, target) + self.share * kl
 
     def decision_kl(self, logits: Tensor, teacher_logits: Tensor) -> Tensor:
         """The batch mean of the per-sample mean over nodes of the children's KL, times T**2."""

@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--finetune-subset", type=int, default=5000)
-    parser.add_argument("--distill", type=float, default=1.0, help="nbdt-compress --distill")
+    parser.add_argument("--distill", type=float, default=0.5, help="nbdt-compress --distill")
     parser.add_argument("--test", type=int, default=2000, help="test images compared")
     parser.add_argument("--calibration", type=int, default=256, help="training images")
     parser.add_argument("--data-dir", default=None)

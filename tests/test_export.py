@@ -483,7 +483,7 @@ def test_import_nbdt_runtime_does_not_import_torch():
         (["export", "absent.pt", "-o", "m.onnx"], "absent.pt: no such file"),
         (["compress", "m.pt", "-o", "out", "--finetune-epochs", "1"], "pass --prune RATIO"),
         (["compress", "m.pt", "-o", "o", "--prune", "0.3", "--reinduce"], "--finetune-epochs"),
-        (["compress", "m.pt", "-o", "o", "--prune", "0.3", "--distill", "-1"], "--distill"),
+        (["compress", "m.pt", "-o", "o", "--prune", "0.3", "--distill", "1.5"], "--distill"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
@@ -580,7 +580,7 @@ def test_cli_compress_prunes_finetunes_with_the_trainer_and_quantizes(fashion, t
     for name in ("pruned_int8", "pruned_int8-weights"):
         assert rows[name]["file_bytes"] < 0.5 * rows["pruned"]["file_bytes"]
     assert rows["uncompressed"]["agreement"]["path"] == 1.0
-    assert report["settings"]["distill"] == 1.0  # fine-tuned towards the model's decisions
+    assert report["settings"]["distill"] == 0.5  # fine-tuned towards the model's decisions
     # fine-tuned by the trainer's parts: a run folder with its metrics and checkpoints
     metrics = [json.loads(line) for line in (out / "finetune" / "metrics.jsonl").open()]
     assert [m["phase"] for m in metrics] == ["finetune"] and metrics[0]["train_images"] == 64

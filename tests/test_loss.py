@@ -217,10 +217,13 @@ def test_decision_distillation_is_the_nodes_kl_to_the_teacher(tree, temperature)
     logits, target = batch(tree)
     teacher = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1)).double()
     base = SoftTreeSupLoss(tree).double()
-    loss = DecisionDistillLoss(base, DecisionRules(tree).double(), 0.5, temperature)
+    loss = DecisionDistillLoss(base, DecisionRules(tree).double(), 0.25, temperature)
     value = loss(logits, target, teacher)
     expected = reference_decision_kl(tree, logits, teacher, temperature)
-    assert value.item() == pytest.approx((base(logits, target) + 0.5 * expected).item(), rel=1e-9)
+    mixed = 0.75 * base(logits, target) + 0.25 * expected
+    assert value.item() == pytest.approx(mixed.item(), rel=1e-9)
+    alone = DecisionDistillLoss(base, DecisionRules(tree).double(), 1.0, temperature)
+    assert alone(logits, target, teacher).item() == pytest.approx(expected.item(), rel=1e-9)
     gradient = torch.autograd.grad(loss.decision_kl(logits, teacher), logits)[0]
     expected_gradient = torch.autograd.grad(expected, logits)[0]
     torch.testing.assert_close(gradient, expected_gradient)  # no NaN from the padding slots
@@ -236,7 +239,7 @@ def test_decision_distillation_vanishes_when_the_decisions_are_the_teachers(tree
     assert abs(loss.decision_kl(logits, shifted).item()) < 1e-9
 
 
-@pytest.mark.parametrize("kwargs", [{"weight": -1.0}, {"temperature": 0.0}])
+@pytest.mark.parametrize("kwargs", [{"share": -0.5}, {"share": 1.5}, {"temperature": 0.0}])
 def test_decision_distillation_bad_arguments(tree, kwargs):
-    with pytest.raises(ValueError, match="weight >= 0 and temperature > 0"):
+    with pytest.raises(ValueError, match="0 <= share <= 1 and temperature > 0"):
         DecisionDistillLoss(SoftTreeSupLoss(tree), DecisionRules(tree), **kwargs)
