@@ -31,9 +31,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[test,report,evidence,deploy]'
 	touch $(STAMP)
 
-# resnet18 from scratch on Fashion-MNIST (CPU: a few minutes): cross-entropy warm-up, hierarchy
-# induced from the head, soft tree supervision; 4 test images explained by the trainer (PNGs in
-# images/), the evaluation report (eval.json, report.html), then the same PNGs by nbdt-explain.
+# resnet18 from scratch on Fashion-MNIST (CPU: about 10 minutes on 2 cores): cross-entropy
+# warm-up, hierarchy induced from the head, soft tree supervision; 4 test images explained by the
+# trainer (PNGs in images/), the evaluation report (eval.json, report.html), then the same PNGs
+# by nbdt-explain.
 demo: setup
 	$(VENV)/bin/nbdt-train --arch resnet18 --dataset fashion-mnist --output $(DEMO_DIR) \
 	  --warmup-epochs 2 --epochs 1 --subset 15000 --explain 4 --overwrite
