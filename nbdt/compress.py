@@ -435,11 +435,17 @@ def decision_agreement(
 
 
 def parameters_and_macs(model: NBDT) -> tuple[int, int]:
-    """The network's parameter count and multiply-accumulates per image (Torch-Pruning's
-    counter), at the data config's input size."""
+    """The network's parameter count and multiply-accumulates per image, at the data config's
+    input size."""
+    return network_parameters_and_macs(model.model, model.data_config["input_size"])
+
+
+def network_parameters_and_macs(network: nn.Module, input_size: Sequence[int]) -> tuple[int, int]:
+    """Parameter count and multiply-accumulates per image of shape ``input_size`` (C, H, W), by
+    Torch-Pruning's counter, in eval mode."""
     tp = import_deploy("torch_pruning")
-    size = tuple(int(v) for v in model.data_config["input_size"])
-    macs, params = tp.utils.count_ops_and_params(model.model.eval(), torch.zeros(1, *size))
+    size = tuple(int(v) for v in input_size)
+    macs, params = tp.utils.count_ops_and_params(network.eval(), torch.zeros(1, *size))
     return int(params), int(macs)
 
 

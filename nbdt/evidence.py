@@ -22,7 +22,6 @@ import dataclasses
 import io
 import json
 import os
-import sys
 import weakref
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -931,7 +930,7 @@ def node_examples(
         batches: Iterable[tuple[Tensor, Tensor, Tensor]] = _batches(
             data, batch_size, num_workers, rank, world
         )
-        if progress and sys.stderr.isatty():  # a log file gets no bar redrawn in place
+        if progress:
             from tqdm import tqdm
 
             batches = tqdm(batches, desc="node examples", unit="batch")

@@ -701,7 +701,7 @@ def node_examples(folder: RunFolder, result: RunResult) -> None:
         result.model.eval(),
         result.train_set,
         batch_size=result.config.batch_size,
-        progress=not result.config.quiet,
+        progress=result.progress.bars,  # a bar on a terminal only, as the epochs'
         distributed=False,
     )
     result.examples.save(folder.path / "node_examples.npz")

@@ -24,10 +24,9 @@ import resource
 from pathlib import Path
 
 import timm
-import torch
 
 from nbdt import train
-from nbdt.compress import parameters_and_macs
+from nbdt.compress import network_parameters_and_macs, parameters_and_macs
 from nbdt.deploy_cli import compress_main
 from nbdt.model import load
 
@@ -42,10 +41,7 @@ def cpu_seconds() -> float:
 
 def macs(arch: str) -> int:
     """Multiply-accumulates per 28 x 28 image of a fresh 10-class ``arch``."""
-    import torch_pruning as tp
-
-    network = timm.create_model(arch, num_classes=10).eval()
-    return int(tp.utils.count_ops_and_params(network, torch.zeros(1, *SIZE))[0])
+    return network_parameters_and_macs(timm.create_model(arch, num_classes=10), SIZE)[1]
 
 
 def train_run(arch: str, subset: int, args: argparse.Namespace) -> dict[str, object]:
