@@ -55,7 +55,7 @@ def write_evidence_pages(folder: Path, run: Path) -> tuple[Path, Path, str]:
     heatmaps and examples; also the id of the inner node to open on the hierarchy page."""
     import nbdt
     from nbdt.data import BatchTransform, load_dataset, to_pil
-    from nbdt.evidence import NodeExamples
+    from nbdt.evidence.examples import NodeExamples
     from nbdt.visualize import explanation_html, hierarchy_html
 
     model = nbdt.load(run / "best.pt")

@@ -22,14 +22,14 @@ _EXPORTS = {
     "load": "nbdt.model",
     "hierarchy_html": "nbdt.visualize",
     "explanation_html": "nbdt.visualize",
-    "evaluate": "nbdt.evaluate",
-    "EvalResult": "nbdt.evaluate",
-    "TreeMetrics": "nbdt.evaluate",
-    "report_html": "nbdt.report",
-    "node_examples": "nbdt.evidence",
-    "NodeExamples": "nbdt.evidence",
-    "export_onnx": "nbdt.export",
-    "OnnxNBDT": "nbdt.runtime",
+    "evaluate": "nbdt.evaluation.evaluate",
+    "EvalResult": "nbdt.evaluation.evaluate",
+    "TreeMetrics": "nbdt.evaluation.metrics",
+    "report_html": "nbdt.evaluation.report",
+    "node_examples": "nbdt.evidence.examples",
+    "NodeExamples": "nbdt.evidence.examples",
+    "export_onnx": "nbdt.deploy.export",
+    "OnnxNBDT": "nbdt.deploy.runtime",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,7 +8,6 @@ a few linear-layer epochs instead of a network's.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import time
@@ -22,123 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from nbdt._io import atomic_path
+from nbdt.heads import apply_head, classifier_head, head_rows, rewrap, with_head, with_hierarchy
 from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
 from nbdt.loss import LOSSES
-from nbdt.model import NBDT, eval_mode
+from nbdt.model import NBDT
+from nbdt.networks import eval_mode
 
 IN_MEMORY_LIMIT = 1 << 30  # bytes of features kept in memory when a cache folder is given
-
-
-# ---------------------------------------------------------------------------- the head
-def _head(net: nn.Module) -> nn.Linear | nn.Conv2d:
-    """The network's classifier, asked the timm way: a Linear or a 1x1 Conv2d."""
-    head = net.get_classifier() if hasattr(net, "get_classifier") else None
-    is_conv = isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1)
-    if not (isinstance(head, nn.Linear) or is_conv):
-        raise ValueError(
-            f"{type(net).__name__}'s classifier is {type(head).__name__}: head-only interventions"
-            " need a Linear or 1x1 Conv2d head (get_classifier())"
-        )
-    return head
-
-
-def _head_rows(net: nn.Module) -> tuple[Tensor, Tensor | None]:
-    """The head's (C, D) weight rows and (C,) bias, detached."""
-    head = _head(net)
-    bias = head.bias.detach() if head.bias is not None else None
-    return head.weight.detach().flatten(1), bias
-
-
-def _apply_head(head: nn.Module, features: Tensor) -> Tensor:
-    """Logits of pooled (N, D) features through a Linear or 1x1 Conv2d head."""
-    if isinstance(head, nn.Conv2d):
-        return head(features[:, :, None, None]).flatten(1)
-    return head(features)
-
-
-class FeatureHead(nn.Module):
-    """A network's classifier as a module of pooled (N, D) features: what head-only training
-    runs (and wraps in DistributedDataParallel) instead of the whole network."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.head = _head(net)
-
-    def forward(self, features: Tensor) -> Tensor:
-        return _apply_head(self.head, features)
-
-
-def _with_head(net: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
-    """A copy of ``net`` that shares every module and tensor except the classifier, which is a
-    new one of these rows. Only the modules on the way to the head are copied (shallowly)."""
-    head = _head(net)
-    path = next(name for name, module in net.named_modules() if module is head).split(".")
-    rows, features = weight.shape
-    if isinstance(head, nn.Conv2d):
-        new: nn.Module = nn.Conv2d(features, rows, 1, bias=bias is not None)
-        weight = weight[:, :, None, None]
-    else:
-        new = nn.Linear(features, rows, bias=bias is not None)
-    new = new.to(device=head.weight.device, dtype=head.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    new.train(head.training)
-
-    def shallow(module: nn.Module) -> nn.Module:
-        twin = copy.copy(module)
-        twin._modules = dict(module._modules)
-        twin._parameters = dict(module._parameters)
-        twin._buffers = dict(module._buffers)
-        return twin
-
-    root = parent = shallow(net)
-    for name in path[:-1]:
-        child = shallow(parent._modules[name])
-        parent._modules[name] = child
-        parent = child
-    parent._modules[path[-1]] = new
-    if isinstance(getattr(root, "num_classes", None), int):
-        root.num_classes = rows
-    return root
-
-
-def _rewrap(model: NBDT, net: nn.Module, hierarchy: Hierarchy) -> NBDT:
-    """An NBDT like ``model`` (mode, node score, architecture, data config) over ``net``."""
-    return NBDT(
-        net,
-        hierarchy,
-        model.mode,
-        model.node_score,
-        arch=model.arch,
-        model_kwargs={**model.model_kwargs, "num_classes": hierarchy.num_classes},
-        data_config=model.data_config,
-    )
-
-
-def with_hierarchy(model: NBDT, hierarchy: Hierarchy) -> NBDT:
-    """An NBDT over the same backbone (shared weights) with ``hierarchy``'s decision rules.
-
-    It gets its own copy of the head, one row per class of ``hierarchy`` matched by leaf id, so
-    refitting it leaves ``model`` as it was; a class the tree lost (``remove_class``) loses its
-    row. A class the head has no row for is refused: add it with :func:`add_class`.
-    """
-    if not isinstance(hierarchy, Hierarchy):
-        raise TypeError(f"hierarchy must be a nbdt.Hierarchy, got {type(hierarchy).__name__}")
-    row = {leaf: i for i, leaf in enumerate(model.hierarchy.class_ids)}
-    unknown = [c for c in hierarchy.class_ids if c not in row]
-    if unknown:
-        raise ValueError(
-            f"with_hierarchy: the model's head has no row for classes"
-            f" {[hierarchy[c].label for c in unknown[:5]]} (matched by leaf id): add a class"
-            " with nbdt.intervene.add_class"
-        )
-    index = torch.tensor([row[c] for c in hierarchy.class_ids])
-    weight, bias = _head_rows(model.model)
-    index = index.to(weight.device)
-    net = _with_head(model.model, weight[index], None if bias is None else bias[index])
-    return _rewrap(model, net, hierarchy)
 
 
 # ---------------------------------------------------------------------------- features
@@ -161,7 +50,7 @@ def _evaluating(module: nn.Module) -> Iterator[None]:
 
 
 def _device(model: NBDT) -> tuple[torch.device, torch.dtype]:
-    weight = _head(model.model).weight
+    weight = classifier_head(model.model).weight
     return weight.device, weight.dtype
 
 
@@ -272,12 +161,12 @@ def evaluate_features(
     model: NBDT, features: Tensor, targets: Tensor, batch_size: int = 4096
 ) -> dict[str, float]:
     """Top-1 (%) of the network, NBDT-soft and NBDT-hard on cached features."""
-    head = _head(model.model)
+    head = classifier_head(model.model)
     device, dtype = _device(model)
     correct = torch.zeros(3, dtype=torch.long)
     with _evaluating(model.model):
         for i in range(0, len(targets), batch_size):
-            logits = _apply_head(head, features[i : i + batch_size].to(device, dtype))
+            logits = apply_head(head, features[i : i + batch_size].to(device, dtype))
             y = targets[i : i + batch_size].to(device)
             predictions = (
                 logits.argmax(1),
@@ -312,7 +201,7 @@ def _train_head(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    head = _head(model.model)
+    head = classifier_head(model.model)
     device, dtype = _device(model)
     criterion = criterion.to(device)
     steps = epochs * math.ceil(len(sources[0][1]) / batch_size)
@@ -334,7 +223,7 @@ def _train_head(
     for step in range(steps):
         loss = sum(
             weight
-            * criterion(_apply_head(head, x[o[step]].to(device, dtype)), y[o[step]].to(device))
+            * criterion(apply_head(head, x[o[step]].to(device, dtype)), y[o[step]].to(device))
             for (x, y, weight), o in zip(sources, orders, strict=True)
         )
         optimizer.zero_grad(set_to_none=True)
@@ -397,7 +286,7 @@ def refit_head(
 
 
 def _check_features(model: NBDT, features: Tensor, targets: Tensor, classes: int) -> None:
-    rows, width = _head_rows(model.model)[0].shape
+    rows, width = head_rows(model.model)[0].shape
     if rows != classes:
         raise ValueError(f"the head has {rows} classes, the hierarchy {classes}")
     if features.dim() != 2 or features.shape[1] != width:
@@ -517,7 +406,7 @@ def _wordnet_place(model: NBDT, wnid: str | None, row: Tensor) -> tuple[str, Non
 
 def _induced_place(model: NBDT, wnid: str | None, row: Tensor) -> tuple[str, str]:
     """Next to the class whose head row is the most similar (cosine), grouped under a new node."""
-    weight = _head_rows(model.model)[0].float()
+    weight = head_rows(model.model)[0].float()
     nearest = int(torch.nn.functional.cosine_similarity(weight, row[None].float()).argmax())
     return model.hierarchy.root.id, model.hierarchy.class_ids[nearest]
 
@@ -536,7 +425,7 @@ def imprint(
     the new row does not swamp the old classes before (or without) a head refit; without a
     replay, the mean of the existing biases. A head without bias gets none.
     """
-    weight, bias = _head_rows(model.model)
+    weight, bias = head_rows(model.model)
     unit = torch.nn.functional.normalize(features.float(), dim=1).mean(0)
     row = torch.nn.functional.normalize(unit, dim=0) * weight.float().norm(dim=1).mean()
     row = row.to(weight)
@@ -550,7 +439,7 @@ def imprint(
     pick = torch.randperm(len(replay), generator=torch.Generator().manual_seed(0))[:8192]
     sample = replay.features[pick].to(device, dtype)
     with torch.no_grad():
-        own = _apply_head(_head(model.model), sample).gather(
+        own = apply_head(classifier_head(model.model), sample).gather(
             1, replay.targets[pick, None].to(device)
         )
         margin = own.squeeze(1).float() - sample.float() @ row.float()
@@ -623,13 +512,13 @@ def add_class(
     leaf_id = unique_ids([n.id for n in h.nodes] + [synset if real else name])[-1]
     tree = add_leaf(h, Node(leaf_id, name, synset if real else None), parent, sibling)
 
-    weight, biases = _head_rows(model.model)
-    net = _with_head(
+    weight, biases = head_rows(model.model)
+    net = with_head(
         model.model,
         torch.cat([weight, row[None]]),
         None if biases is None else torch.cat([biases, bias[None]]),
     )
-    grown = _rewrap(model, net, tree)
+    grown = rewrap(model, net, tree)
     if replay is not None and epochs:
         new_targets = torch.full((len(features),), h.num_classes, dtype=torch.long)
         _train_head(

@@ -6,10 +6,9 @@ every prediction as its path of decisions; ``save`` / ``load`` keep all of it in
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from nbdt.explanation import Explanation, explanations_from_arrays
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
 from nbdt.labels import distinct_label
-from nbdt.networks import input_channels, network_from_checkpoint, rebuild_errors
+from nbdt.networks import eval_mode, input_channels, network_from_checkpoint, rebuild_errors
 from nbdt.rules import NODE_SCORES, DecisionRules, check_finite
 
 ImageInput = Image.Image | str | os.PathLike | torch.Tensor
@@ -194,7 +193,7 @@ class NBDT(nn.Module):
         if not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
         if evidence or examples is not None:
-            from nbdt.evidence import check_evidence_options
+            from nbdt.evidence.saliency import check_evidence_options
 
             method = check_evidence_options(self, method, layer, examples)
         single = not isinstance(x, (list, tuple)) and not (
@@ -205,7 +204,7 @@ class NBDT(nn.Module):
             with torch.inference_mode():
                 explanations = self._explain_batch(batch, top_k)
             if evidence or examples is not None:
-                from nbdt.evidence import attach_evidence
+                from nbdt.evidence.saliency import attach_evidence
 
                 explanations = attach_evidence(
                     self,
@@ -281,7 +280,7 @@ class NBDT(nn.Module):
         """This model as one ONNX file (network, decision rules and nbdt metadata) that
         ``nbdt.OnnxNBDT`` and ``nbdt-explain --onnx`` run without torch; ``options`` go to
         :func:`nbdt.export.export_onnx`. Needs the ``deploy`` extra."""
-        from nbdt.export import export_onnx
+        from nbdt.deploy.export import export_onnx
 
         return export_onnx(self, path, **options)
 
@@ -341,23 +340,10 @@ class NBDT(nn.Module):
 
     def with_hierarchy(self, hierarchy: Hierarchy) -> NBDT:
         """An NBDT over the same backbone with ``hierarchy``'s rules and its own copy of the
-        head (a removed class's row dropped); see :func:`nbdt.intervene.with_hierarchy`."""
-        from nbdt.intervene import with_hierarchy
+        head (a removed class's row dropped); see :func:`nbdt.heads.with_hierarchy`."""
+        from nbdt.heads import with_hierarchy
 
         return with_hierarchy(self, hierarchy)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run the block with ``module`` in eval mode, then give every submodule back its own
-    train/eval flag (a model half in train mode stays so)."""
-    training = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in training.items():
-            m.training = flag
 
 
 def load(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> NBDT:

@@ -216,3 +216,16 @@ def data_config(model: nn.Module, channels: int) -> dict[str, Any]:
         if len(values) != channels:
             config[key] = (sum(values) / len(values),) * channels
     return config
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run the block with ``module`` in eval mode, then give every submodule back its own
+    train/eval flag (a model half in train mode stays so)."""
+    training = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in training.items():
+            m.training = flag

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from nbdt import train
 from nbdt._io import cache_dir
+from nbdt.training.config import TrainConfig
+from nbdt.training.run import train
 
 VARIANTS = {
     "ce": {"loss": "soft", "tree_weight": 0.0},
@@ -74,15 +75,15 @@ def main() -> None:
     started = time.perf_counter()
     results = {}
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON alone
-        warm = train.train(
-            train.TrainConfig(
+        warm = train(
+            TrainConfig(
                 output=str(args.output / "warmup"), warmup_epochs=args.warmup_epochs, epochs=0,
                 **common,
             )
         )  # fmt: skip
         for name in args.variants:
-            summary = train.train(
-                train.TrainConfig(
+            summary = train(
+                TrainConfig(
                     output=str(args.output / name),
                     checkpoint=str(args.output / "warmup" / "last.pt"),
                     epochs=args.epochs,

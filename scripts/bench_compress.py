@@ -25,10 +25,11 @@ from pathlib import Path
 
 import timm
 
-from nbdt import train
-from nbdt.compress import network_parameters_and_macs, parameters_and_macs
-from nbdt.deploy_cli import compress_main
+from nbdt.cli.compress import main as compress_main
+from nbdt.deploy.measure import network_parameters_and_macs, parameters_and_macs
 from nbdt.model import load
+from nbdt.training.config import TrainConfig
+from nbdt.training.run import train
 
 SIZE = (3, 28, 28)  # Fashion-MNIST as nbdt-train feeds it
 
@@ -46,7 +47,7 @@ def macs(arch: str) -> int:
 
 def train_run(arch: str, subset: int, args: argparse.Namespace) -> dict[str, object]:
     """One nbdt-train run into ``output``/``arch``; its summary and CPU seconds."""
-    config = train.TrainConfig(
+    config = TrainConfig(
         output=str(args.output / arch),
         dataset="fashion-mnist",
         data_dir=args.data_dir,
@@ -59,7 +60,7 @@ def train_run(arch: str, subset: int, args: argparse.Namespace) -> dict[str, obj
         overwrite=True,
     )
     start = cpu_seconds()
-    summary = train.train(config)
+    summary = train(config)
     return {"cpu_s": cpu_seconds() - start, "subset": subset, **summary}
 
 

@@ -22,7 +22,7 @@ import torch
 import nbdt
 from nbdt import data
 from nbdt.classes import dataset_classes
-from nbdt.evaluate import evaluate
+from nbdt.evaluation.evaluate import evaluate
 from nbdt.model import NBDT
 
 

@@ -21,7 +21,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from nbdt import evidence
+from nbdt.evidence.examples import node_examples
+from nbdt.evidence.faithfulness import deletion_test
+from nbdt.evidence.saliency import DEFAULT_METHOD, decision_saliency, find_layer
 from nbdt.model import NBDT
 
 PHOTOS = (
@@ -78,7 +80,7 @@ def cost(model: NBDT) -> dict:
         model.zero_grad(set_to_none=True)
         model.model(x).logsumexp(1).sum().backward()
 
-    evidence_s = _cpu(lambda: evidence.decision_saliency(model, x, [path]))
+    evidence_s = _cpu(lambda: decision_saliency(model, x, [path]))
     plain_s = _cpu(forward_backward)
     model.zero_grad(set_to_none=True)
     forward_s = _cpu(lambda: model.model(x.detach()).sum().item())
@@ -86,7 +88,7 @@ def cost(model: NBDT) -> dict:
     return {
         "steps": len(path.path),
         "tree_depth": depth,
-        "method": evidence.DEFAULT_METHOD,
+        "method": DEFAULT_METHOD,
         "evidence_cpu_s": round(evidence_s, 4),
         "forward_backward_cpu_s": round(plain_s, 4),
         "forward_cpu_s": round(forward_s, 4),
@@ -100,7 +102,7 @@ METHODS = ("gradcam", "hirescam")  # the package's first default, and the one th
 
 
 def _deletion(model, batch, explanations, maps) -> dict:
-    drops = evidence.deletion_test(model, batch, explanations, maps)
+    drops = deletion_test(model, batch, explanations, maps)
     salient, shifted, least = drops["salient"], drops["shifted"], drops["least"]
     return {
         "steps": int(len(salient)),
@@ -150,10 +152,10 @@ def photos(model: NBDT) -> tuple[dict, dict]:
     explanations = model.explain(batch)
     result: dict = {"photos": used}
     for method in METHODS:
-        maps = evidence.decision_saliency(model, batch, explanations, method=method)
+        maps = decision_saliency(model, batch, explanations, method=method)
         result[method] = _deletion(model, batch, explanations, maps)
-    maps = evidence.decision_saliency(model, batch, explanations)
-    random_maps = evidence.decision_saliency(_randomised(model), batch, explanations)
+    maps = decision_saliency(model, batch, explanations)
+    random_maps = decision_saliency(_randomised(model), batch, explanations)
     return result, _spearman(maps, random_maps)
 
 
@@ -167,12 +169,12 @@ def fashion_mnist(checkpoint: str, count: int) -> tuple[dict, dict, dict]:
     batch = BatchTransform(model.data_config)(images)
     explanations = model.explain(batch)
     deletion: dict = {"checkpoint": checkpoint, "images": count}
-    deletion["layer"] = evidence.find_layer(model)[0]
+    deletion["layer"] = find_layer(model)[0]
     for method in METHODS:
-        maps = evidence.decision_saliency(model, batch, explanations, method=method)
+        maps = decision_saliency(model, batch, explanations, method=method)
         deletion[method] = _deletion(model, batch, explanations, maps)
-    maps = evidence.decision_saliency(model, batch, explanations)
-    sanity = _spearman(maps, evidence.decision_saliency(_randomised(model), batch, explanations))
+    maps = decision_saliency(model, batch, explanations)
+    sanity = _spearman(maps, decision_saliency(_randomised(model), batch, explanations))
 
     train = load_dataset("fashion-mnist", "train").head(2048)
     transform = BatchTransform(model.data_config)
@@ -186,7 +188,7 @@ def fashion_mnist(checkpoint: str, count: int) -> tuple[dict, dict, dict]:
         return correct
 
     plain_s = _cpu(plain, repeats=1)
-    examples_s = _cpu(lambda: evidence.node_examples(model, train, k=8, batch_size=128), repeats=1)
+    examples_s = _cpu(lambda: node_examples(model, train, k=8, batch_size=128), repeats=1)
     speed = {
         "images": len(train),
         "node_examples_images_per_s": round(len(train) / examples_s, 1),
@@ -205,7 +207,7 @@ def main() -> None:
     parser.add_argument("--skip-imagenet", action="store_true", help="Fashion-MNIST only")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    out: dict = {"default_method": evidence.DEFAULT_METHOD}
+    out: dict = {"default_method": DEFAULT_METHOD}
     if not args.skip_imagenet:
         model = _imagenet_model()
         out["cost"] = cost(model)

@@ -21,10 +21,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nbdt import data, train
+from nbdt import data
+from nbdt.distributed import amp_dtype, start_process
+from nbdt.training.config import TrainConfig, make_optimizer
+from nbdt.training.loop import StepContext, train_loader, train_one_epoch
+from nbdt.training.plan import make_plan
 
 
-def plain_loop(model, dataset, config, context: train.StepContext, args) -> float:
+def plain_loop(model, dataset, config, context: StepContext, args) -> float:
     """Images/s of the textbook loop: DataLoader, normalise, forward (autocast as the trainer
     has it), cross-entropy, SGD."""
     device = context.device
@@ -112,7 +116,7 @@ def main() -> None:
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as output:
-        config = train.TrainConfig(
+        config = TrainConfig(
             output=output,
             arch=args.arch,
             data_dir=args.data_dir,
@@ -126,16 +130,16 @@ def main() -> None:
             amp=args.amp,
             quiet=True,
         )
-        runtime = train.start_runtime(config.device)
+        runtime = start_process(config.device)
         device = runtime.device
-        plan = train.make_plan(config, device)
+        plan = make_plan(config, device)
         model, model_kwargs = plan.network()
-        context = train.StepContext(runtime, train.amp_dtype(device) if args.amp else None)
+        context = StepContext(runtime, amp_dtype(device) if args.amp else None)
         model.to(device, memory_format=context.memory_format)
         data_config = plan.data_config(model, model_kwargs)
         transform = data.BatchTransform(data_config).to(device)
-        loader, _ = train.train_loader(plan.train_set, plan.config, runtime)
-        optimizer = train.make_optimizer(plan.config, model)
+        loader, _ = train_loader(plan.train_set, plan.config, runtime)
+        optimizer = make_optimizer(plan.config, model)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10**6)
         dataset = plan.train_set
         hierarchy = plan.induce(model)
@@ -147,7 +151,7 @@ def main() -> None:
         losses["trainer_hard_tree"] = plan.criterion(1, hierarchy, device)
 
         def trainer(criterion: torch.nn.Module) -> float:
-            stats = train.train_one_epoch(
+            stats = train_one_epoch(
                 model, loader, criterion, optimizer, scheduler, transform, context
             )
             return stats["train_images_per_s"]

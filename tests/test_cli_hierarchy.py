@@ -11,7 +11,7 @@ import torch
 
 from nbdt import builders
 from nbdt.classes import dataset_classes
-from nbdt.cli import hierarchy_main
+from nbdt.cli.hierarchy import main as hierarchy_main
 from nbdt.hierarchy import Hierarchy
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nbdt.cli import eval_main
+from nbdt.cli.evaluate import main as eval_main
 from nbdt.hierarchy import Hierarchy, Node
 
 BIN = Path(sys.executable).parent

@@ -10,15 +10,9 @@ import reference_loops as ref
 import torch
 
 from nbdt.data import BatchTransform, TensorImages
-from nbdt.evaluate import (
-    TreeMetrics,
-    UnseenRouting,
-    UnseenTarget,
-    align_reference,
-    evaluate,
-    lca_tables,
-    unseen_target,
-)
+from nbdt.evaluation.evaluate import evaluate
+from nbdt.evaluation.metrics import TreeMetrics, align_reference, lca_tables
+from nbdt.evaluation.unseen import UnseenRouting, UnseenTarget, unseen_target
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.rules import DecisionRules
 
@@ -381,7 +375,7 @@ def test_evaluate_is_one_pass_of_the_metrics_over_the_models_logits(tiny_model, 
 
 
 def test_evaluate_routes_held_out_classes(tiny_model, monkeypatch):
-    import nbdt.evaluate as ev
+    import nbdt.evaluation.evaluate as ev
 
     monkeypatch.setattr(ev, "unseen_target", lambda h, wnid: UnseenTarget(wnid, "B", ("c2", "c3")))
     classes = ["c0", "new", "c1", "c2", "c3"]

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbdt import evidence
-from nbdt.evidence import NodeExamples, decision_saliency, merge_examples, node_examples
+from nbdt.evidence.examples import KINDS, NodeExamples, _model_input, merge_examples, node_examples
+from nbdt.evidence.faithfulness import deletion_test
+from nbdt.evidence.saliency import decision_margins, decision_saliency, find_layer
+from nbdt.heads import logits_and_features
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.labels import distinct_label, repeats_ancestor
 from nbdt.model import NBDT
@@ -126,7 +128,7 @@ def test_margins_are_the_rule_score_differences():
     model = _model()
     batch = torch.randn(4, 1, 16, 24)
     explanations = model.explain(batch)
-    margins = evidence.decision_margins(model, batch, explanations)
+    margins = decision_margins(model, batch, explanations)
     logits = model.logits(batch)
     inner = [n.id for n in model.hierarchy.inner_nodes]
     for b, exp in enumerate(explanations):
@@ -144,13 +146,13 @@ def test_margins_are_the_rule_score_differences():
 
 def test_layer_choice_and_bad_layers():
     model = _model()
-    assert evidence.find_layer(model)[0] == "conv"  # forward_features ends with F.relu: same shape
-    assert evidence.find_layer(model, "conv")[1] is model.model.conv
-    assert evidence.find_layer(model, model.model.conv)[0] == "conv"
+    assert find_layer(model)[0] == "conv"  # forward_features ends with F.relu: same shape
+    assert find_layer(model, "conv")[1] is model.model.conv
+    assert find_layer(model, model.model.conv)[0] == "conv"
     with pytest.raises(ValueError, match="layer='conv9'"):
         decision_saliency(model, torch.zeros(1, 1, 16, 24), layer="conv9")
     with pytest.raises(ValueError, match="not part of"):
-        evidence.find_layer(model, nn.Conv2d(1, 1, 1))
+        find_layer(model, nn.Conv2d(1, 1, 1))
     with pytest.raises(ValueError, match="layer=NAME"):
         decision_saliency(_model(FlatNet()), torch.zeros(1, 1, 16, 24))
     with pytest.raises(ValueError, match="method must be one of"):
@@ -178,12 +180,12 @@ def _data(n=90, seed=1):
 
 def _reference(model, data, k):
     """A plain loop: every (node, child, kind) list sorted by (-probability, index)."""
-    probs = model.rules.node_log_probs(model.logits(evidence._model_input(model, data.images)))
+    probs = model.rules.node_log_probs(model.logits(_model_input(model, data.images)))
     inner = model.hierarchy.inner_nodes
     out = {}
     for i, node in enumerate(inner):
         for slot, child in enumerate(node.children):
-            for kind in evidence.KINDS:
+            for kind in KINDS:
                 rows = []
                 for j, label in enumerate(data.labels.tolist()):
                     leaves = model.hierarchy.leaf_indices
@@ -214,7 +216,7 @@ def test_node_examples_match_a_plain_loop_and_lie_under_the_right_child():
     h = model.hierarchy
     for node in h.inner_nodes:
         for child in node.children:
-            for kind in evidence.KINDS:
+            for kind in KINDS:
                 got = found.examples(node.id, child, kind)
                 assert [e.index for e in got] == expected[node.id, child, kind]
                 for e in got:
@@ -255,7 +257,7 @@ def test_nearest_examples_are_exact_and_routed_to_the_child():
     model, data = _model(PatchNet(seed=3)), _data()
     found = node_examples(model, data, k=3, sample=1000, batch_size=32)
     query_image = data.images[:1]
-    _, query = evidence.pooled_features(model, evidence._model_input(model, query_image))
+    _, query = logits_and_features(model, _model_input(model, query_image))
     near = found.nearest(query[0].detach(), "root", "a", k=5)
     feats = torch.from_numpy(found.sample_features).float()
     sims = F.cosine_similarity(feats, query.detach(), dim=1)
@@ -318,7 +320,7 @@ def test_deletion_of_salient_pixels_hurts_the_trained_imagenet_model_most():
     batch = torch.stack([model.transform(Image.fromarray(skimage.chelsea()))])
     explanations = model.explain(batch)
     maps = decision_saliency(model, batch, explanations)
-    drops = evidence.deletion_test(model, batch, explanations, maps)
+    drops = deletion_test(model, batch, explanations, maps)
     assert drops["salient"].mean() > drops["least"].mean()
     assert drops["salient"].mean() > drops["shifted"].mean()
     assert (drops["salient"] > drops["least"]).mean() >= 0.6
@@ -326,7 +328,7 @@ def test_deletion_of_salient_pixels_hurts_the_trained_imagenet_model_most():
 
 # ----------------------------------------------------------------------------------- CLI
 def test_examples_cli_refuses_bad_input_with_one_line(tmp_path, capsys):
-    from nbdt.cli import examples_main
+    from nbdt.cli.examples import main as examples_main
 
     missing = str(tmp_path / "missing.pt")
     out = str(tmp_path / "ex.npz")
@@ -347,7 +349,7 @@ def test_token_models_are_read_as_a_grid_and_branch_layers_are_refused():
     ).eval()
     config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
     model = NBDT(net, _tree(), data_config=config)
-    assert evidence.find_layer(model)[0] == "blocks.0"  # class-token pooling: last block's input
+    assert find_layer(model)[0] == "blocks.0"  # class-token pooling: last block's input
     batch = torch.randn(2, 3, 32, 32)
     maps = decision_saliency(model, batch)
     assert [len(m) for m in maps] == [len(e.path) for e in model.explain(batch)]

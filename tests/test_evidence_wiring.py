@@ -12,13 +12,19 @@ from PIL import Image
 from test_browser import browser, open_page  # noqa: F401  (the browser fixtures)
 from test_evidence import CONFIG, FlatNet, _data, _model, _tree
 
-from nbdt import train
-from nbdt.cli import examples_main, explain_main
+from nbdt.classes import DatasetClasses
+from nbdt.cli.examples import main as examples_main
+from nbdt.cli.explain import main as explain_main
 from nbdt.data import BatchTransform, load_dataset
-from nbdt.evidence import NodeExamples, node_examples
+from nbdt.evidence.examples import NodeExamples, node_examples
 from nbdt.explanation import Explanation
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
+from nbdt.training import outputs
+from nbdt.training.config import TrainConfig
+from nbdt.training.outputs import RunResult, write_outputs
+from nbdt.training.progress import Progress
+from nbdt.training.run_folder import RunFolder
 from nbdt.visualize import explanation_html, hierarchy_html
 
 REGIONS = [(slice(2, 6), slice(14, 22)), (slice(9, 15), slice(1, 5))]
@@ -233,19 +239,19 @@ def test_pyproject_registers_nbdt_examples():
 
 
 # --------------------------------------------------------------------------- the trainer
-def _run_result(folder, fm_checkpoint, stripes_dir, **settings) -> train.RunResult:
+def _run_result(folder, fm_checkpoint, stripes_dir, **settings) -> RunResult:
     model = NBDT.from_checkpoint(torch.load(fm_checkpoint, weights_only=True))
-    config = train.TrainConfig(
+    config = TrainConfig(
         dataset="fashion-mnist", output=str(folder), explain=2, quiet=True, report=False, **settings
     )
     test = load_dataset("fashion-mnist", "test", stripes_dir)
-    return train.RunResult(
+    return RunResult(
         model,
         config,
         None,
         test,
         BatchTransform(model.data_config),
-        train.Progress(False, True),
+        Progress(False, True),
         train_set=load_dataset("fashion-mnist", "train", stripes_dir).head(96),
     )
 
@@ -253,13 +259,13 @@ def _run_result(folder, fm_checkpoint, stripes_dir, **settings) -> train.RunResu
 def test_trainer_writes_node_examples_and_shows_them_on_both_pages(
     fm_checkpoint, stripes_dir, tmp_path
 ):
-    assert train.OUTPUT_STAGES[0] is train.node_examples
-    assert "node_examples.npz" in train.RunFolder.FILES
-    folder = train.RunFolder(tmp_path / "run")
+    assert outputs.OUTPUT_STAGES[0] is outputs.node_examples
+    assert "node_examples.npz" in RunFolder.FILES
+    folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()
     result = _run_result(folder.path, fm_checkpoint, stripes_dir)
-    result.classes = train.DatasetClasses("fashion-mnist", result.test_set.classes, ())
-    folder.finish(result)
+    result.classes = DatasetClasses("fashion-mnist", result.test_set.classes, ())
+    write_outputs(folder, result)
     found = NodeExamples.load(folder.path / "node_examples.npz", result.model.hierarchy)
     assert found.k == 8 and len(found.sample_index) == 96
     records = json.loads((folder.path / "explanations.json").read_text())
@@ -268,11 +274,11 @@ def test_trainer_writes_node_examples_and_shows_them_on_both_pages(
     hierarchy_page = (folder.path / "hierarchy.html").read_text()
     assert '"examples":{"thumbs":["data:image/png;base64,' in hierarchy_page
 
-    plain = train.RunFolder(tmp_path / "plain")
+    plain = RunFolder(tmp_path / "plain")
     plain.path.mkdir()
     result = _run_result(plain.path, fm_checkpoint, stripes_dir, examples=False)
-    result.classes = train.DatasetClasses("fashion-mnist", result.test_set.classes, ())
-    plain.finish(result)
+    result.classes = DatasetClasses("fashion-mnist", result.test_set.classes, ())
+    write_outputs(plain, result)
     assert not (plain.path / "node_examples.npz").exists()
     records = json.loads((plain.path / "explanations.json").read_text())
     assert records[0]["path"][0]["saliency"] is None
@@ -337,7 +343,7 @@ def test_pages_show_heatmaps_and_examples_in_a_browser(tmp_path, open_page):  # 
 
 
 def test_default_method_meets_the_deletion_goal_and_gradcam_stays_available(capsys):
-    from nbdt.evidence import CAM_METHODS, DEFAULT_METHOD
+    from nbdt.evidence.saliency import CAM_METHODS, DEFAULT_METHOD
 
     assert DEFAULT_METHOD == "hirescam" and "gradcam" in CAM_METHODS
     with pytest.raises(SystemExit):

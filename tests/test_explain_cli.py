@@ -11,7 +11,7 @@ import timm
 import torch
 from PIL import Image
 
-from nbdt.cli import explain_main
+from nbdt.cli.explain import main as explain_main
 from nbdt.explanation import Explanation, field_names
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.model import NBDT

@@ -15,19 +15,27 @@ import torch
 from PIL import Image
 
 import nbdt
+from nbdt.deploy.runtime import eval_transform
 from nbdt.explanation import class_paths, explanations_from_arrays
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.model import NBDT
 from nbdt.rules import DecisionRules
-from nbdt.runtime import eval_transform
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 tp = pytest.importorskip("torch_pruning")
 
-from nbdt import compress  # noqa: E402  (needs the deploy extra)
-from nbdt.export import export_onnx  # noqa: E402
-from nbdt.runtime import OnnxNBDT  # noqa: E402
+# The deploy extra's modules, after the skips above.
+from nbdt.deploy.export import export_onnx  # noqa: E402
+from nbdt.deploy.measure import decision_agreement, parameters_and_macs  # noqa: E402
+from nbdt.deploy.prune import prune  # noqa: E402
+from nbdt.deploy.quantize import (  # noqa: E402
+    _unconfigured_root_logger_quiet,
+    network_nodes,
+    quantize_onnx,
+    quantize_weights,
+)
+from nbdt.deploy.runtime import OnnxNBDT  # noqa: E402
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "hubble_deep_field")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -143,9 +151,9 @@ def test_decision_agreement_by_construction():
     nodes = [Node(f"c{i}", f"c{i}") for i in range(4)]
     nodes += [Node("a", "a", None, ("c0", "c1")), Node("b", "b", None, ("c2", "c3"))]
     h = Hierarchy([*nodes, Node("r", "r", None, ("a", "b"))], [f"c{i}" for i in range(4)])
-    result = compress.decision_agreement(h, np.array([0, 0, 2, 3]), np.array([0, 1, 3, 3]))
+    result = decision_agreement(h, np.array([0, 0, 2, 3]), np.array([0, 1, 3, 3]))
     assert result == {"path": 0.5, "per_depth": [1.0, 0.5]}
-    result = compress.decision_agreement(h, np.array([0, 2]), np.array([3, 2]))
+    result = decision_agreement(h, np.array([0, 2]), np.array([3, 2]))
     assert result == {"path": 0.5, "per_depth": [0.5, 0.5]}
 
 
@@ -209,7 +217,7 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, make_tree):
     with pytest.raises(
         ImportError, match=r"^torch-pruning is missing: pip install 'nbdt\[deploy\]'"
     ):
-        compress.prune(NBDT(tree_net(), make_tree(37)), 0.5)
+        prune(NBDT(tree_net(), make_tree(37)), 0.5)
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -227,14 +235,14 @@ def small_resnet(make_tree) -> NBDT:
 @pytest.mark.parametrize("ratio", [0, 1, -0.5, 1.5, "half"])
 def test_pruning_ratio_outside_zero_one_is_refused(small_resnet, ratio):
     with pytest.raises(ValueError, match="ratio must be between 0 and 1"):
-        compress.prune(small_resnet, ratio)
+        prune(small_resnet, ratio)
 
 
 @pytest.mark.slow
 def test_an_architecture_torch_pruning_cannot_handle_is_named(small_resnet):
     model = NBDT.from_arch("test_vit", small_resnet.hierarchy)
     with pytest.raises(ValueError, match="^torch-pruning cannot prune test_vit") as error:
-        compress.prune(model.eval(), 0.3)
+        prune(model.eval(), 0.3)
     assert "\n" not in str(error.value)
 
 
@@ -246,11 +254,11 @@ def test_pruned_model_keeps_its_head_and_reloads(
     model = small_resnet
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     examples = [(x, torch.arange(8) % 10)]
-    pruned = compress.prune(
+    pruned = prune(
         model, 0.5, importance=importance, global_pruning=global_pruning, examples=examples
     )
-    params, macs = compress.parameters_and_macs(pruned)
-    full_params, full_macs = compress.parameters_and_macs(model)
+    params, macs = parameters_and_macs(pruned)
+    full_params, full_macs = parameters_and_macs(model)
     assert params < 0.6 * full_params and macs < 0.6 * full_macs
     head, full_head = pruned.model.get_classifier(), model.model.get_classifier()
     assert torch.equal(head.weight, full_head.weight)  # the class vectors survive whole
@@ -323,14 +331,15 @@ def fashion(tmp_path_factory):
     images for two short epochs, its export, and 512 test images."""
     if not FASHION_DIR.is_dir():
         pytest.skip("Fashion-MNIST not installed (apt install dataset-fashion-mnist)")
-    from nbdt import train
+    from nbdt.training.config import TrainConfig
+    from nbdt.training.run import train
 
     output = tmp_path_factory.mktemp("fashion")
-    config = train.TrainConfig(
+    config = TrainConfig(
         output=str(output / "run"), dataset="fashion-mnist", arch="test_resnet", warmup_epochs=1,
         epochs=1, subset=512, eval_subset=128, batch_size=32, lr=0.05, quiet=True, workers=0,
     )  # fmt: skip
-    train.train(config)
+    train(config)
     model = nbdt.load(output / "run" / "last.pt")
     test = train.datasets.load_dataset("fashion-mnist", "test")
     images, labels = test.images[:512], test.targets[:512]
@@ -359,11 +368,11 @@ def test_fashion_mnist_parity_and_explanations(fashion, tmp_path):
 def test_int8_keeps_the_rules_float_and_most_decisions(fashion, tmp_path):
     model, path, inputs, labels, _ = fashion
     calibration = [inputs[i : i + 32].numpy() for i in range(0, 128, 32)]
-    quantized = compress.quantize_onnx(path, tmp_path / "int8.onnx", calibration)
+    quantized = quantize_onnx(path, tmp_path / "int8.onnx", calibration)
     assert quantized.stat().st_size < 0.4 * path.stat().st_size
     before, after = onnx.load_model(str(path)), onnx.load_model(str(quantized))
     rules = {n.name: n.op_type for n in before.graph.node}
-    for name in compress.network_nodes(before):
+    for name in network_nodes(before):
         rules.pop(name)
     ops = {n.name: n.op_type for n in after.graph.node}
     assert all(ops.get(name) == op for name, op in rules.items())  # the rules, untouched
@@ -375,7 +384,7 @@ def test_int8_keeps_the_rules_float_and_most_decisions(fashion, tmp_path):
     fp32, int8 = OnnxNBDT(path), OnnxNBDT(quantized)
     assert int8.hierarchy == fp32.hierarchy  # the metadata survives quantisation
     x = inputs[128:].numpy()
-    agreement = compress.decision_agreement(
+    agreement = decision_agreement(
         model.hierarchy, fp32.run(x)["hard_class"], int8.run(x)["hard_class"]
     )
     assert agreement["path"] > 0.9 and math.isclose(agreement["per_depth"][0], 1.0, abs_tol=0.05)
@@ -410,7 +419,7 @@ def test_int8_weights_store_each_output_channel_as_int8_and_decode_exactly(tmp_p
     )
     shared = rng.standard_normal((3, 3)).astype(np.float32)
     source = scoped_graph(tmp_path / "fp32.onnx", weight, shared)
-    out = compress.quantize_weights(source, tmp_path / "w8.onnx")
+    out = quantize_weights(source, tmp_path / "w8.onnx")
     proto = onnx.load_model(str(out))
     tensors = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     assert tensors["w.int8"].dtype == np.int8 and "w" not in tensors
@@ -436,22 +445,22 @@ def test_int8_weights_store_each_output_channel_as_int8_and_decode_exactly(tmp_p
 def test_int8_weights_refuse_a_graph_without_network_nodes(tmp_path):
     tiny_onnx(tmp_path / "plain.onnx")
     with pytest.raises(ValueError, match="plain.onnx: no network nodes"):
-        compress.quantize_weights(tmp_path / "plain.onnx", tmp_path / "w8.onnx")
+        quantize_weights(tmp_path / "plain.onnx", tmp_path / "w8.onnx")
     assert not (tmp_path / "w8.onnx").exists()
 
 
 @pytest.mark.slow
 def test_int8_weights_keep_decisions_and_size_a_quarter(fashion, tmp_path):
     model, path, inputs, _, _ = fashion
-    quantized = compress.quantize_weights(path, tmp_path / "w8.onnx")
+    quantized = quantize_weights(path, tmp_path / "w8.onnx")
     assert quantized.stat().st_size < 0.4 * path.stat().st_size  # the tree's metadata stays
     before, after = onnx.load_model(str(path)), onnx.load_model(str(quantized))
-    network = set(compress.network_nodes(before))
+    network = set(network_nodes(before))
     weighted = [n for n in before.graph.node if n.name in network and n.op_type in ("Conv", "Gemm")]
     codes = [t for t in after.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(codes) == len(weighted) > 10  # every convolution's and the head's weight
     fp32, w8 = OnnxNBDT(path).run(inputs.numpy()), OnnxNBDT(quantized).run(inputs.numpy())
-    agreement = compress.decision_agreement(model.hierarchy, fp32["hard_class"], w8["hard_class"])
+    agreement = decision_agreement(model.hierarchy, fp32["hard_class"], w8["hard_class"])
     assert agreement["path"] >= 0.98
     probabilities = np.exp(w8["class_log_probs"]), np.exp(fp32["class_log_probs"])
     assert np.abs(probabilities[0] - probabilities[1]).max() < 0.1  # measured 0.01-0.03
@@ -462,7 +471,7 @@ def test_the_quantisers_root_logger_advice_stays_quiet_and_configures_nothing(mo
 
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])  # a program that has not configured logging
-    with compress._unconfigured_root_logger_quiet():
+    with _unconfigured_root_logger_quiet():
         logging.warning("Please consider to run pre-processing before quantization.")
     assert root.handlers == [] and capsys.readouterr().err == ""
 
@@ -488,10 +497,11 @@ def test_import_nbdt_runtime_does_not_import_torch():
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
-    from nbdt import deploy_cli
+    from nbdt.cli.compress import main as compress_main
+    from nbdt.cli.export import main as export_main
 
     monkeypatch.chdir(tmp_path)
-    main = {"compress": deploy_cli.compress_main, "export": deploy_cli.export_main}[argv[0]]
+    main = {"compress": compress_main, "export": export_main}[argv[0]]
     assert main(argv[1:]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -510,7 +520,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, arg
 def test_explain_onnx_bad_input_is_one_line_and_exit_2(
     tmp_path, monkeypatch, capsys, argv, message
 ):
-    from nbdt.cli import explain_main
+    from nbdt.cli.explain import main as explain_main
 
     monkeypatch.chdir(tmp_path)
     tiny_onnx(tmp_path / "plain.onnx", {"producer": "someone"})
@@ -528,8 +538,8 @@ def checkpoint_of(onnx_path: Path) -> Path:
 def test_cli_export_and_explain_onnx_match_the_checkpoint(fashion, tmp_path, capsys):
     """nbdt-export, then nbdt-explain --onnx: the same text, JSON and HTML explanations as
     nbdt-explain --checkpoint, from ONNX Runtime alone."""
-    from nbdt.cli import explain_main
-    from nbdt.deploy_cli import export_main
+    from nbdt.cli.explain import main as explain_main
+    from nbdt.cli.export import main as export_main
 
     _, path, _, _, test = fashion
     checkpoint = checkpoint_of(path)
@@ -562,7 +572,7 @@ def test_cli_export_and_explain_onnx_match_the_checkpoint(fashion, tmp_path, cap
 
 @pytest.mark.slow
 def test_cli_compress_prunes_finetunes_with_the_trainer_and_quantizes(fashion, tmp_path, capsys):
-    from nbdt.deploy_cli import compress_main
+    from nbdt.cli.compress import main as compress_main
 
     model, path, _, _, _ = fashion
     out = tmp_path / "out"

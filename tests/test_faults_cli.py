@@ -9,9 +9,11 @@ import timm
 import torch
 from PIL import Image
 
-from nbdt.cli import explain_main, hierarchy_main
+from nbdt.cli.explain import main as explain_main
+from nbdt.cli.hierarchy import main as hierarchy_main
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.model import NBDT
+from nbdt.training import run as training_run
 
 CLASSES = ["cat", "dog", "car", "ship"]
 EVIL = ["\x1b[31mcat", "dog\u202e", "car", "ship"]
@@ -125,7 +127,7 @@ def test_hierarchy_files_written_are_reported(tmp_path, capsys):
 
 
 def test_every_hierarchy_option_has_help():
-    from nbdt.cli import _hierarchy_parser
+    from nbdt.cli.hierarchy import _hierarchy_parser
 
     commands = _hierarchy_parser()._subparsers._group_actions[0].choices
     for name, sub in commands.items():
@@ -161,8 +163,8 @@ def test_guessed_class_senses_are_reported_and_overridable(tmp_path, capsys):
 def test_nbdt_train_reports_guessed_class_senses_in_its_output_and_args_json(
     tmp_path, monkeypatch, capsys
 ):
-    from nbdt import train
-    from nbdt.cli import train_main
+
+    from nbdt.cli.train import main as train_main
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
@@ -176,7 +178,7 @@ def test_nbdt_train_reports_guessed_class_senses_in_its_output_and_args_json(
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "train_one_epoch", stop)
+    monkeypatch.setattr(training_run, "train_one_epoch", stop)
     output = tmp_path / "run"
     code, out, _ = run(
         train_main, capsys, "--arch", "test_resnet", "--dataset", "folder", "--data-dir",

@@ -12,9 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from nbdt import train
 from nbdt._io import atomic_path, write_text
-from nbdt.cli import train_main
+from nbdt.cli.train import main as train_main
+from nbdt.training import run as training_run
+from nbdt.training.config import TrainConfig
+from nbdt.training.run_folder import RunFolder
 
 ARCH = "test_efficientnet_gn"
 
@@ -38,9 +40,9 @@ def saved_epoch(path):
 
 KILLER = """
 import os, sys
-from nbdt import train
-from nbdt.cli import train_main
-save = train.save_checkpoint
+from nbdt.training import run_folder
+from nbdt.cli.train import main as train_main
+save = run_folder.save_checkpoint
 name, epoch = sys.argv[1], int(sys.argv[2])
 def killed(checkpoint, path):
     if path.name == name and checkpoint["train"]["epoch"] == epoch:
@@ -48,7 +50,7 @@ def killed(checkpoint, path):
         tmp.write_bytes(b"half a checkpoint")
         os.kill(os.getpid(), 9)
     return save(checkpoint, path)
-train.save_checkpoint = killed
+run_folder.save_checkpoint = killed
 train_main(sys.argv[3:])
 """
 
@@ -95,14 +97,14 @@ def test_kill_9_while_last_pt_is_written_resumes_from_the_epoch_before(
 
 
 def test_overwrite_removes_stale_temporary_files(tmp_path):
-    folder = train.RunFolder(tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()
     stale = folder.path / ".last.pt.4242.deadbeef.tmp"
     stale.write_bytes(b"x" * 100)
     (folder.path / "last.pt").write_bytes(b"old")
     keep = folder.path / "notes.tmp"
     keep.write_text("the user's")
-    folder.start(train.TrainConfig(output=str(folder.path), overwrite=True))
+    folder.start(TrainConfig(output=str(folder.path), overwrite=True))
     assert not stale.exists() and not (folder.path / "last.pt").exists() and keep.exists()
 
 
@@ -221,7 +223,7 @@ def test_resume_may_extend_the_epochs(stripes_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c(stripes_dir, tmp_path, monkeypatch, capsys):
     output = tmp_path / "run"
-    original, calls = train.validate, []
+    original, calls = training_run.validate, []
 
     def validate(*args):
         calls.append(1)
@@ -229,7 +231,7 @@ def test_sigterm_stops_like_ctrl_c(stripes_dir, tmp_path, monkeypatch, capsys):
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)
 
-    monkeypatch.setattr(train, "validate", validate)
+    monkeypatch.setattr(training_run, "validate", validate)
     assert train_main(train_args(stripes_dir, output)) == 130
     err = capsys.readouterr().err
     assert "holds epoch" in err and "continue with --resume" in err

@@ -14,10 +14,14 @@ import pytest
 import torch
 
 import nbdt
-from nbdt import data, edits, fix_cli, intervene, train
-from nbdt.cli import hierarchy_main, train_main
+from nbdt import data, edits, intervene
+from nbdt.cli.fix import main
+from nbdt.cli.hierarchy import main as hierarchy_main
+from nbdt.cli.train import main as train_main
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
+from nbdt.training.config import TrainConfig
+from nbdt.training.plan import make_plan
 
 ARCH = "test_efficientnet_gn"
 BIN = Path(sys.executable).parent
@@ -40,10 +44,10 @@ def tiny_model(stripes_dir, tmp_path_factory) -> Path:
     """An untrained tiny NBDT over the stripes classes, built from the trainer's parts."""
     folder = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)  # the same untrained network whichever tests ran before
-    config = train.TrainConfig(
+    config = TrainConfig(
         output=str(folder / "run"), arch=ARCH, data_dir=str(stripes_dir), batch_size=32
     )
-    plan = train.make_plan(config, torch.device("cpu"))
+    plan = make_plan(config, torch.device("cpu"))
     network, kwargs = plan.network()
     model = NBDT(
         network, plan.induce(network), arch=ARCH, model_kwargs=kwargs,
@@ -186,7 +190,7 @@ def test_head_only_under_torchrun(tiny_model, stripes_dir, tmp_path):
 # ------------------------------------------------------------------------------ nbdt-fix
 def test_fix_corrections_end_to_end(capsys, tiny_model, stripes_dir, image_folders, tmp_path):
     code, out, err = cli(
-        capsys, fix_cli.main, tiny_model, "--corrections", image_folders,
+        capsys, main, tiny_model, "--corrections", image_folders,
         "-o", tmp_path / "fixed.pt", "--data-dir", stripes_dir, "--epochs", "30",
         "--lr", "0.01", "--batch-size", "64",
     )  # fmt: skip
@@ -212,7 +216,7 @@ def test_fix_adds_a_class_that_reloads_and_explains(
     without = model.with_hierarchy(model.hierarchy.remove_class("Ankle boot"))
     without.save(tmp_path / "nine.pt")
     code, out, err = cli(
-        capsys, fix_cli.main, tmp_path / "nine.pt",
+        capsys, main, tmp_path / "nine.pt",
         "--add-class", f"Ankle boot={image_folders / 'Ankle boot'}",
         "-o", tmp_path / "ten.pt", "--data-dir", stripes_dir, "--epochs", "20", "--lr", "0.01",
     )  # fmt: skip
@@ -276,7 +280,7 @@ def test_fix_bad_input_is_one_line_exit_2_before_any_feature(
     for case, (argv, message) in _bad_fix_cases(image_folders, tmp_path / "in").items():
         out_file = tmp_path / "new.pt"
         code, out, err = cli(
-            capsys, fix_cli.main, tiny_model, *argv, "-o", out_file, "--data-dir", stripes_dir
+            capsys, main, tiny_model, *argv, "-o", out_file, "--data-dir", stripes_dir
         )
         assert code == 2 and out == "", case
         assert message in one_error_line(err, "nbdt-fix"), case
@@ -288,6 +292,6 @@ def test_nbdt_fix_is_a_console_script():
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert 'nbdt-fix = "nbdt.fix_cli:main"' in pyproject
+    assert 'nbdt-fix = "nbdt.cli.fix:main"' in pyproject
     if "nbdt-fix" in scripts:  # installed by `make setup`
-        assert scripts["nbdt-fix"] == "nbdt.fix_cli:main"
+        assert scripts["nbdt-fix"] == "nbdt.cli.fix:main"

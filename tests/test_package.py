@@ -91,17 +91,20 @@ def test_an_error_from_a_dataloader_worker_reads_as_its_own_message():
 
 
 def test_cli_choices_come_from_the_tables():
-    from nbdt import builders, cli, data, loss, train
+    from nbdt import builders, data, loss
+    from nbdt.cli.hierarchy import _hierarchy_parser
+    from nbdt.cli.train import _train_parser
     from nbdt.model import MODES
     from nbdt.rules import NODE_SCORES
+    from nbdt.training.config import OPTIMIZERS
 
     def choices(parser):
         return {a.dest: a.choices for a in parser._actions if a.choices is not None}
 
-    assert choices(cli._train_parser()) == {
+    assert choices(_train_parser()) == {
         "dataset": data.DATASETS, "node_score": NODE_SCORES, "loss": loss.LOSSES,
-        "soft_variant": loss.SOFT_VARIANTS, "optimizer": train.OPTIMIZERS,
+        "soft_variant": loss.SOFT_VARIANTS, "optimizer": OPTIMIZERS,
     }  # fmt: skip
-    commands = choices(cli._hierarchy_parser())["command"]
+    commands = choices(_hierarchy_parser())["command"]
     assert set(builders.BUILDERS) <= set(commands)
     assert set(MODES) == {"soft", "hard"} and set(NODE_SCORES) == {"mean", "marginal"}

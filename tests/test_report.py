@@ -9,9 +9,10 @@ import reference_loops as ref
 import torch
 from test_browser import EVIL, assert_not_blank, browser, open_page  # noqa: F401 (fixtures)
 
-from nbdt.evaluate import EvalResult, TreeMetrics
+from nbdt.evaluation.evaluate import EvalResult
+from nbdt.evaluation.metrics import TreeMetrics
+from nbdt.evaluation.report import report_html
 from nbdt.hierarchy import Hierarchy, Node
-from nbdt.report import report_html
 
 HISTORY = [
     {"epoch": 1, "top1": 50.0, "nbdt_soft_top1": 48.0, "train_loss": 1.2, "test_loss": 1.3},

@@ -15,10 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 import nbdt
-from nbdt import data, train
-from nbdt.cli import train_main
+from nbdt import data
+from nbdt.cli.train import main as train_main
+from nbdt.distributed import start_process
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.model import NBDT
+from nbdt.training import run as training_run
+from nbdt.training import run_folder
+from nbdt.training.config import TrainConfig
+from nbdt.training.loop import StepContext, eval_loader, train_loader, train_one_epoch, validate
+from nbdt.training.outputs import RunResult
+from nbdt.training.plan import Plan, make_plan
+from nbdt.training.progress import Progress
+from nbdt.training.run_folder import RunFolder
 
 BIN = Path(sys.executable).parent
 ARCH = "test_efficientnet_gn"  # 0.1 M parameters, GroupNorm: no batch statistics
@@ -83,8 +92,8 @@ def test_run_writes_real_metrics_and_outputs(finished_run, stripes_dir):
     # last.pt is a model file: nbdt.load gives the same NBDT-soft accuracy on the test split.
     model = nbdt.load(output / "last.pt")
     assert model.hierarchy == hierarchy and model.data_config["input_size"] == (3, 28, 28)
-    test = train.datasets.load_dataset("fashion-mnist", "test", stripes_dir)
-    inputs = train.datasets.BatchTransform(model.data_config)(test.images)
+    test = data.load_dataset("fashion-mnist", "test", stripes_dir)
+    inputs = data.BatchTransform(model.data_config)(test.images)
     with torch.no_grad():
         correct = (model(inputs).argmax(1) == test.targets).float().mean().item()
     assert correct * 100 == pytest.approx(rows[-1]["nbdt_soft_top1"], abs=1e-3)
@@ -117,7 +126,7 @@ def test_checkpoint_with_a_trained_head_skips_warmup_and_keeps_its_tree(
 
 def interrupt_evaluation(monkeypatch, epoch):
     """Raise KeyboardInterrupt (as Ctrl-C would) when the trainer starts evaluating ``epoch``."""
-    original = train.validate
+    original = training_run.validate
     calls = []
 
     def validate(*args):
@@ -126,7 +135,7 @@ def interrupt_evaluation(monkeypatch, epoch):
             raise KeyboardInterrupt
         return original(*args)
 
-    monkeypatch.setattr(train, "validate", validate)
+    monkeypatch.setattr(training_run, "validate", validate)
 
 
 @pytest.mark.slow
@@ -154,13 +163,13 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_the_write(
     stripes_dir, tmp_path, monkeypatch, capsys
 ):
     output = tmp_path / "run"
-    save = train.save_checkpoint
+    save = run_folder.save_checkpoint
 
     def interrupted_save(checkpoint, path):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while the file is being written
         return save(checkpoint, path)
 
-    monkeypatch.setattr(train, "save_checkpoint", interrupted_save)
+    monkeypatch.setattr(run_folder, "save_checkpoint", interrupted_save)
     args = train_args(stripes_dir, output)
     args[args.index("--epochs") + 1] = "0"
     assert train_main(args) == 130
@@ -201,7 +210,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     stripes_dir, tmp_path, monkeypatch, capsys
 ):
     output = tmp_path / "run"
-    original = train.Plan.criterion
+    original = Plan.criterion
 
     def criterion(plan, epoch, *args):
         loss = original(plan, epoch, *args)
@@ -209,7 +218,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
             return lambda logits, target: loss(logits, target) * float("nan")
         return loss
 
-    monkeypatch.setattr(train.Plan, "criterion", criterion)
+    monkeypatch.setattr(Plan, "criterion", criterion)
     assert train_main(train_args(stripes_dir, output)) == 1
     err = capsys.readouterr().err
     assert "loss became nan in epoch 2" in err and "last good epoch, 1" in err
@@ -361,7 +370,7 @@ def test_the_run_ends_with_its_evaluation_report(finished_run):
 def test_held_out_class_is_left_out_of_training_and_routed_by_nbdt_eval(
     stripes_dir, tmp_path, capsys
 ):
-    from nbdt.cli import eval_main
+    from nbdt.cli.evaluate import main as eval_main
 
     output = tmp_path / "held"
     args = train_args(stripes_dir, output, "--holdout-classes", "Ankle boot", "--no-report")
@@ -426,30 +435,28 @@ def test_torchrun_two_processes_match_one_process_at_the_same_global_batch(strip
 def test_the_parts_serve_a_head_only_refit(stripes_dir, tmp_path):
     """Another command from the trainer's pieces: the plan's network and data, one epoch that
     trains the head alone, the evaluation pass, and a run folder with its output stages."""
-    config = train.TrainConfig(
+    config = TrainConfig(
         output=str(tmp_path / "refit"), arch=ARCH, data_dir=str(stripes_dir), batch_size=32,
         warmup_epochs=0, epochs=1, lr=0.05, quiet=True,
     )  # fmt: skip
     config.validate()
-    runtime = train.start_runtime("cpu")
-    plan = train.make_plan(config, runtime.device)
+    runtime = start_process("cpu")
+    plan = make_plan(config, runtime.device)
     model, model_kwargs = plan.network()
     head = model.pretrained_cfg["classifier"]
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(head + "."))
     data_config = plan.data_config(model, model_kwargs)
     transform = data.BatchTransform(data_config)
-    context = train.StepContext(runtime)
-    loader, _ = train.train_loader(plan.train_set, plan.config, runtime)
+    context = StepContext(runtime)
+    loader, _ = train_loader(plan.train_set, plan.config, runtime)
     optimizer = torch.optim.SGD(model.get_classifier().parameters(), lr=plan.config.lr)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     hierarchy = plan.induce(model)
     criterion = plan.criterion(0, hierarchy, runtime.device)
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    stats = train.train_one_epoch(
-        model, loader, criterion, optimizer, scheduler, transform, context
-    )
+    stats = train_one_epoch(model, loader, criterion, optimizer, scheduler, transform, context)
     assert stats["train_images"] == 320 and stats["train_loss"] > 0
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {f"{head}.weight", f"{head}.bias"}
@@ -457,20 +464,20 @@ def test_the_parts_serve_a_head_only_refit(stripes_dir, tmp_path):
     nbdt_model = NBDT(
         model, hierarchy, arch=ARCH, model_kwargs=model_kwargs, data_config=data_config
     )
-    test = train.eval_loader(plan.test_set, plan.config, runtime)
-    metrics = train.validate(model, test, criterion, nbdt_model.rules, transform, context)
+    test = eval_loader(plan.test_set, plan.config, runtime)
+    metrics = validate(model, test, criterion, nbdt_model.rules, transform, context)
     assert metrics["test_images"] == 160
     with torch.no_grad():
         images, targets = next(iter(torch.utils.data.DataLoader(plan.test_set, batch_size=160)))
         soft = (nbdt_model(transform(images)).argmax(1) == targets).float().mean().item()
     assert metrics["nbdt_soft_top1"] == pytest.approx(100 * soft)
 
-    folder = train.RunFolder(plan.config.output)
+    folder = RunFolder(plan.config.output)
     folder.start(plan.config)
     folder.publish_hierarchy(hierarchy)
     folder.save_epoch(nbdt_model.checkpoint(train={"epoch": 1}), [metrics], best=True)
-    result = train.RunResult(
-        nbdt_model, plan.config, plan.classes, plan.test_set, transform, train.Progress(False, True)
+    result = RunResult(
+        nbdt_model, plan.config, plan.classes, plan.test_set, transform, Progress(False, True)
     )
     folder.finish(result)
     names = {p.name for p in folder.path.iterdir()}
@@ -496,8 +503,8 @@ def test_train_one_epoch_hands_the_criterion_the_teachers_logits_on_the_same_inp
 
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
-    context = train.StepContext(train.start_runtime("cpu"))
-    stats = train.train_one_epoch(
+    context = StepContext(start_process("cpu"))
+    stats = train_one_epoch(
         student, loader, criterion, optimizer, scheduler, lambda x, g: x, context, teacher=teacher
     )
     assert stats["train_images"] == 12

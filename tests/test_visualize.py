@@ -274,7 +274,7 @@ def test_wrong_argument_types(tmp_path, make_tree, explanation_dict):
 
 # -------------------------------------------------------------------- nbdt-hierarchy html
 def test_cli_html_writes_the_page_of_a_file_or_shipped_tree(tmp_path, make_tree, capsys):
-    from nbdt.cli import hierarchy_main
+    from nbdt.cli.hierarchy import main as hierarchy_main
 
     h = make_tree(12, seed=9)
     tree_file = h.save(tmp_path / "tree.json")
@@ -300,7 +300,7 @@ def test_cli_html_writes_the_page_of_a_file_or_shipped_tree(tmp_path, make_tree,
     ],
 )
 def test_cli_html_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
-    from nbdt.cli import hierarchy_main
+    from nbdt.cli.hierarchy import main as hierarchy_main
 
     out = tmp_path / "out.html"
     assert hierarchy_main([*argv, "-o", str(out)]) == 2

@@ -10,6 +10,9 @@ torch 2.14: it exports the rules' own code (float64 prefix sums, scatters, the u
 with a dynamic batch exactly (class log-probs within 5e-7 of PyTorch); the deprecated
 TorchScript exporter traces the batch size into the rules' index tensors and gives wrong
 results for any other batch size.
+
+``model`` arguments are :class:`nbdt.NBDT` instances, typed as modules: NBDT's own methods
+call this module, so it sits below :mod:`nbdt.model` and does not import it.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ import torch
 from torch import nn
 
 from nbdt._io import atomic_path
-from nbdt.model import NBDT, eval_mode
-from nbdt.runtime import (
+from nbdt.deploy.runtime import (
     INPUT_NAME,
     ONNX_FORMAT_NAME,
     ONNX_FORMAT_VERSION,
     OUTPUT_NAMES,
     import_deploy,
 )
+from nbdt.networks import eval_mode
 
 DEFAULT_OPSET = 18
 
@@ -39,7 +42,7 @@ class ExportGraph(nn.Module):
     the network's logits), computed by the model's own network and :class:`nbdt.DecisionRules`
     (no second copy of the rules to drift from the first)."""
 
-    def __init__(self, model: NBDT) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.network = model.model
         self.rules = model.rules
@@ -54,7 +57,7 @@ class ExportGraph(nn.Module):
         )
 
 
-def onnx_metadata(model: NBDT) -> dict[str, str]:
+def onnx_metadata(model: nn.Module) -> dict[str, str]:
     """The ``metadata_props`` that make an ONNX file an nbdt model (see nbdt.runtime)."""
     return {
         "nbdt.format": ONNX_FORMAT_NAME,
@@ -69,7 +72,7 @@ def onnx_metadata(model: NBDT) -> dict[str, str]:
 
 
 def export_onnx(
-    model: NBDT,
+    model: nn.Module,
     path: str | os.PathLike[str],
     *,
     opset: int = DEFAULT_OPSET,
@@ -82,7 +85,7 @@ def export_onnx(
     (B, C, H, W) at the data config's size. The file is written atomically; the model's training
     flags are left as they were.
     """
-    if not isinstance(model, NBDT):
+    if not (isinstance(model, nn.Module) and hasattr(model, "rules")):
         raise TypeError(f"export_onnx: expected an nbdt.NBDT, got {type(model).__name__}")
     onnx = import_deploy("onnx")
     import_deploy("onnxscript")

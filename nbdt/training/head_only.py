@@ -17,20 +17,14 @@ from torch import Tensor, nn
 
 from nbdt import data as datasets
 from nbdt import intervene
+from nbdt.distributed import Process, amp_dtype
 from nbdt.model import NBDT
-from nbdt.train import (
-    LossDiverged,
-    Plan,
-    Progress,
-    RunFolder,
-    RunResult,
-    Runtime,
-    StepContext,
-    amp_dtype,
-    make_optimizer,
-    train_one_epoch,
-    validate,
-)
+from nbdt.training.config import make_optimizer
+from nbdt.training.loop import LossDiverged, StepContext, train_one_epoch, validate
+from nbdt.training.outputs import RunResult, write_outputs
+from nbdt.training.plan import Plan
+from nbdt.training.progress import Progress
+from nbdt.training.run_folder import RunFolder
 
 
 def _as_input(features: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -38,7 +32,7 @@ def _as_input(features: Tensor, generator: torch.Generator | None = None) -> Ten
     return features
 
 
-def _shard(dataset: torch.utils.data.Dataset, runtime: Runtime, equal: bool) -> Any:
+def _shard(dataset: torch.utils.data.Dataset, runtime: Process, equal: bool) -> Any:
     """This process's share: every world-th image; ``equal`` cuts all shares to one length so
     that every process takes the same number of steps."""
     stop = len(dataset) // runtime.world * runtime.world if equal else len(dataset)
@@ -59,7 +53,7 @@ def _batches(
     return torch.utils.data.DataLoader(tensors, sampler=sampler, batch_size=None)
 
 
-def fit_head(plan: Plan, runtime: Runtime) -> dict[str, Any]:
+def fit_head(plan: Plan, runtime: Process) -> dict[str, Any]:
     """Refit the checkpoint's head for the plan's hierarchy; write the run folder as
     ``nbdt-train`` does (args.json, last.pt/best.pt, metrics.jsonl, hierarchy, pages)."""
     config = plan.config
@@ -162,7 +156,9 @@ def fit_head(plan: Plan, runtime: Runtime) -> dict[str, Any]:
         for name in names:
             (cache / name).unlink(missing_ok=True)
     eval_transform = datasets.BatchTransform(data_config).to(device)
-    folder.finish(RunResult(model, config, plan.classes, plan.test_set, eval_transform, progress))
+    write_outputs(
+        folder, RunResult(model, config, plan.classes, plan.test_set, eval_transform, progress)
+    )
     last = history[-1]
     summary = {
         "output": str(folder.path),

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nbdt.cli._common import int_at_least
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """nbdt-fix: see :func:`parser`."""
-    from nbdt.cli import run
+    from nbdt.cli._common import run
 
     return run("nbdt-fix", _fix, parser(), argv)
 
@@ -70,46 +72,31 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"dataset folder (fashion-mnist: IDX files, default Debian's {FASHION_MNIST_DIR})",
     )
-    data.add_argument(
-        "--subset", type=_int_at_least(1), metavar="N", help="first N training images"
-    )
+    data.add_argument("--subset", type=int_at_least(1), metavar="N", help="first N training images")
     data.add_argument(
         "--eval-subset",
-        type=_int_at_least(0),
+        type=int_at_least(0),
         metavar="N",
         help="first N test images for the report (0: no test report; default: all)",
     )
     fit = p.add_argument_group("head refit")
     fit.add_argument(
         "--epochs",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=5,
         metavar="N",
         help="passes over the replay" + default,
     )
     fit.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate" + default)
     fit.add_argument(
-        "--batch-size", type=_int_at_least(1), default=512, metavar="N", help=default.strip()
+        "--batch-size", type=int_at_least(1), default=512, metavar="N", help=default.strip()
     )
-    fit.add_argument("--seed", type=_int_at_least(0), default=0, help=default.strip())
+    fit.add_argument("--seed", type=int_at_least(0), default=0, help=default.strip())
     fit.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
     fit.add_argument(
         "--cache", metavar="DIR", help="keep replay features over 1 GiB on disk in DIR"
     )
     return p
-
-
-def _int_at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "int"  # argparse names the type in its message
-    return parse
 
 
 def _images(folder: Path, option: str) -> list[Path]:
@@ -174,7 +161,7 @@ def _fix(args: argparse.Namespace) -> int:
     import nbdt
     from nbdt import data as datasets
     from nbdt import intervene
-    from nbdt.train import start_runtime
+    from nbdt.distributed import start_process
 
     if not args.corrections and not args.add_class:
         raise ValueError("nothing to do: pass --corrections DIR and/or --add-class NAME=DIR")
@@ -185,7 +172,7 @@ def _fix(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise FileNotFoundError(f"--output {output}: the folder {output.parent} does not exist")
-    device = start_runtime(args.device).device
+    device = start_process(args.device).device
 
     model = nbdt.load(args.checkpoint).to(device)
     additions = _additions(args, model.hierarchy)

@@ -1,8 +1,4 @@
-"""Command-line entry points for deployment: ``nbdt-export`` and ``nbdt-compress``.
-
-Thin argparse layers over :mod:`nbdt.export` and :mod:`nbdt.compress`; bad input is one line on
-stderr and exit status 2, as for the other nbdt commands.
-"""
+"""``nbdt-compress``: prune, fine-tune and quantise a checkpoint, and compare the results."""
 
 from __future__ import annotations
 
@@ -11,38 +7,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from nbdt.cli import BadInput, run
+from nbdt.cli._common import BadInput, load_model, run
 
 
-def export_main(argv: Sequence[str] | None = None) -> int:
-    """nbdt-export: an nbdt model file as one ONNX file (network + decision rules + metadata)."""
-    parser = argparse.ArgumentParser(
-        prog="nbdt-export",
-        description="Export an NBDT checkpoint as one ONNX file: the network, the decision rules"
-        " and, in its metadata, the hierarchy and preprocessing, so that ONNX Runtime alone"
-        " predicts and explains (nbdt.runtime.OnnxNBDT).",
-    )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="an nbdt model file")
-    parser.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
-    parser.add_argument("--mode", choices=("soft", "hard"), help="default: the checkpoint's")
-    parser.add_argument(
-        "--node-score", choices=("mean", "marginal"), help="default: the checkpoint's"
-    )
-    return run("nbdt-export", _export, parser, argv)
-
-
-def _export(args: argparse.Namespace) -> int:
-    from nbdt.export import export_onnx
-
-    model = _load(args.checkpoint, args.mode, args.node_score)
-    print(f"nbdt-export: wrote {export_onnx(model, args.output)}")
-    return 0
-
-
-def compress_main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """nbdt-compress: prune and/or quantise an NBDT, and measure what it keeps."""
-    from nbdt.compress import ACTIVATION_TYPES, IMPORTANCES, QUANTIZATIONS
     from nbdt.data import DATASETS
+    from nbdt.deploy.prune import IMPORTANCES
+    from nbdt.deploy.quantize import ACTIVATION_TYPES, QUANTIZATIONS
 
     parser = argparse.ArgumentParser(
         prog="nbdt-compress",
@@ -105,8 +77,12 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
 def _compress(args: argparse.Namespace) -> int:
     import torch
 
-    from nbdt import compress, data
-    from nbdt.export import export_onnx
+    from nbdt import data
+    from nbdt.deploy.export import export_onnx
+    from nbdt.deploy.measure import evaluate_onnx, parameters_and_macs
+    from nbdt.deploy.prune import prune
+    from nbdt.deploy.quantize import QUANTIZATIONS
+    from nbdt.training.finetune import finetune
 
     if args.prune is None and args.quantize is None:
         raise BadInput("nothing to do: pass --prune RATIO and/or --quantize KIND")
@@ -126,7 +102,7 @@ def _compress(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise BadInput(f"-o {output}: exists and is not a folder")
-    model = _load(args.checkpoint, None, None)
+    model = load_model(args.checkpoint, None, None)
     transform = data.BatchTransform(model.data_config)
     test = data.load_dataset(args.dataset, "test", args.data_dir)
     with torch.no_grad():
@@ -141,7 +117,7 @@ def _compress(args: argparse.Namespace) -> int:
     networks = {"uncompressed": model}
     compressed = model
     if args.prune is not None:
-        compressed = compress.prune(
+        compressed = prune(
             model,
             args.prune,
             importance=args.importance,
@@ -152,19 +128,19 @@ def _compress(args: argparse.Namespace) -> int:
         if args.finetune_epochs:
             teacher = None if args.reinduce else model  # a new tree has no teacher's decisions
             config = _finetune_config(args, model, output)
-            compressed, _ = compress.finetune(config, teacher=teacher, distill=args.distill)
+            compressed, _ = finetune(config, teacher=teacher, distill=args.distill)
             compressed.save(output / "pruned.pt")
         files["pruned"] = export_onnx(compressed, output / "pruned.onnx")
         networks["pruned"] = compressed
     for kind in dict.fromkeys(args.quantize or ()):
         name = f"pruned_{kind}" if "pruned" in files else kind
         source = files.get("pruned", files["uncompressed"])
-        quantizer = compress.QUANTIZATIONS[kind]
+        quantizer = QUANTIZATIONS[kind]
         files[name] = quantizer(source, output / f"{name}.onnx", batches, args.activations)
         networks[name] = compressed
-    rows = compress.evaluate_onnx(files, inputs, labels, reference="uncompressed")
+    rows = evaluate_onnx(files, inputs, labels, reference="uncompressed")
     for name, row in rows.items():
-        row["params"], row["macs"] = compress.parameters_and_macs(networks[name])
+        row["params"], row["macs"] = parameters_and_macs(networks[name])
     from nbdt._io import write_text
 
     settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "output")}
@@ -182,7 +158,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 def _finetune_config(args: argparse.Namespace, model, output: Path):
     """nbdt-train's settings for fine-tuning ``output``/pruned.pt into ``output``/finetune."""
-    from nbdt.train import TrainConfig
+    from nbdt.training.config import TrainConfig
 
     size = model.data_config["input_size"]
     return TrainConfig(
@@ -218,13 +194,3 @@ def _table(rows: dict[str, dict]) -> str:
             f"{r['agreement']['path'] * 100:>8.2f}"
         )
     return "\n".join(lines)
-
-
-def _load(path: str, mode: str | None, node_score: str | None):
-    """An nbdt model file, with the mode and node score overridden where given."""
-    from nbdt.model import NBDT, read_checkpoint
-
-    checkpoint = read_checkpoint(path)
-    checkpoint["mode"] = mode or checkpoint.get("mode")
-    checkpoint["node_score"] = node_score or checkpoint.get("node_score")
-    return NBDT.from_checkpoint(checkpoint, source=path).eval()

@@ -1,0 +1,97 @@
+"""``nbdt-eval``: the hierarchy-aware evaluation of a checkpoint (eval.json, report.html)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from nbdt.cli._common import BadInput, comma_list, non_negative_int, run
+
+
+# --------------------------------------------------------------------------- nbdt-eval
+def main(argv: Sequence[str] | None = None) -> int:
+    """nbdt-eval: hierarchy-aware evaluation of a checkpoint, eval.json and report.html."""
+    from nbdt.data import DATASETS, SPLITS
+
+    parser = argparse.ArgumentParser(
+        prog="nbdt-eval",
+        description="Hierarchy-aware evaluation of an NBDT checkpoint (metrics: docs/metrics.md):"
+        " top-k, mistake severity, hierarchical distance, per-node accuracy, calibration, and"
+        " where images of held-out classes go. Under torchrun the ranks share the images.",
+    )
+    parser.add_argument("checkpoint", help="an nbdt model file (best.pt, last.pt, nbdt.pt)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data-dir", metavar="DIR", help="the dataset's folder (as nbdt-train)")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="(default: test)")
+    parser.add_argument(
+        "--reference",
+        metavar="wordnet|none|FILE",
+        help="a second hierarchy to measure mistakes on (default: WordNet when every class has"
+        " a WordNet id)",
+    )
+    parser.add_argument(
+        "--holdout-classes",
+        type=comma_list,
+        metavar="NAME[,NAME...]",
+        help="classes the model never saw, routed through its tree (default: the run's, from"
+        " args.json beside the checkpoint)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="eval.json and report.html")
+    parser.add_argument("--no-report", action="store_true", help="write eval.json only")
+    parser.add_argument("--subset", type=non_negative_int, metavar="N", help="first N images")
+    parser.add_argument("--batch-size", type=non_negative_int, default=256, metavar="N")
+    parser.add_argument("--workers", type=non_negative_int, default=0, metavar="N")
+    parser.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
+    return run("nbdt-eval", _eval, parser, argv)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Evaluate, then (main process) write eval.json and the report: nothing before success."""
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from nbdt import data
+    from nbdt.distributed import start_process
+    from nbdt.evaluation.evaluate import evaluate
+    from nbdt.model import load
+    from nbdt.training.run_folder import RunFolder
+
+    if not Path(args.checkpoint).is_file():
+        raise BadInput(f"{args.checkpoint}: no such checkpoint file")
+    if not args.batch_size:
+        raise BadInput("--batch-size must be at least 1")
+    run_folder = RunFolder(Path(args.checkpoint).parent, main=False)
+    holdout = args.holdout_classes
+    if holdout is None:
+        holdout = (run_folder.recorded_args() or {}).get("holdout_classes") or []
+    if not args.no_report:
+        from nbdt.evaluation.report import pyplot
+
+        pyplot()  # a missing matplotlib stops here, before the evaluation
+    runtime = start_process(args.device)
+    try:
+        model = load(args.checkpoint).to(runtime.device)
+        size = tuple(model.data_config["input_size"][-2:])
+        dataset = data.load_dataset(args.dataset, args.split, args.data_dir, image_size=size)
+        if args.subset is not None:
+            dataset = dataset.head(args.subset)
+        result = evaluate(
+            model,
+            dataset,
+            reference=args.reference,
+            holdout=holdout,
+            batch_size=args.batch_size,
+            device=runtime.device,
+            workers=args.workers,
+        )
+    finally:
+        if runtime.distributed:
+            dist.destroy_process_group()
+    if not runtime.main:
+        return 0
+    written = result.write(args.out, report=not args.no_report, history=run_folder.history())
+    print(result.summary())
+    for path in written:
+        print(f"wrote {path}")
+    return 0

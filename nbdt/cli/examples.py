@@ -1,0 +1,67 @@
+"""``nbdt-examples``: every node's representative and confused training images (an .npz)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nbdt.cli._common import non_negative_int, positive_int, run
+
+
+# ----------------------------------------------------------------------- nbdt-examples
+def main(argv: Sequence[str] | None = None) -> int:
+    """nbdt-examples CHECKPOINT --dataset NAME -o FILE: the node-examples pass on its own."""
+    from nbdt.data import DATASETS, SPLITS
+
+    parser = argparse.ArgumentParser(
+        prog="nbdt-examples",
+        description="For every inner node and child of a model's tree: the training images it"
+        " sends there most confidently and its typical mistakes (with 64-px thumbnails), plus a"
+        " sample of pooled features for nearest-image search, saved as one .npz file.",
+    )
+    parser.add_argument("checkpoint", help="an nbdt model file (nbdt-train's best.pt)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data-dir", help="the dataset's folder (needed for 'folder')")
+    parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument("-o", "--output", required=True, help="the .npz file to write")
+    parser.add_argument("-k", type=positive_int, default=8, help="images per node, child, kind")
+    parser.add_argument(
+        "--sample", type=positive_int, default=4096, help="images kept for nearest-image search"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=0, help="DataLoader worker processes"
+    )
+    return run("nbdt-examples", _examples, parser, argv)
+
+
+def _examples(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import nbdt
+    from nbdt.data import load_dataset
+    from nbdt.evidence.examples import node_examples
+
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"{output}: the folder {output.parent} does not exist")
+    model = nbdt.load(args.checkpoint)
+    dataset = load_dataset(args.dataset, args.split, args.data_dir)
+    if list(dataset.classes) != list(model.hierarchy.classes):
+        raise ValueError(
+            f"{args.dataset}: its {len(dataset.classes)} classes are not the model's"
+            f" {model.hierarchy.num_classes} ({', '.join(model.hierarchy.classes[:3])}, ...)"
+        )
+    found = node_examples(
+        model,
+        dataset,
+        k=args.k,
+        sample=args.sample,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    found.save(output)
+    print(f"nbdt-examples: wrote {output}", file=sys.stderr)
+    return 0

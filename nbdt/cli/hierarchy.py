@@ -1,0 +1,267 @@
+"""``nbdt-hierarchy``: build (induced, wordnet, random), show, edit and draw hierarchies."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nbdt._messages import for_terminal
+from nbdt.cli._common import BadInput, non_negative_int, run
+
+
+# ---------------------------------------------------------------------- nbdt-hierarchy
+def main(argv: Sequence[str] | None = None) -> int:
+    """nbdt-hierarchy: build, show and export class hierarchies."""
+    return run("nbdt-hierarchy", _hierarchy, _hierarchy_parser(), argv)
+
+
+def _hierarchy_parser() -> argparse.ArgumentParser:
+    from nbdt.classes import CLASS_LISTS
+
+    parser = argparse.ArgumentParser(
+        prog="nbdt-hierarchy",
+        description="Build a class hierarchy (induced from a model's classifier, from WordNet, or"
+        " random), print it, and save it as node-link JSON or HTML.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser, classes_required: bool = True) -> None:
+        source = sub.add_mutually_exclusive_group(required=classes_required)
+        source.add_argument("--dataset", choices=CLASS_LISTS, help="a shipped class list")
+        source.add_argument(
+            "--classes", metavar="FILE", help="class names or WordNet ids, one per line"
+        )
+        sub.add_argument(
+            "--wnids",
+            metavar="FILE",
+            help="'name<TAB>wnid' lines: the WordNet sense of these class names",
+        )
+        sub.add_argument("--out", metavar="TREE.json", help="write the hierarchy as JSON")
+        sub.add_argument("--html", metavar="OUT.html", help="write the hierarchy as HTML")
+        sub.add_argument(
+            "--max-depth", type=non_negative_int, metavar="N", help="print only N levels"
+        )
+        sub.add_argument("--quiet", action="store_true", help="do not print the tree")
+
+    induced = commands.add_parser(
+        "induced", help="cluster the classifier weights of a model (agglomerative, Ward)"
+    )
+    common(induced)
+    weights = induced.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--model", metavar="NAME", help="a timm architecture")
+    weights.add_argument(
+        "--checkpoint", metavar="PATH", help="a torch checkpoint or state dict file"
+    )
+    pretrained = induced.add_mutually_exclusive_group()
+    pretrained.add_argument(
+        "--pretrained", action="store_true", help="with --model: timm's weights (hub or cache)"
+    )
+    pretrained.add_argument(
+        "--pretrained-file", metavar="PATH", help="with --model: weights from a local file"
+    )
+    induced.add_argument(
+        "--linkage",
+        default="ward",
+        choices=("ward", "complete", "average", "single"),
+        help="how clusters merge (default: ward, the least variance added)",
+    )
+    induced.add_argument("--normalize", action="store_true", help="L2-normalise weight rows")
+    induced.add_argument("--branching", type=int, default=2, help="children per node, at most")
+
+    wordnet = commands.add_parser("wordnet", help="the WordNet hypernym tree of the classes")
+    common(wordnet)
+
+    random = commands.add_parser("random", help="a seeded random tree (ablation baseline)")
+    common(random)
+    random.add_argument(
+        "--seed", type=non_negative_int, default=0, help="the same seed, the same tree (0)"
+    )
+    random.add_argument("--branching", type=int, default=2, help="children per node, at most")
+
+    show = commands.add_parser("show", help="print a hierarchy file or a shipped hierarchy")
+    show.add_argument(
+        "tree", metavar="TREE", help="a JSON file, or a shipped name such as imagenet-induced"
+    )
+    common(show, classes_required=False)
+    html = commands.add_parser("html", help="write a hierarchy as one self-contained HTML page")
+    html.add_argument(
+        "tree", metavar="TREE", help="a JSON file, or a shipped name such as imagenet-induced"
+    )
+    html.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the page")
+    html.add_argument(
+        "--highlight", metavar="CLASS", help="a class index, node id or label: its path is lit"
+    )
+    html.add_argument("--title", help="the page title (default: root label and class count)")
+    order = html.add_mutually_exclusive_group()
+    order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
+    order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
+
+    edit = commands.add_parser(
+        "edit", help="apply an edit file (move, group, ungroup, rename, remove; docs/edits.md)"
+    )
+    edit.add_argument(
+        "tree", metavar="TREE", help="a JSON file, or a shipped name such as fashion-mnist-wordnet"
+    )
+    edit.add_argument("edits", metavar="EDITS", help="the edit file, one operation per line")
+    edit.add_argument("-o", "--output", required=True, metavar="NEW.json", help="the edited tree")
+    edit.add_argument("--html", metavar="NEW.html", help="its page, with what moved marked")
+    edit.add_argument("--max-depth", type=non_negative_int, metavar="N", help="print N levels")
+    edit.add_argument("--quiet", action="store_true", help="do not print the tree")
+    order = edit.add_mutually_exclusive_group()
+    order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
+    order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
+    return parser
+
+
+def _hierarchy_html(args: argparse.Namespace) -> int:
+    """`nbdt-hierarchy html`: load a tree file or shipped name and write its page."""
+    from nbdt._io import check_not_an_input
+    from nbdt.visualize import hierarchy_html
+
+    check_not_an_input("--output", args.output, [args.tree, args.classes])
+    tree = _load_tree(args.tree, _hierarchy_classes(args))
+    highlight: str | int | None = args.highlight
+    if highlight is not None and highlight not in tree and highlight.lstrip("-").isdigit():
+        highlight = int(highlight)
+    path = hierarchy_html(tree, args.output, highlight=highlight, title=args.title)
+    print(f"wrote {path}")
+    return 0
+
+
+_BUILDER_OPTIONS = ("linkage", "normalize", "branching", "seed")  # each builder takes its own
+
+
+def _hierarchy_edit(args: argparse.Namespace) -> int:
+    """`nbdt-hierarchy edit`: apply an edit file; write the new tree (and its page) only whole."""
+    from pathlib import Path
+
+    from nbdt.edits import apply_edits, moved_nodes, read_edits
+
+    for option, target in (("--output", args.output), ("--html", args.html)):
+        if target and not Path(target).resolve().parent.is_dir():
+            raise BadInput(f"{option} {target}: the folder {Path(target).parent} does not exist")
+    tree = _load_tree(args.tree, _hierarchy_classes(args))
+    edited = apply_edits(tree, read_edits(args.edits))
+    moved = moved_nodes(tree, edited)
+    if args.html:  # the page first: the tree file, which other commands read, comes last
+        from nbdt.visualize import hierarchy_html
+
+        hierarchy_html(edited, Path(args.html), moved=moved)
+    edited.save(Path(args.output))
+    if not args.quiet:
+        print(edited.render(max_depth=args.max_depth), flush=True)
+    print(f"wrote {args.output}: {len(moved)} nodes moved", file=sys.stderr)
+    return 0
+
+
+def _hierarchy(args: argparse.Namespace) -> int:
+    if args.command == "html":
+        return _hierarchy_html(args)
+    if args.command == "edit":
+        return _hierarchy_edit(args)
+    import warnings
+    from pathlib import Path
+
+    from nbdt import builders
+    from nbdt._io import check_not_an_input
+    from nbdt.wordnet import UnresolvedClassWarning
+
+    inputs = [getattr(args, k, None) for k in ("tree", "classes", "checkpoint", "pretrained_file")]
+    for option, target in (("--out", args.out), ("--html", args.html)):
+        check_not_an_input(option, target, inputs)
+        if target and not Path(target).resolve().parent.is_dir():
+            raise BadInput(f"{option} {target}: the folder {Path(target).parent} does not exist")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnresolvedClassWarning)
+        classes = _hierarchy_classes(args)
+        if args.command == "show":
+            tree = _load_tree(args.tree, classes)
+        else:
+            weights = _weights_source(args) if args.command == "induced" else None
+            options = {k: getattr(args, k) for k in _BUILDER_OPTIONS if hasattr(args, k)}
+            if not hasattr(classes, "wnids"):  # names from --classes: say how each resolved
+                options["wnids"] = _resolve_classes("nbdt-hierarchy", classes, args.wnids)
+            tree = builders.build(args.command, classes, weights=weights, **options)
+    for warning in caught:
+        if issubclass(warning.category, UnresolvedClassWarning):
+            print(f"nbdt-hierarchy: warning: {warning.message}", file=sys.stderr)
+    if args.out:
+        print(f"nbdt-hierarchy: wrote {tree.save(Path(args.out))}", file=sys.stderr)
+    if args.html:
+        from nbdt.visualize import hierarchy_html
+
+        print(f"nbdt-hierarchy: wrote {hierarchy_html(tree, Path(args.html))}", file=sys.stderr)
+    if not args.quiet:
+        print(tree.render(max_depth=args.max_depth), flush=True)
+    return 0
+
+
+def _hierarchy_classes(args: argparse.Namespace):
+    """The class list from --dataset or --classes (None for `show` without either)."""
+    from nbdt.classes import dataset_classes, read_class_file
+
+    if args.dataset:
+        return dataset_classes(args.dataset)
+    if not args.classes:
+        return None
+    try:
+        return read_class_file(args.classes)
+    except (ValueError, OSError) as e:
+        raise BadInput(f"--classes {e}") from None
+
+
+def _resolve_classes(prog: str, names, wnids_file: str | None) -> list[str]:
+    """WordNet ids of class names, with --wnids overrides; each guess is printed on stderr."""
+    from nbdt.classes import read_wnid_overrides
+    from nbdt.wordnet import resolutions
+
+    try:
+        overrides = read_wnid_overrides(wnids_file) if wnids_file else None
+    except (ValueError, OSError) as e:
+        raise BadInput(f"--wnids {e}") from None
+    found = resolutions(list(names), overrides, warn=True)
+    for r in found:
+        if r.fallback and r.rule != "synthetic":  # synthetic ids have their own warning
+            print(f"{prog}: note: {for_terminal(str(r))}; override with --wnids", file=sys.stderr)
+    return [r.wnid for r in found]
+
+
+def _load_tree(tree: str, classes):
+    """A hierarchy from a JSON file or a shipped hierarchy's name."""
+    from nbdt.pretrained import load_hierarchy
+
+    try:
+        return load_hierarchy(tree, classes=None if classes is None else list(classes))
+    except ValueError as e:
+        if classes is None and "no class order" in str(e):
+            raise BadInput(
+                f"{tree}: the file has no class order: give --dataset or --classes"
+            ) from None
+        raise
+
+
+def _weights_source(args: argparse.Namespace):
+    """What `induced` clusters: a checkpoint path, or a timm model with pretrained weights."""
+    from pathlib import Path
+
+    if args.checkpoint:
+        if args.pretrained or args.pretrained_file:
+            raise BadInput("--pretrained/--pretrained-file go with --model, not --checkpoint")
+        if not Path(args.checkpoint).is_file():
+            raise BadInput(f"--checkpoint {args.checkpoint}: no such file")
+        return args.checkpoint
+    import timm
+
+    from nbdt import builders
+    from nbdt.networks import create_model
+
+    if not timm.is_model(args.model):
+        raise BadInput(f"--model {args.model}: not a timm architecture (see timm.list_models())")
+    if not (args.pretrained or args.pretrained_file):
+        raise BadInput(f"--model needs --pretrained or --pretrained-file: {builders.RANDOM_HEAD}")
+    if args.pretrained_file and not Path(args.pretrained_file).is_file():
+        raise BadInput(f"--pretrained-file {args.pretrained_file}: no such file")
+    return create_model(
+        args.model, pretrained=True, pretrained_file=args.pretrained_file, option="--model"
+    )

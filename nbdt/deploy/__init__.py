@@ -1,0 +1,1 @@
+"""Deployment: ONNX export and runtime, pruning, quantisation and their measures."""

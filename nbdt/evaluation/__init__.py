@@ -1,0 +1,1 @@
+"""Evaluation: metric accumulators, unseen-class routing, the evaluation pass and its report."""

@@ -1,0 +1,1 @@
+"""Evidence for decisions: saliency maps, node examples and the faithfulness test."""
