@@ -91,7 +91,7 @@ class NBDT(nn.Module):
         }
         """Each node's label as a path shows it: with its classes where it repeats an ancestor's."""
 
-        self.pruned: dict[str, dict[str, Any]] | None = None  # see nbdt.compress
+        self.pruned: dict[str, dict[str, Any]] | None = None  # see nbdt.deploy
         self._rebuildable = False  # checked by the first checkpoint()
         self.train(model.training)  # a wrapped model in eval mode stays in eval mode
 
@@ -184,9 +184,9 @@ class NBDT(nn.Module):
         Unreadable files raise one ``ValueError`` naming the file.
 
         Evidence (``nbdt.evidence``): ``evidence=True`` gives every step a ``saliency`` map at
-        the input's resolution, made by ``method`` (a key of ``nbdt.evidence.CAM_METHODS``;
-        default ``nbdt.evidence.DEFAULT_METHOD``) at backbone ``layer`` (a module or dotted name;
-        found automatically by default); ``examples`` (a ``NodeExamples`` of this hierarchy)
+        the input's resolution, made by ``method`` (a key of
+        ``nbdt.evidence.saliency.CAM_METHODS``; default ``DEFAULT_METHOD`` there) at backbone
+        ``layer`` (a module or dotted name; found automatically by default); ``examples`` (a ``NodeExamples`` of this hierarchy)
         attaches the representative images of the child taken and of the runner-up, and the
         nearest training images among those the node sends to the child taken.
         """
@@ -279,7 +279,7 @@ class NBDT(nn.Module):
     def export_onnx(self, path: str | os.PathLike[str], **options: Any) -> Path:
         """This model as one ONNX file (network, decision rules and nbdt metadata) that
         ``nbdt.OnnxNBDT`` and ``nbdt-explain --onnx`` run without torch; ``options`` go to
-        :func:`nbdt.export.export_onnx`. Needs the ``deploy`` extra."""
+        :func:`nbdt.deploy.export.export_onnx`. Needs the ``deploy`` extra."""
         from nbdt.deploy.export import export_onnx
 
         return export_onnx(self, path, **options)

@@ -48,8 +48,8 @@ def hierarchy_html(
     ``highlight`` is a node id (or a label naming one node) or a class index; its path from the
     root opens expanded and highlighted. ``moved`` holds node ids an edit moved (see
     :func:`nbdt.edits.moved_nodes`): they are marked, listed in the legend, and their paths open.
-    With ``examples`` (``nbdt.evidence.NodeExamples`` of this hierarchy), clicking an inner node
-    shows each child's representative and confused training images. Returns ``path``; the file is
+    With ``examples`` (``nbdt.evidence.examples.NodeExamples`` of this hierarchy), clicking an
+    inner node shows each child's representative and confused training images. Returns ``path``; the file is
     written atomically.
     """
     if not isinstance(hierarchy, Hierarchy):

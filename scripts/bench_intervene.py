@@ -20,6 +20,7 @@ import torch
 import nbdt
 from nbdt import data as datasets
 from nbdt import intervene
+from nbdt.heads import FeatureHead
 from nbdt.loss import SoftTreeSupLoss
 
 
@@ -63,7 +64,7 @@ def corrections_table(
     ones), filed under their right class; a quarter held out; test top-1 before and after."""
     features = intervene.pooled_features(model, pool.images)
     with torch.no_grad():
-        logits = intervene.FeatureHead(model.model)(features)
+        logits = FeatureHead(model.model)(features)
     wrong = (logits.argmax(1) != pool.targets).nonzero().flatten()
     (_, report), seconds = cpu_seconds(
         intervene.correct, model, pool.images[wrong], pool.targets[wrong].tolist(),

@@ -231,13 +231,6 @@ def test_examples_and_explain_evidence_html_end_to_end(
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "x.npz").exists()
 
 
-def test_pyproject_registers_nbdt_examples():
-    from pathlib import Path
-
-    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert 'nbdt-examples = "nbdt.cli:examples_main"' in text
-
-
 # --------------------------------------------------------------------------- the trainer
 def _run_result(folder, fm_checkpoint, stripes_dir, **settings) -> RunResult:
     model = NBDT.from_checkpoint(torch.load(fm_checkpoint, weights_only=True))

@@ -478,7 +478,9 @@ def test_the_quantisers_root_logger_advice_stays_quiet_and_configures_nothing(mo
 
 def test_import_nbdt_runtime_does_not_import_torch():
     """The runtime explains without torch: it and the explanation builder never import it."""
-    code = "import sys, nbdt.runtime;print('torch' in sys.modules, 'nbdt.model' in sys.modules)"
+    code = (
+        "import sys, nbdt.deploy.runtime;print('torch' in sys.modules, 'nbdt.model' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -42,8 +42,22 @@ def test_unknown_attribute_raises():
         nbdt.nope  # noqa: B018
 
 
-@pytest.mark.parametrize("command", ["nbdt-hierarchy", "nbdt-train", "nbdt-explain"])
-def test_cli_help(command):
+def _scripts() -> dict[str, str]:
+    """[project.scripts] of pyproject.toml: command -> "module:function"."""
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("command", sorted(_scripts()))
+def test_every_command_is_installed_and_explains_itself(command):
+    from importlib.metadata import entry_points
+
+    target = _scripts()[command]
+    module, _, function = target.partition(":")
+    assert module == f"nbdt.cli.{module.rsplit('.', 1)[-1]}" and function == "main"
+    installed = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert installed.get(command) == target  # `make setup` installed this pyproject
     out = subprocess.run([BIN / command, "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: " + command)

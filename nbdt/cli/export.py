@@ -14,7 +14,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="nbdt-export",
         description="Export an NBDT checkpoint as one ONNX file: the network, the decision rules"
         " and, in its metadata, the hierarchy and preprocessing, so that ONNX Runtime alone"
-        " predicts and explains (nbdt.runtime.OnnxNBDT).",
+        " predicts and explains (nbdt.deploy.runtime.OnnxNBDT).",
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="an nbdt model file")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")

@@ -11,7 +11,7 @@ from nbdt.cli._common import comma_list, run
 
 # -------------------------------------------------------------------------- nbdt-train
 def main(argv: Sequence[str] | None = None) -> int:
-    """nbdt-train: tree-supervised fine-tuning (see ``nbdt.train``)."""
+    """nbdt-train: tree-supervised fine-tuning (see ``nbdt.training``)."""
     return run("nbdt-train", _train, _train_parser(), argv)
 
 

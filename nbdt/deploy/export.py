@@ -3,7 +3,7 @@
 The graph takes a preprocessed (B, C, H, W) float32 batch (B is dynamic) and returns soft
 inference's class log-probabilities, the greedy descent's class and every inner node's child
 log-probabilities; the hierarchy, mode, node score and preprocessing config go into the file's
-metadata, so :class:`nbdt.runtime.OnnxNBDT` explains with ONNX Runtime alone.
+metadata, so :class:`nbdt.deploy.runtime.OnnxNBDT` explains with ONNX Runtime alone.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript). Measured with
 torch 2.14: it exports the rules' own code (float64 prefix sums, scatters, the unrolled descent)
@@ -58,7 +58,7 @@ class ExportGraph(nn.Module):
 
 
 def onnx_metadata(model: nn.Module) -> dict[str, str]:
-    """The ``metadata_props`` that make an ONNX file an nbdt model (see nbdt.runtime)."""
+    """The ``metadata_props`` that make an ONNX file an nbdt model (see nbdt.deploy.runtime)."""
     return {
         "nbdt.format": ONNX_FORMAT_NAME,
         "nbdt.version": str(ONNX_FORMAT_VERSION),

@@ -1,7 +1,7 @@
 """An exported NBDT run with ONNX Runtime alone: preprocessing, inference and explanations.
 
-Nothing here imports torch: the ONNX file written by :func:`nbdt.export.export_onnx` carries the
-network, the decision rules and, in its metadata, the hierarchy, mode, node score and timm's
+Nothing here imports torch: the ONNX file written by :func:`nbdt.deploy.export.export_onnx`
+carries the network, the decision rules and, in its metadata, the hierarchy, mode, node score and timm's
 preprocessing config, so a machine with onnxruntime, numpy and Pillow explains as ``NBDT.explain``
 does, with the same :class:`Explanation` objects.
 """
@@ -114,7 +114,7 @@ def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
 
 # ----------------------------------------------------------------------------------- runtime
 class OnnxNBDT:
-    """An NBDT exported by :func:`nbdt.export.export_onnx`, run with ONNX Runtime on the CPU.
+    """An NBDT exported by :func:`nbdt.deploy.export.export_onnx`, run with ONNX Runtime on the CPU.
 
     ``run(batch)`` returns the graph's outputs by name; ``explain(images)`` returns
     :class:`Explanation` objects, the same as ``NBDT.explain`` on the model that was exported.

@@ -402,7 +402,7 @@ def check_evidence_options(
     if examples is not None:
         if not isinstance(examples, NodeExamples):
             raise TypeError(
-                f"examples must be a NodeExamples (nbdt.evidence.node_examples or"
+                f"examples must be a NodeExamples (nbdt.evidence.examples.node_examples or"
                 f" NodeExamples.load), got {type(examples).__name__}"
             )
         examples.check(model.hierarchy, source="examples")

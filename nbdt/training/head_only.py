@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from nbdt import data as datasets
 from nbdt import intervene
 from nbdt.distributed import Process, amp_dtype
+from nbdt.heads import FeatureHead
 from nbdt.model import NBDT
 from nbdt.training.config import make_optimizer
 from nbdt.training.loop import LossDiverged, StepContext, train_one_epoch, validate
@@ -77,7 +78,7 @@ def fit_head(plan: Plan, runtime: Process) -> dict[str, Any]:
         network, hierarchy, node_score=config.node_score, arch=config.arch,
         model_kwargs=model_kwargs, data_config=data_config,
     ).to(device)  # fmt: skip
-    head = intervene.FeatureHead(network)
+    head = FeatureHead(network)
     for parameter in head.parameters():
         parameter.requires_grad_(True)
 
