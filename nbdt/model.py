@@ -184,11 +184,11 @@ class NBDT(nn.Module):
         Unreadable files raise one ``ValueError`` naming the file.
 
         Evidence (``nbdt.evidence``): ``evidence=True`` gives every step a ``saliency`` map at
-        the input's resolution, made by ``method`` (a key of
-        ``nbdt.evidence.saliency.CAM_METHODS``; default ``DEFAULT_METHOD`` there) at backbone
-        ``layer`` (a module or dotted name; found automatically by default); ``examples`` (a ``NodeExamples`` of this hierarchy)
-        attaches the representative images of the child taken and of the runner-up, and the
-        nearest training images among those the node sends to the child taken.
+        the input's resolution, made by ``method`` (a key of ``nbdt.evidence.saliency.CAM_METHODS``;
+        default ``DEFAULT_METHOD`` there) at backbone ``layer`` (a module or dotted name; found
+        automatically by default); ``examples`` (a ``NodeExamples`` of this hierarchy) attaches the
+        representative images of the child taken and of the runner-up, and the nearest training
+        images among those the node sends to the child taken.
         """
         if not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")

@@ -48,9 +48,9 @@ def hierarchy_html(
     ``highlight`` is a node id (or a label naming one node) or a class index; its path from the
     root opens expanded and highlighted. ``moved`` holds node ids an edit moved (see
     :func:`nbdt.edits.moved_nodes`): they are marked, listed in the legend, and their paths open.
-    With ``examples`` (``nbdt.evidence.examples.NodeExamples`` of this hierarchy), clicking an
-    inner node shows each child's representative and confused training images. Returns ``path``; the file is
-    written atomically.
+    With ``examples`` (``nbdt.evidence.examples.NodeExamples`` of this hierarchy), clicking an inner
+    node shows each child's representative and confused training images. Returns ``path``; the file
+    is written atomically.
     """
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}")

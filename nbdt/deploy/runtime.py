@@ -1,7 +1,7 @@
 """An exported NBDT run with ONNX Runtime alone: preprocessing, inference and explanations.
 
-Nothing here imports torch: the ONNX file written by :func:`nbdt.deploy.export.export_onnx`
-carries the network, the decision rules and, in its metadata, the hierarchy, mode, node score and timm's
+Nothing here imports torch: the ONNX file written by :func:`nbdt.deploy.export.export_onnx` carries
+the network, the decision rules and, in its metadata, the hierarchy, mode, node score and timm's
 preprocessing config, so a machine with onnxruntime, numpy and Pillow explains as ``NBDT.explain``
 does, with the same :class:`Explanation` objects.
 """

@@ -23,11 +23,11 @@ def finetune(
     """Tree-supervised fine-tuning of the model file ``config.checkpoint`` (a pruned one
     rebuilds from it) with ``nbdt-train``'s parts: the plan's network and data, then per epoch
     :func:`~nbdt.training.loop.train_one_epoch` and :func:`~nbdt.training.loop.validate`;
-    ``config.output`` becomes a run folder as ``nbdt-train`` writes (args.json, last.pt, best.pt, metrics.jsonl,
-    its output stages). ``config.hierarchy`` "checkpoint" keeps the tree, "induced" induces
-    it again from the head first. With a ``teacher`` (the uncompressed model) and ``distill``
-    > 0, a share ``distill`` of the loss is :class:`~nbdt.loss.DecisionDistillLoss`'s decision
-    KL to the teacher (1: the teacher's decisions alone), so that the tuned model keeps its
+    ``config.output`` becomes a run folder as ``nbdt-train`` writes (args.json, last.pt, best.pt,
+    metrics.jsonl, its output stages). ``config.hierarchy`` "checkpoint" keeps the tree, "induced"
+    induces it again from the head first. With a ``teacher`` (the uncompressed model) and
+    ``distill`` > 0, a share ``distill`` of the loss is :class:`~nbdt.loss.DecisionDistillLoss`'s
+    decision KL to the teacher (1: the teacher's decisions alone), so that the tuned model keeps its
     decisions. Returns the tuned model and the epochs' metrics."""
     from nbdt import data
     from nbdt.distributed import amp_dtype, start_process
