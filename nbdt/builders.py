@@ -1,7 +1,9 @@
 """Builders of class hierarchies: induced from classifier weights, from WordNet, or random.
 
 Each builder only decides the tree's shape; one shared step then names every inner node with the
-lowest WordNet hypernym common to all leaves under it, so every name is true.
+lowest WordNet hypernym common to all leaves under it, so every name is true. They return plain
+:class:`~nbdt.tree.Tree` values; :meth:`nbdt.hierarchy.Hierarchy.build` and its class methods wrap
+them as the Hierarchy users meet.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from nbdt import wordnet as wn
 from nbdt.classes import DatasetClasses, check_unique, is_wordnet_id
-from nbdt.hierarchy import Hierarchy, Node
+from nbdt.tree import Node, Tree
 
 LINKAGES = ("ward", "complete", "average", "single")
 # Why nbdt-train and nbdt-hierarchy refuse to induce a tree from an untrained head.
@@ -66,8 +68,8 @@ def unique_ids(preferred: Sequence[str]) -> list[str]:
     return out
 
 
-def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Hierarchy:
-    """Name a tree shape and turn it into a Hierarchy.
+def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Tree:
+    """Name a tree shape and turn it into a Tree.
 
     Each leaf's WordNet ancestors (over all hypernym paths) become one row of a boolean matrix
     whose columns are sorted deepest first (ties by id); a node's common hypernyms are the AND of
@@ -125,7 +127,7 @@ def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Hierar
         )
         for k in inner_order
     ]
-    return Hierarchy(nodes, [node_id[i] for i in range(num_classes)])
+    return Tree(nodes, [node_id[i] for i in range(num_classes)])
 
 
 # ------------------------------------------------------------------ weights
@@ -163,7 +165,7 @@ def _check_model_file_classes(source: Any, names: Sequence[str], ids: Sequence[s
     """An nbdt model file names its classes (its hierarchy's leaves): they must be these."""
     if not (isinstance(source, Mapping) and isinstance(source.get("hierarchy"), Mapping)):
         return
-    hierarchy = Hierarchy.from_node_link(source["hierarchy"])
+    hierarchy = Tree.from_node_link(source["hierarchy"])
     same = hierarchy.has_classes(names, ids)
     if not same:
         shown = ", ".join(hierarchy.classes[:3])
@@ -279,7 +281,7 @@ def induced(
     normalize: bool = False,
     branching: int = 2,
     wnids: Sequence[str] | None = None,
-) -> Hierarchy:
+) -> Tree:
     """Agglomerative clustering of the classifier's weight rows, one row per class.
 
     ``weights_or_model``: a (C, D) tensor or array, a state dict, a checkpoint path or a timm model.
@@ -307,7 +309,7 @@ def induced(
     return assemble(_collapse(clustering.children_, clustering.distances_, branching), names, ids)
 
 
-def wordnet(classes: Sequence[str], *, wnids: Sequence[str] | None = None) -> Hierarchy:
+def wordnet(classes: Sequence[str], *, wnids: Sequence[str] | None = None) -> Tree:
     """The minimal WordNet hypernym tree over the classes, single-child chains contracted.
 
     Each synset keeps one hypernym: the one whose own chosen path is shared by the most classes
@@ -376,7 +378,7 @@ def random(
     branching: int = 2,
     *,
     wnids: Sequence[str] | None = None,
-) -> Hierarchy:
+) -> Tree:
     """A seeded random balanced tree: the classes shuffled, then split into ``branching`` parts."""
     branching = _check_branching(branching)
     names, ids = _classes(classes, wnids)
@@ -396,22 +398,39 @@ def random(
 
 
 # The hierarchy builders by name: nbdt-hierarchy's commands and nbdt-train's --hierarchy kinds.
-BUILDERS: dict[str, Callable[..., Hierarchy]] = {
+# Each one's keyword parameters (see :func:`options`) are the options it takes.
+BUILDERS: dict[str, Callable[..., Tree]] = {
     "induced": induced,
     "wordnet": wordnet,
     "random": random,
 }
+_WEIGHTS = "weights_or_model"  # the parameter of a builder that clusters classifier weights
 
 
-def build(kind: str, classes: Sequence[str], *, weights: Any = None, **options: Any) -> Hierarchy:
-    """Build with the builder named ``kind``, passing it the ``options`` it takes (the others
-    are left out, so callers can offer one set of settings to every builder); ``weights`` go to
-    a builder that clusters them."""
+def _builder(kind: str) -> Callable[..., Tree]:
     if kind not in BUILDERS:
         raise ValueError(f"unknown hierarchy builder {kind!r}; known: {', '.join(BUILDERS)}")
-    builder = BUILDERS[kind]
-    parameters = inspect.signature(builder).parameters
-    taken = {k: v for k, v in options.items() if k in parameters}
-    if "weights_or_model" in parameters:
-        return builder(weights, classes, **taken)
-    return builder(classes, **taken)
+    return BUILDERS[kind]
+
+
+def options(kind: str) -> tuple[str, ...]:
+    """The options the builder named ``kind`` takes, in its signature's order: its parameters
+    after the classes (and the weights). nbdt-hierarchy's flags and nbdt-train read them."""
+    parameters = inspect.signature(_builder(kind)).parameters
+    return tuple(p for p in parameters if p not in ("classes", _WEIGHTS))
+
+
+def build(kind: str, classes: Sequence[str], *, weights: Any = None, **settings: Any) -> Tree:
+    """Build with the builder named ``kind``; ``weights`` go to a builder that clusters them
+    (the others build without). An option the builder does not take raises a ValueError
+    naming both (``random does not take option 'linkage'``)."""
+    builder = _builder(kind)
+    taken = options(kind)
+    unknown = [k for k in settings if k not in taken]
+    if unknown:
+        raise ValueError(
+            f"{kind} does not take option {unknown[0]!r}; it takes: {', '.join(taken)}"
+        )
+    if _WEIGHTS in inspect.signature(builder).parameters:
+        return builder(weights, classes, **settings)
+    return builder(classes, **settings)

@@ -1,7 +1,8 @@
 """Edits of a class hierarchy: move, group, ungroup, rename, remove a class; and edit files.
 
-Each edit returns a new validated :class:`~nbdt.hierarchy.Hierarchy` and leaves its input as it
-was. Inner nodes whose set of leaves an edit changes get their name recomputed (the lowest common
+Each edit returns a new validated tree of its input's kind (a :class:`~nbdt.tree.Tree`, or the
+:class:`~nbdt.hierarchy.Hierarchy` whose methods call these) and leaves its input as it was.
+Inner nodes whose set of leaves an edit changes get their name recomputed (the lowest common
 WordNet hypernym, by the builders' own naming), unless the user named them (``Node.user_label``).
 """
 
@@ -17,14 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
+from nbdt.builders import assemble, unique_ids
+from nbdt.classes import is_wordnet_id
+from nbdt.tree import Node, Tree, TreeT
 
 KINDS = ("leaf", "inner")
 _FRESH = "\x00new"  # placeholder id of a node an edit creates, renamed once its label is known
 
 
 # ------------------------------------------------------------------------------ naming nodes
-def find_node(h: Hierarchy, key: str, kind: str | None = None) -> Node:
+def find_node(h: Tree, key: str, kind: str | None = None) -> Node:
     """The node that ``key`` names: a node id, else a label (any case) or a WordNet id.
 
     ``kind`` ("leaf" or "inner") keeps only that kind of node; among those, an exact id wins.
@@ -76,7 +79,7 @@ def _user_label(text: str, node: Node) -> tuple[str, str | None]:
 
 
 # ------------------------------------------------------------------------------ the edits
-def move(h: Hierarchy, node: str, new_parent: str) -> Hierarchy:
+def move(h: TreeT, node: str, new_parent: str) -> TreeT:
     """Move a node (with its subtree) to be the last child of the inner node ``new_parent``.
 
     The old parent, left with one child, is contracted into it. A move under the node itself or
@@ -102,7 +105,7 @@ def move(h: Hierarchy, node: str, new_parent: str) -> Hierarchy:
     return _rebuild(h, nodes, h.class_ids)
 
 
-def group(h: Hierarchy, children: Sequence[str], label: str | None = None) -> Hierarchy:
+def group(h: TreeT, children: Sequence[str], label: str | None = None) -> TreeT:
     """A new inner node over some siblings, in their parent's place of the first of them.
 
     ``label`` names it (kept by later edits); without it the lowest common hypernym does.
@@ -139,7 +142,7 @@ def group(h: Hierarchy, children: Sequence[str], label: str | None = None) -> Hi
     return _rebuild(h, nodes, h.class_ids)
 
 
-def ungroup(h: Hierarchy, node: str) -> Hierarchy:
+def ungroup(h: TreeT, node: str) -> TreeT:
     """Remove an inner node; its children take its place in its parent, in their order."""
     gone = find_node(h, node, "inner")
     parent = h.parent(gone.id)
@@ -154,7 +157,7 @@ def ungroup(h: Hierarchy, node: str) -> Hierarchy:
     return _rebuild(h, nodes, h.class_ids)
 
 
-def rename(h: Hierarchy, node: str, label: str) -> Hierarchy:
+def rename(h: TreeT, node: str, label: str) -> TreeT:
     """Give a node the user's label, which later edits keep. A WordNet id as ``label`` names
     the node after that synset; other text clears an inner node's WordNet id."""
     named = find_node(h, node)
@@ -164,7 +167,7 @@ def rename(h: Hierarchy, node: str, label: str) -> Hierarchy:
     return _rebuild(h, nodes, h.class_ids)
 
 
-def remove_class(h: Hierarchy, name: str) -> Hierarchy:
+def remove_class(h: TreeT, name: str) -> TreeT:
     """Drop a class: its leaf goes, a parent left with one child is contracted, and the classes
     after it move up one index (``NBDT.with_hierarchy`` drops its row of the head to match)."""
     leaf = find_node(h, name, "leaf")
@@ -178,7 +181,7 @@ def remove_class(h: Hierarchy, name: str) -> Hierarchy:
     return _rebuild(h, nodes, [c for c in h.class_ids if c != leaf.id])
 
 
-def add_leaf(h: Hierarchy, leaf: Node, parent: str, sibling: str | None = None) -> Hierarchy:
+def add_leaf(h: TreeT, leaf: Node, parent: str, sibling: str | None = None) -> TreeT:
     """A new class, last in class order: a last child of the inner node ``parent``, or, with
     ``sibling``, grouped with that node under a new inner node in its place."""
     if leaf.children:
@@ -199,10 +202,10 @@ def add_leaf(h: Hierarchy, leaf: Node, parent: str, sibling: str | None = None) 
     return _rebuild(h, nodes, [*h.class_ids, leaf.id])
 
 
-def moved_nodes(before: Hierarchy, after: Hierarchy) -> frozenset[str]:
+def moved_nodes(before: Tree, after: Tree) -> frozenset[str]:
     """Ids of the nodes of both trees whose parent differs: what a page marks as moved."""
 
-    def parent_id(h: Hierarchy, node_id: str) -> str | None:
+    def parent_id(h: Tree, node_id: str) -> str | None:
         p = h.parent(node_id)
         return None if p is None else p.id
 
@@ -211,7 +214,7 @@ def moved_nodes(before: Hierarchy, after: Hierarchy) -> frozenset[str]:
 
 
 # ------------------------------------------------------------------------------ rebuilding
-def _node_table(h: Hierarchy) -> dict[str, Node]:
+def _node_table(h: Tree) -> dict[str, Node]:
     return {n.id: n for n in h.nodes}
 
 
@@ -219,9 +222,10 @@ def _set_children(nodes: dict[str, Node], node_id: str, children: Sequence[str])
     nodes[node_id] = dataclasses.replace(nodes[node_id], children=tuple(children))
 
 
-def _rebuild(before: Hierarchy, nodes: dict[str, Node], classes: Sequence[str]) -> Hierarchy:
+def _rebuild(before: TreeT, nodes: dict[str, Node], classes: Sequence[str]) -> TreeT:
     """Contract single-child inner nodes, rename the inner nodes whose leaves changed (unless the
-    user named them), give a new node an id after its name, and validate."""
+    user named them), give a new node an id after its name, and validate: a tree of ``before``'s
+    kind (a Hierarchy stays one)."""
     class_set = set(classes)
     for node in list(nodes.values()):
         if not node.children and node.id not in class_set:
@@ -258,8 +262,6 @@ def _rebuild(before: Hierarchy, nodes: dict[str, Node], classes: Sequence[str]) 
             label, wnid = names[i]
             nodes[i] = dataclasses.replace(nodes[i], label=label, wnid=wnid)
     if _FRESH in nodes:
-        from nbdt.builders import unique_ids
-
         taken = [i for i in nodes if i != _FRESH]
         fresh = nodes.pop(_FRESH)
         preferred = fresh.wnid or (fresh.label if fresh.user_label else "synthetic")
@@ -268,7 +270,7 @@ def _rebuild(before: Hierarchy, nodes: dict[str, Node], classes: Sequence[str]) 
         for i, n in list(nodes.items()):
             if _FRESH in n.children:
                 _set_children(nodes, i, [new_id if c == _FRESH else c for c in n.children])
-    return Hierarchy(nodes.values(), classes)
+    return type(before)(nodes.values(), classes)
 
 
 def _leaf_sets(nodes: Mapping[str, Node], root: str) -> dict[str, frozenset[str]]:
@@ -293,8 +295,6 @@ def _lowest_common_names(
     nodes: Mapping[str, Node], classes: Sequence[str], root: str
 ) -> dict[str, tuple[str, str | None]]:
     """Every inner node's label and WordNet id as the builders name this tree's shape."""
-    from nbdt.builders import assemble
-
     inner = [i for i in reversed(_preorder(nodes, root)) if nodes[i].children]
     position = {leaf: k for k, leaf in enumerate(classes)}
     position.update((i, len(classes) + k) for k, i in enumerate(inner))
@@ -322,7 +322,7 @@ class Edit:
     line: int = 0
     source: str = "<edits>"
 
-    def apply(self, h: Hierarchy) -> Hierarchy:
+    def apply(self, h: TreeT) -> TreeT:
         """The edited hierarchy; a ``ValueError`` starts with ``source:line:``."""
         try:
             return OPERATIONS[self.operation].function(h, *self.arguments)
@@ -332,7 +332,7 @@ class Edit:
 
 @dataclass(frozen=True)
 class _Operation:
-    function: Callable[..., Hierarchy]
+    function: Callable[..., Tree]
     usage: str
     parse: Callable[[list[tuple[str, str]]], tuple[Any, ...] | None]
 
@@ -433,7 +433,7 @@ def read_edits(path: str | os.PathLike[str]) -> list[Edit]:
     return parse_edits(text, str(path))
 
 
-def apply_edits(h: Hierarchy, edits: str | os.PathLike[str] | Iterable[Edit]) -> Hierarchy:
+def apply_edits(h: TreeT, edits: str | os.PathLike[str] | Iterable[Edit]) -> TreeT:
     """Apply an edit file (a path) or parsed edits in order; the first failing line raises."""
     if isinstance(edits, str | os.PathLike):
         edits = read_edits(edits)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from nbdt.hierarchy import Hierarchy
+from nbdt.tree import Tree
 
 
 def classifier_head(net: nn.Module) -> nn.Linear | nn.Conv2d:
@@ -109,7 +110,7 @@ def with_hierarchy(model: nn.Module, hierarchy: Hierarchy) -> nn.Module:
     refitting it leaves ``model`` as it was; a class the tree lost (``remove_class``) loses its
     row. A class the head has no row for is refused: add it with :func:`add_class`.
     """
-    if not isinstance(hierarchy, Hierarchy):
+    if not isinstance(hierarchy, Tree):
         raise TypeError(f"hierarchy must be a nbdt.Hierarchy, got {type(hierarchy).__name__}")
     row = {leaf: i for i, leaf in enumerate(model.hierarchy.class_ids)}
     unknown = [c for c in hierarchy.class_ids if c not in row]

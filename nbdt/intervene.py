@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from nbdt._io import atomic_path
+from nbdt.classes import is_wordnet_id
 from nbdt.heads import apply_head, classifier_head, head_rows, rewrap, with_head, with_hierarchy
-from nbdt.hierarchy import Hierarchy, Node, is_wordnet_id
+from nbdt.hierarchy import Hierarchy, Node
 from nbdt.loss import LOSSES
 from nbdt.model import NBDT
 from nbdt.networks import eval_mode

@@ -24,6 +24,7 @@ from nbdt.images import load_image, to_model_mode
 from nbdt.labels import distinct_label
 from nbdt.networks import eval_mode, input_channels, network_from_checkpoint, rebuild_errors
 from nbdt.rules import NODE_SCORES, DecisionRules, check_finite
+from nbdt.tree import Tree
 
 ImageInput = Image.Image | str | os.PathLike | torch.Tensor
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -64,7 +65,7 @@ class NBDT(nn.Module):
         super().__init__()
         _check_choice("mode", mode, MODES)
         _check_choice("node_score", node_score, NODE_SCORES)
-        if not isinstance(hierarchy, Hierarchy):
+        if not isinstance(hierarchy, Tree):
             raise TypeError(f"hierarchy must be a nbdt.Hierarchy, got {type(hierarchy).__name__}")
         head_classes = networks.head_classes(model)
         if head_classes is not None and head_classes != hierarchy.num_classes:
@@ -75,7 +76,7 @@ class NBDT(nn.Module):
             )
         in_chans = input_channels(model)
         self.model = model
-        self.hierarchy = hierarchy
+        self.hierarchy = hierarchy = Hierarchy.of(hierarchy)  # a builder's Tree gets the edits
         self.rules = DecisionRules(hierarchy, node_score=node_score)
         self.mode = mode
         self.node_score = node_score

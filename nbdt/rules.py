@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from nbdt.explanation import class_paths
 from nbdt.hierarchy import Hierarchy
+from nbdt.tree import Tree
 
 _Method = TypeVar("_Method", bound=Callable[..., Tensor])
 
@@ -157,7 +158,7 @@ class DecisionRules(nn.Module):
 
     def __init__(self, hierarchy: Hierarchy, node_score: str = "mean") -> None:
         super().__init__()
-        if not isinstance(hierarchy, Hierarchy):
+        if not isinstance(hierarchy, Tree):
             raise TypeError(f"hierarchy must be a nbdt.Hierarchy, got {type(hierarchy).__name__}")
         if node_score not in NODE_SCORES:
             known = " or ".join(map(repr, NODE_SCORES))

@@ -25,6 +25,7 @@ from nbdt.classes import is_wordnet_id
 from nbdt.explanation import Explanation, png_data_uri
 from nbdt.hierarchy import Hierarchy
 from nbdt.labels import distinct_label
+from nbdt.tree import Tree
 
 IMAGE_MAX_SIDE = 320
 """Images are downscaled to at most this many pixels per side before they are embedded."""
@@ -52,7 +53,7 @@ def hierarchy_html(
     node shows each child's representative and confused training images. Returns ``path``; the file
     is written atomically.
     """
-    if not isinstance(hierarchy, Hierarchy):
+    if not isinstance(hierarchy, Tree):
         raise TypeError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}")
     moved = set(moved)
     unknown = sorted(moved.difference(node.id for node in hierarchy.nodes))
@@ -103,7 +104,7 @@ def explanation_html(
             f"explanation_html: {len(exps)} explanations but {len(imgs)} images (give one image,"
             " or None, per explanation)"
         )
-    if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
+    if hierarchy is not None and not isinstance(hierarchy, Tree):
         raise TypeError(f"hierarchy must be a Hierarchy or None, got {type(hierarchy).__name__}")
     items = []
     for i, (exp, image) in enumerate(zip(exps, imgs, strict=True)):

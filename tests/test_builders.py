@@ -197,6 +197,27 @@ def test_weight_errors(tmp_path):
         builders.wordnet(names, wnids=["n02084071", "n02121620"])
 
 
+# ------------------------------------------------------------------ build by name
+def test_build_dispatches_by_name_and_refuses_options_the_builder_does_not_take():
+    classes = ["cat", "dog", "ship", "truck"]
+    weights = torch.randn(4, 6)
+    assert builders.options("induced") == ("linkage", "normalize", "branching", "wnids")
+    assert builders.options("wordnet") == ("wnids",)
+    assert builders.options("random") == ("seed", "branching", "wnids")
+    assert builders.build("random", classes, seed=2) == builders.random(classes, seed=2)
+    assert builders.build("wordnet", classes) == builders.wordnet(classes)
+    induced = builders.build("induced", classes, weights=weights, linkage="average")
+    assert induced == builders.induced(weights, classes, linkage="average")
+    with pytest.raises(ValueError, match="random does not take option 'linkage'"):
+        builders.build("random", classes, linkage="ward")
+    with pytest.raises(ValueError, match="wordnet does not take option 'seed'"):
+        builders.build("wordnet", classes, seed=0)
+    with pytest.raises(ValueError, match="unknown hierarchy builder 'kmeans'"):
+        builders.build("kmeans", classes)
+    with pytest.raises(ValueError, match="unknown hierarchy builder 'kmeans'"):
+        builders.options("kmeans")
+
+
 # ------------------------------------------------------------------ random
 def test_random_is_seeded_balanced_and_named():
     classes = dataset_classes("cifar10")

@@ -11,6 +11,7 @@ import torch
 
 from nbdt import builders
 from nbdt.classes import dataset_classes
+from nbdt.cli.hierarchy import _OPTION_FLAGS, _hierarchy_parser
 from nbdt.cli.hierarchy import main as hierarchy_main
 from nbdt.hierarchy import Hierarchy
 
@@ -39,6 +40,15 @@ def test_random_with_options(capsys, tmp_path):
     assert code == 0 and out == ""
     expected = builders.random(dataset_classes("cifar10"), seed=3, branching=3)
     assert Hierarchy.load(out_file) == expected
+
+
+@pytest.mark.parametrize("kind", list(builders.BUILDERS))
+def test_each_builder_command_has_the_flags_of_the_options_its_builder_takes(kind):
+    commands = next(a for a in _hierarchy_parser()._actions if a.dest == "command").choices
+    flags = {o for a in commands[kind]._actions for o in a.option_strings}
+    for option in _OPTION_FLAGS:
+        assert (f"--{option}" in flags) == (option in builders.options(kind)), option
+    assert set(builders.options(kind)) - {"wnids"} <= set(_OPTION_FLAGS)  # --wnids: a file
 
 
 def test_induced_from_checkpoint_and_class_file(capsys, tmp_path):

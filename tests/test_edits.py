@@ -7,6 +7,7 @@ import pytest
 
 from nbdt import edits
 from nbdt.hierarchy import Hierarchy, Node
+from nbdt.tree import Tree
 
 
 def hand_tree() -> Hierarchy:
@@ -200,3 +201,21 @@ def test_edit_file_errors_of_an_edit_name_the_line(tmp_path):
         hand_tree().edit(path)
     with pytest.raises(FileNotFoundError, match="no such edit file"):
         hand_tree().edit(tmp_path / "missing.txt")
+
+
+def test_edits_return_the_kind_of_tree_they_are_given(tmp_path):
+    h = hand_tree()
+    plain = Tree(h.nodes, h.class_ids)
+    (tmp_path / "e.txt").write_text("ungroup x\n")
+    for tree in (h, plain):
+        results = [
+            edits.move(tree, "c3", "a"),
+            edits.group(tree, ["a", "c5"]),
+            edits.ungroup(tree, "x"),
+            edits.rename(tree, "x", "mine"),
+            edits.remove_class(tree, "c5"),
+            edits.add_leaf(tree, Node("c6", "class 6"), "a"),
+            edits.apply_edits(tree, tmp_path / "e.txt"),
+        ]
+        assert all(type(r) is type(tree) for r in results)
+        assert results[-1] == results[2]

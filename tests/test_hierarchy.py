@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
+import torch
 
+from nbdt import builders
 from nbdt.classes import is_wordnet_id
 from nbdt.hierarchy import Hierarchy, Node
+from nbdt.tree import Tree
 
 # A small tree:        root
 #                    /      \
@@ -267,3 +271,44 @@ def test_save_into_a_missing_folder_names_it_and_leaves_nothing(tree, tmp_path):
     with pytest.raises(OSError):
         tree.save(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tree.json"]
+
+
+# ------------------------------------------------------------------ Tree and Hierarchy
+def test_a_tree_equals_the_hierarchy_of_its_nodes(tree, tmp_path):
+    plain = Tree(NODES, CLASSES)
+    assert plain == tree and hash(plain) == hash(tree) and len({plain, tree}) == 1
+    assert repr(plain).startswith("Tree(") and repr(tree).startswith("Hierarchy(")
+    assert type(Hierarchy.of(plain)) is Hierarchy and Hierarchy.of(tree) is tree
+    plain.save(tmp_path / "tree.json")
+    assert type(Hierarchy.load(tmp_path / "tree.json")) is Hierarchy
+    assert type(Tree.load(tmp_path / "tree.json")) is Tree
+    assert type(Hierarchy.from_node_link(tree.to_node_link())) is Hierarchy
+    again = pickle.loads(pickle.dumps(tree))
+    assert type(again) is Hierarchy and again == tree
+
+
+def test_every_convenience_method_returns_a_hierarchy(tmp_path):
+    classes = ["cat", "dog", "ship", "truck"]
+    built = [
+        Hierarchy.induced(torch.randn(4, 6), classes),
+        Hierarchy.wordnet(classes),
+        Hierarchy.random(classes, seed=1),
+        Hierarchy.build("random", classes, seed=1, branching=3),
+        Hierarchy.build("induced", classes, weights=torch.randn(4, 6), linkage="average"),
+    ]
+    assert built[2] == builders.random(classes, seed=1)
+    h = built[3]  # root: an inner node over two classes, and the two other classes
+    inner = h.inner_nodes[1].id
+    leaf = h[inner].children[0]
+    top = [c for c in h.root.children if c != inner]
+    (tmp_path / "edits.txt").write_text(f"rename {inner} -> mine\n")
+    edited = [
+        h.move(top[0], inner),
+        h.group(top),
+        h.ungroup(inner),
+        h.rename(inner, "mine"),
+        h.remove_class(leaf),
+        h.edit(tmp_path / "edits.txt"),
+    ]
+    assert edited[-1] == edited[3] and len(set(edited)) == len(edited) - 1
+    assert all(type(t) is Hierarchy for t in built + edited)

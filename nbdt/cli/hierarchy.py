@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from nbdt import builders
 from nbdt._messages import for_terminal
 from nbdt.cli._common import BadInput, non_negative_int, run
 
@@ -14,6 +16,25 @@ from nbdt.cli._common import BadInput, non_negative_int, run
 def main(argv: Sequence[str] | None = None) -> int:
     """nbdt-hierarchy: build, show and export class hierarchies."""
     return run("nbdt-hierarchy", _hierarchy, _hierarchy_parser(), argv)
+
+
+# The flag of each builder option (nbdt.builders.options): a builder's command has the flags of
+# the options it takes, and passes them on under the same names. --wnids is a file, read apart.
+_OPTION_FLAGS: dict[str, dict[str, Any]] = {
+    "linkage": {
+        "default": "ward",
+        "choices": builders.LINKAGES,
+        "help": "how clusters merge (default: ward, the least variance added)",
+    },
+    "normalize": {"action": "store_true", "help": "L2-normalise weight rows"},
+    "seed": {"type": non_negative_int, "default": 0, "help": "the same seed, the same tree (0)"},
+    "branching": {"type": int, "default": 2, "help": "children per node, at most"},
+}
+
+
+def _builder_options(kind: str) -> tuple[str, ...]:
+    """The options of builder ``kind`` that nbdt-hierarchy sets by flags (all but wnids)."""
+    return tuple(o for o in builders.options(kind) if o != "wnids")
 
 
 def _hierarchy_parser() -> argparse.ArgumentParser:
@@ -60,24 +81,13 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
     pretrained.add_argument(
         "--pretrained-file", metavar="PATH", help="with --model: weights from a local file"
     )
-    induced.add_argument(
-        "--linkage",
-        default="ward",
-        choices=("ward", "complete", "average", "single"),
-        help="how clusters merge (default: ward, the least variance added)",
-    )
-    induced.add_argument("--normalize", action="store_true", help="L2-normalise weight rows")
-    induced.add_argument("--branching", type=int, default=2, help="children per node, at most")
-
     wordnet = commands.add_parser("wordnet", help="the WordNet hypernym tree of the classes")
     common(wordnet)
-
     random = commands.add_parser("random", help="a seeded random tree (ablation baseline)")
     common(random)
-    random.add_argument(
-        "--seed", type=non_negative_int, default=0, help="the same seed, the same tree (0)"
-    )
-    random.add_argument("--branching", type=int, default=2, help="children per node, at most")
+    for kind, sub in (("induced", induced), ("wordnet", wordnet), ("random", random)):
+        for option in _builder_options(kind):  # the options the builder takes, its flags
+            sub.add_argument(f"--{option}", **_OPTION_FLAGS[option])
 
     show = commands.add_parser("show", help="print a hierarchy file or a shipped hierarchy")
     show.add_argument(
@@ -129,9 +139,6 @@ def _hierarchy_html(args: argparse.Namespace) -> int:
     return 0
 
 
-_BUILDER_OPTIONS = ("linkage", "normalize", "branching", "seed")  # each builder takes its own
-
-
 def _hierarchy_edit(args: argparse.Namespace) -> int:
     """`nbdt-hierarchy edit`: apply an edit file; write the new tree (and its page) only whole."""
     from pathlib import Path
@@ -163,8 +170,8 @@ def _hierarchy(args: argparse.Namespace) -> int:
     import warnings
     from pathlib import Path
 
-    from nbdt import builders
     from nbdt._io import check_not_an_input
+    from nbdt.hierarchy import Hierarchy
     from nbdt.wordnet import UnresolvedClassWarning
 
     inputs = [getattr(args, k, None) for k in ("tree", "classes", "checkpoint", "pretrained_file")]
@@ -179,10 +186,10 @@ def _hierarchy(args: argparse.Namespace) -> int:
             tree = _load_tree(args.tree, classes)
         else:
             weights = _weights_source(args) if args.command == "induced" else None
-            options = {k: getattr(args, k) for k in _BUILDER_OPTIONS if hasattr(args, k)}
+            options = {k: getattr(args, k) for k in _builder_options(args.command)}
             if not hasattr(classes, "wnids"):  # names from --classes: say how each resolved
                 options["wnids"] = _resolve_classes("nbdt-hierarchy", classes, args.wnids)
-            tree = builders.build(args.command, classes, weights=weights, **options)
+            tree = Hierarchy.build(args.command, classes, weights=weights, **options)
     for warning in caught:
         if issubclass(warning.category, UnresolvedClassWarning):
             print(f"nbdt-hierarchy: warning: {warning.message}", file=sys.stderr)
@@ -253,7 +260,6 @@ def _weights_source(args: argparse.Namespace):
         return args.checkpoint
     import timm
 
-    from nbdt import builders
     from nbdt.networks import create_model
 
     if not timm.is_model(args.model):

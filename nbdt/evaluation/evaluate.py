@@ -22,6 +22,7 @@ from nbdt.classes import is_wordnet_id
 from nbdt.evaluation.metrics import TreeMetrics, align_reference, class_keys, wordnet_reference
 from nbdt.evaluation.unseen import UnseenRouting, unseen_target
 from nbdt.hierarchy import Hierarchy
+from nbdt.tree import Tree
 
 EVAL_FORMAT = "nbdt-eval"
 
@@ -203,7 +204,7 @@ def _reference(
 ) -> Hierarchy | None:
     if reference is None:
         return wordnet_reference(hierarchy)
-    if isinstance(reference, Hierarchy):
+    if isinstance(reference, Tree):
         align_reference(hierarchy, reference)  # fails early, naming the leaves
         return reference
     if reference == "none":

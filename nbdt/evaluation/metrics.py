@@ -17,6 +17,7 @@ from torch import Tensor
 from nbdt.classes import is_wordnet_id
 from nbdt.hierarchy import Hierarchy
 from nbdt.rules import DecisionRules
+from nbdt.tree import Tree
 
 VARIANTS = ("network", "nbdt_soft", "nbdt_hard")
 
@@ -78,7 +79,7 @@ def align_reference(hierarchy: Hierarchy, reference: Hierarchy) -> Tensor:
     Leaves match by WordNet id when every class has one, else by leaf id, else by label. A
     reference whose leaves are not exactly these classes is a ValueError.
     """
-    if not isinstance(reference, Hierarchy):
+    if not isinstance(reference, Tree):
         raise TypeError(f"reference must be a Hierarchy, got {type(reference).__name__}")
     for keys in class_keys(hierarchy):
         try:

@@ -17,6 +17,7 @@ from typing import Any
 
 from nbdt._io import write_text
 from nbdt.hierarchy import Hierarchy
+from nbdt.tree import Tree
 from nbdt.visualize import render_page, tree_data
 
 _COLOURS = {"network": "#5d6673", "nbdt_soft": "#2f63d6", "nbdt_hard": "#d9480f"}
@@ -43,7 +44,7 @@ def report_html(
     hierarchy = hierarchy or getattr(result, "hierarchy", None)
     if not isinstance(metrics, Mapping) or "variants" not in metrics:
         raise ValueError("report_html: result must be an EvalResult or its metrics (eval.json)")
-    if not isinstance(hierarchy, Hierarchy):
+    if not isinstance(hierarchy, Tree):
         raise ValueError("report_html: pass the model's hierarchy (hierarchy=...)")
     if list(hierarchy.classes) != list(metrics["classes"]):
         raise ValueError("report_html: the hierarchy's classes are not the evaluated classes")

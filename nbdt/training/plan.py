@@ -102,7 +102,8 @@ class Plan:
                 )
             return self.checkpoint_hierarchy
         if kind in builders.BUILDERS:
-            return builders.build(kind, classes, seed=self.config.seed)
+            seed = {"seed": self.config.seed} if "seed" in builders.options(kind) else {}
+            return Hierarchy.build(kind, classes, **seed)
         return load_hierarchy_for(kind, classes.names, classes.wnids)
 
     def check_tree_source(self) -> None:
@@ -117,7 +118,7 @@ class Plan:
 
     def induce(self, model: nn.Module) -> Hierarchy:
         """The hierarchy induced from the head's weights as they are now."""
-        return builders.build("induced", self.classes, weights=model)
+        return Hierarchy.build("induced", self.classes, weights=model)
 
     def criterion(self, epoch: int, hierarchy: Hierarchy | None, device: torch.device) -> nn.Module:
         """Cross-entropy while warming up, then the tree-supervision loss at this epoch."""
