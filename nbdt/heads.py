@@ -1,8 +1,10 @@
 """The network's classifier head, asked the timm way (``get_classifier()``): finding it, its
-rows, the features it reads, and a copy of a network with other rows.
+rows, the pooled features it reads, the input batch it expects, and a copy of a network with
+other rows.
 
-Head-only interventions (``with_hierarchy``, refits, new classes), node examples and saliency all
-read the head through these functions, so a network with an unusual head needs one change here.
+Head-only interventions (``with_hierarchy``, refits, new classes), the feature cache, node
+examples and saliency all read the head through these functions, so a network with an unusual
+head needs one change here. Models are typed as modules: :mod:`nbdt.model` sits above this one.
 """
 
 from __future__ import annotations
@@ -16,9 +18,25 @@ from nbdt.hierarchy import Hierarchy
 from nbdt.tree import Tree
 
 
+def find_head(net: nn.Module) -> nn.Module:
+    """The network's classifier, asked the timm way (``get_classifier()``); for a network
+    without that contract (or whose classifier was reset to ``nn.Identity``), its last
+    ``nn.Linear``. The one place that finds a head: everything else asks here."""
+    get_classifier = getattr(net, "get_classifier", None)
+    head = get_classifier() if callable(get_classifier) else None
+    if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
+        head = next((m for m in reversed(list(net.modules())) if isinstance(m, nn.Linear)), None)
+    if head is None:
+        raise ValueError(
+            f"{type(net).__name__} has no classifier: neither get_classifier() nor an nn.Linear"
+        )
+    return head
+
+
 def classifier_head(net: nn.Module) -> nn.Linear | nn.Conv2d:
-    """The network's classifier, asked the timm way: a Linear or a 1x1 Conv2d."""
-    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    """The network's classifier (:func:`find_head`), checked to be a Linear or a 1x1 Conv2d:
+    the heads whose rows head-only interventions can read and replace."""
+    head = find_head(net)
     is_conv = isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1)
     if not (isinstance(head, nn.Linear) or is_conv):
         raise ValueError(
@@ -26,6 +44,19 @@ def classifier_head(net: nn.Module) -> nn.Linear | nn.Conv2d:
             " need a Linear or 1x1 Conv2d head (get_classifier())"
         )
     return head
+
+
+def head_classes(net: nn.Module) -> int | None:
+    """The number of classes the network predicts (its ``num_classes``, else its head's
+    outputs); None when it says neither."""
+    num_classes = getattr(net, "num_classes", None)
+    if isinstance(num_classes, int):
+        return num_classes
+    try:
+        head = find_head(net)
+    except ValueError:
+        return None
+    return getattr(head, "out_features", getattr(head, "out_channels", None))
 
 
 def head_rows(net: nn.Module) -> tuple[Tensor, Tensor | None]:
@@ -127,22 +158,40 @@ def with_hierarchy(model: nn.Module, hierarchy: Hierarchy) -> nn.Module:
     return rewrap(model, net, hierarchy)
 
 
-def logits_and_features(model: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
-    """(logits (B, C), pooled features (B, D)) from one forward: the features are the input of
-    the classifier (``get_classifier()``, else the last ``nn.Linear``), timm's pre-logits."""
-    backbone = model.model
-    get_classifier = getattr(backbone, "get_classifier", None)
-    head = get_classifier() if callable(get_classifier) else None
-    if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
-        head = next(
-            (m for m in reversed(list(backbone.modules())) if isinstance(m, nn.Linear)), None
+def network_device(net: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where and in which dtype the network computes (its first parameter's; CPU float32
+    for a network without parameters)."""
+    parameter = next(net.parameters(), None)
+    if parameter is None:
+        return torch.device("cpu"), torch.float32
+    return parameter.device, parameter.dtype
+
+
+def model_input(model: nn.Module, images: Tensor) -> Tensor:
+    """A batch as the model's network takes it, on its device and in its dtype: uint8 dataset
+    images go through the model's batch transform (its data config); float input is taken as
+    preprocessed."""
+    from nbdt.data import BatchTransform
+
+    device, dtype = network_device(model.model)
+    if images.dtype == torch.uint8:
+        return BatchTransform(model.data_config).to(device)(images.to(device)).to(dtype)
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be uint8 images or preprocessed float input, got {images.dtype}"
         )
-    if head is None:
-        raise ValueError("the model has no classifier layer whose input could serve as features")
+    return images.to(device, dtype)
+
+
+def logits_and_features(net: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
+    """(logits (B, C), pooled features (B, D)) of a network from one forward: the features are
+    the input of its classifier (:func:`find_head`), timm's ``forward_head(pre_logits=True)``.
+    The one pooled-features function: node examples, evidence and the feature cache read it."""
+    head = find_head(net)
     captured: list[Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
     try:
-        logits = backbone(batch)
+        logits = net(batch)
     finally:
         hook.remove()
     return logits, captured[-1].flatten(1)

@@ -1,115 +1,39 @@
 """Acting on an NBDT without retraining its backbone: new tree, refit head, corrections, new class.
 
-The backbone's pooled features are computed once (:func:`cache_features`); everything after that
+The backbone's pooled features are computed once (:mod:`nbdt.features`); everything after that
 trains only the classifier head on them, with the tree-supervision loss, so an intervention costs
 a few linear-layer epochs instead of a network's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nbdt._io import atomic_path
 from nbdt.classes import is_wordnet_id
-from nbdt.heads import apply_head, classifier_head, head_rows, rewrap, with_head, with_hierarchy
+from nbdt.features import Features, pooled_features
+from nbdt.heads import (
+    apply_head,
+    classifier_head,
+    head_rows,
+    network_device,
+    rewrap,
+    with_head,
+    with_hierarchy,
+)
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.loss import LOSSES
 from nbdt.model import NBDT
 from nbdt.networks import eval_mode
 
-IN_MEMORY_LIMIT = 1 << 30  # bytes of features kept in memory when a cache folder is given
 
-
-# ---------------------------------------------------------------------------- features
-@dataclass(frozen=True)
-class Features:
-    """Pooled backbone features (N, D) float32 (in memory or a file mapping) and targets (N,)."""
-
-    features: Tensor
-    targets: Tensor
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-
-@contextlib.contextmanager
-def _evaluating(module: nn.Module) -> Iterator[None]:
-    """Eval mode and inference mode inside; every submodule's mode restored after."""
-    with eval_mode(module), torch.inference_mode():
-        yield
-
-
-def _device(model: NBDT) -> tuple[torch.device, torch.dtype]:
-    weight = classifier_head(model.model).weight
-    return weight.device, weight.dtype
-
-
-def _pool(net: nn.Module, x: Tensor) -> Tensor:
-    """The features the head reads (timm's ``forward_head(..., pre_logits=True)``), as (B, D)."""
-    return net.forward_head(net.forward_features(x), pre_logits=True).flatten(1).float()
-
-
-def _model_input(model: NBDT, images: Tensor) -> Tensor:
-    """A uint8 batch through the model's preprocessing; float input is taken as preprocessed."""
-    from nbdt.data import BatchTransform
-
-    device, dtype = _device(model)
-    if images.dtype == torch.uint8:
-        return BatchTransform(model.data_config).to(device)(images.to(device)).to(dtype)
-    return images.to(device, dtype)
-
-
-def cache_features(
-    model: NBDT,
-    dataset: torch.utils.data.Dataset,
-    *,
-    batch_size: int = 256,
-    folder: str | os.PathLike[str] | None = None,
-    in_memory_limit: int = IN_MEMORY_LIMIT,
-    name: str = "features.f32",
-) -> Features:
-    """The backbone's pooled features of every ``(image, target)`` of a dataset, computed once.
-
-    Images are uint8 dataset images (preprocessed with the model's data config) or float
-    model input. With ``folder``, features over ``in_memory_limit`` bytes go to
-    ``folder/name``, a memory-mapped file (written whole, then renamed into place).
-    """
-    if not len(dataset):
-        raise ValueError("cache_features: the dataset holds no images")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    targets = torch.empty(len(dataset), dtype=torch.long)
-    store: Tensor | None = None
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_evaluating(model.model))
-        at = 0
-        for images, labels in loader:
-            pooled = _pool(model.model, _model_input(model, images)).cpu()
-            if store is None:
-                shape = (len(dataset), pooled.shape[1])
-                if folder is not None and math.prod(shape) * 4 > in_memory_limit:
-                    path = stack.enter_context(atomic_path(Path(folder) / name))
-                    store = torch.from_numpy(np.memmap(path, np.float32, "w+", shape=shape))
-                else:
-                    with torch.inference_mode(False):  # a tensor that training can read
-                        store = torch.empty(shape)
-            store[at : at + len(pooled)] = pooled
-            targets[at : at + len(pooled)] = torch.as_tensor(labels)
-            at += len(pooled)
-    assert store is not None
-    return Features(store, targets)
-
-
+# ------------------------------------------------------------------------------ replay
 def known_classes(dataset: Any, hierarchy: Hierarchy, source: str = "the model") -> Any:
     """The images of ``hierarchy``'s classes in a dataset, relabelled to its class order: the
     replay of a model trained with some of the dataset's classes held out."""
@@ -135,37 +59,15 @@ def known_classes(dataset: Any, hierarchy: Hierarchy, source: str = "the model")
     )
 
 
-def pooled_features(model: NBDT, images: Any, batch_size: int = 256) -> Tensor:
-    """Pooled (N, D) features of images: a uint8 or float (N, C, H, W) batch, or a list of PIL
-    images, paths and (C, H, W) tensors (preprocessed as :meth:`NBDT.explain` does)."""
-    if isinstance(images, Tensor):
-        if images.dim() != 4:
-            raise ValueError(f"images: expected an (N, C, H, W) batch, got {images.dim()}-d")
-        batches = [
-            _model_input(model, images[i : i + batch_size])
-            for i in range(0, len(images), batch_size)
-        ]
-    else:
-        items = list(images)
-        batches = [
-            model._input_batch(items[i : i + batch_size]) for i in range(0, len(items), batch_size)
-        ]
-    if not batches:
-        raise ValueError("images: none given")
-    with _evaluating(model.model):
-        pooled = [_pool(model.model, x).cpu() for x in batches]
-    return torch.cat(pooled)  # outside inference mode: a tensor that training can read
-
-
 # ---------------------------------------------------------------------------- refitting
 def evaluate_features(
     model: NBDT, features: Tensor, targets: Tensor, batch_size: int = 4096
 ) -> dict[str, float]:
     """Top-1 (%) of the network, NBDT-soft and NBDT-hard on cached features."""
     head = classifier_head(model.model)
-    device, dtype = _device(model)
+    device, dtype = network_device(model.model)
     correct = torch.zeros(3, dtype=torch.long)
-    with _evaluating(model.model):
+    with eval_mode(model.model), torch.inference_mode():
         for i in range(0, len(targets), batch_size):
             logits = apply_head(head, features[i : i + batch_size].to(device, dtype))
             y = targets[i : i + batch_size].to(device)
@@ -203,7 +105,7 @@ def _train_head(
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     head = classifier_head(model.model)
-    device, dtype = _device(model)
+    device, dtype = network_device(model.model)
     criterion = criterion.to(device)
     steps = epochs * math.ceil(len(sources[0][1]) / batch_size)
     generator = torch.Generator().manual_seed(seed)
@@ -436,7 +338,7 @@ def imprint(
         return row, bias.mean()
     if not 0 <= quantile < 1:
         raise ValueError(f"quantile must be in [0, 1), got {quantile!r}")
-    device, dtype = _device(model)
+    device, dtype = network_device(model.model)
     pick = torch.randperm(len(replay), generator=torch.Generator().manual_seed(0))[:8192]
     sample = replay.features[pick].to(device, dtype)
     with torch.no_grad():

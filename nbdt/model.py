@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from nbdt import networks
+from nbdt import heads, networks
 from nbdt.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint, save_checkpoint
 from nbdt.explanation import Explanation, explanations_from_arrays
 from nbdt.hierarchy import Hierarchy
@@ -67,7 +67,7 @@ class NBDT(nn.Module):
         _check_choice("node_score", node_score, NODE_SCORES)
         if not isinstance(hierarchy, Tree):
             raise TypeError(f"hierarchy must be a nbdt.Hierarchy, got {type(hierarchy).__name__}")
-        head_classes = networks.head_classes(model)
+        head_classes = heads.head_classes(model)
         if head_classes is not None and head_classes != hierarchy.num_classes:
             raise ValueError(
                 f"hierarchy has {hierarchy.num_classes} leaves, model head has {head_classes}"

@@ -1,5 +1,5 @@
 """timm networks as nbdt uses them: created with optional weights, rebuilt from a model file,
-asked for their head and input channels, their data config fitted to the channels they read.
+asked for their input channels, their data config fitted to the channels they read.
 
 The CLIs, the model and the trainer all make and inspect networks through these functions, so
 an unreadable weights file or a damaged model file reads the same everywhere.
@@ -184,16 +184,6 @@ def restore_pruned(
         elif attr in module._buffers and module._buffers[attr] is not None:
             if module._buffers[attr].shape != tensor.shape:
                 module._buffers[attr] = torch.empty_like(tensor, device="cpu")
-
-
-def head_classes(model: nn.Module) -> int | None:
-    """The number of classes the model's head predicts, asked the timm way."""
-    num_classes = getattr(model, "num_classes", None)
-    if isinstance(num_classes, int):
-        return num_classes
-    get_classifier = getattr(model, "get_classifier", None)
-    head = get_classifier() if callable(get_classifier) else None
-    return getattr(head, "out_features", None)
 
 
 def input_channels(model: nn.Module) -> int:

@@ -20,6 +20,7 @@ import torch
 import nbdt
 from nbdt import data as datasets
 from nbdt import intervene
+from nbdt.features import Features, cache_features, pooled_features
 from nbdt.heads import FeatureHead
 from nbdt.loss import SoftTreeSupLoss
 
@@ -30,7 +31,7 @@ def cpu_seconds(fn, *args, **kwargs):
     return out, time.process_time() - start
 
 
-def test_scores(model: nbdt.NBDT, test: intervene.Features) -> dict[str, float]:
+def test_scores(model: nbdt.NBDT, test: Features) -> dict[str, float]:
     scores = intervene.evaluate_features(model, test.features, test.targets)
     return {k: round(v, 2) for k, v in scores.items() if k != "images"}
 
@@ -57,12 +58,10 @@ def full_epoch_seconds(model: nbdt.NBDT, train_set, steps: int, batch_size: int)
     return {"steps_timed": steps, "seconds_timed": round(seconds, 2), "epoch_seconds": per_epoch}
 
 
-def corrections_table(
-    model: nbdt.NBDT, pool, train: intervene.Features, test: intervene.Features, epochs: int
-) -> dict:
+def corrections_table(model: nbdt.NBDT, pool, train: Features, test: Features, epochs: int) -> dict:
     """Corrections: the pool's images the model gets wrong (test images outside the evaluated
     ones), filed under their right class; a quarter held out; test top-1 before and after."""
-    features = intervene.pooled_features(model, pool.images)
+    features = pooled_features(model, pool.images)
     with torch.no_grad():
         logits = FeatureHead(model.model)(features)
     wrong = (logits.argmax(1) != pool.targets).nonzero().flatten()
@@ -87,22 +86,22 @@ def add_class_table(
     """A class the backbone never saw (``--holdout-classes``), added from a few of its images."""
     index = train_set.classes.index(name)
     replay_set = intervene.known_classes(train_set, holdout.hierarchy)
-    replay = intervene.cache_features(holdout, replay_set)
+    replay = cache_features(holdout, replay_set)
     old_test_set = intervene.known_classes(test_set, holdout.hierarchy)
-    old = intervene.cache_features(holdout, old_test_set)
+    old = cache_features(holdout, old_test_set)
     new_images = test_set.images[test_set.targets == index]
-    new = intervene.pooled_features(holdout, new_images)
+    new = pooled_features(holdout, new_images)
     images = train_set.images[train_set.targets == index]
-    full_test = intervene.cache_features(full, test_set)
+    full_test = cache_features(full, test_set)
     is_new = full_test.targets == index
-    full_old = intervene.Features(full_test.features[~is_new], full_test.targets[~is_new])
+    full_old = Features(full_test.features[~is_new], full_test.targets[~is_new])
     out = {
         "class": name,
         "test_images": {"new_class": len(new), "old_classes": len(old)},
         "holdout_model_old_classes": test_scores(holdout, old),
         "all_classes_model": {
             "new_class": test_scores(
-                full, intervene.Features(full_test.features[is_new], full_test.targets[is_new])
+                full, Features(full_test.features[is_new], full_test.targets[is_new])
             ),
             "old_classes": test_scores(full, full_old),
         },
@@ -119,7 +118,7 @@ def add_class_table(
                     "shots": min(count, len(images)),
                     "head_refit_epochs": refit,
                     "seconds": round(seconds, 2),
-                    "new_class": test_scores(grown, intervene.Features(new, label)),
+                    "new_class": test_scores(grown, Features(new, label)),
                     "old_classes": test_scores(grown, old),
                     "parent": grown.hierarchy.parent(grown.hierarchy.class_ids[-1]).label,
                 }
@@ -149,8 +148,8 @@ def main() -> None:
     full_test = datasets.load_dataset("fashion-mnist", "test")
     train_set = full_train.head(args.subset)
     test_set = full_test.head(args.eval_subset)
-    train, cache_s = cpu_seconds(intervene.cache_features, model, train_set)
-    test = intervene.cache_features(model, test_set)
+    train, cache_s = cpu_seconds(cache_features, model, train_set)
+    test = cache_features(model, test_set)
     out: dict = {
         "checkpoint": args.checkpoint,
         "train_images": len(train),

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbdt.evidence.examples import KINDS, NodeExamples, _model_input, merge_examples, node_examples
+from nbdt.evidence.examples import KINDS, NodeExamples, merge_examples, node_examples
 from nbdt.evidence.faithfulness import deletion_test
 from nbdt.evidence.saliency import decision_margins, decision_saliency, find_layer
-from nbdt.heads import logits_and_features
+from nbdt.heads import logits_and_features, model_input
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.labels import distinct_label, repeats_ancestor
 from nbdt.model import NBDT
@@ -180,7 +180,7 @@ def _data(n=90, seed=1):
 
 def _reference(model, data, k):
     """A plain loop: every (node, child, kind) list sorted by (-probability, index)."""
-    probs = model.rules.node_log_probs(model.logits(_model_input(model, data.images)))
+    probs = model.rules.node_log_probs(model.logits(model_input(model, data.images)))
     inner = model.hierarchy.inner_nodes
     out = {}
     for i, node in enumerate(inner):
@@ -257,7 +257,7 @@ def test_nearest_examples_are_exact_and_routed_to_the_child():
     model, data = _model(PatchNet(seed=3)), _data()
     found = node_examples(model, data, k=3, sample=1000, batch_size=32)
     query_image = data.images[:1]
-    _, query = logits_and_features(model, _model_input(model, query_image))
+    _, query = logits_and_features(model.model, model_input(model, query_image))
     near = found.nearest(query[0].detach(), "root", "a", k=5)
     feats = torch.from_numpy(found.sample_features).float()
     sims = F.cosine_similarity(feats, query.detach(), dim=1)

@@ -18,6 +18,7 @@ from nbdt import data, edits, intervene
 from nbdt.cli.fix import main
 from nbdt.cli.hierarchy import main as hierarchy_main
 from nbdt.cli.train import main as train_main
+from nbdt.features import cache_features
 from nbdt.heads import FeatureHead
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
@@ -153,7 +154,7 @@ def test_head_only_refits_the_head_alone_and_writes_the_run_folder(
     assert changed == {f"{head}.weight", f"{head}.bias"}
     # The reported accuracy is the saved model's on the test images.
     test_set = data.load_dataset("fashion-mnist", "test", stripes_dir)
-    features = intervene.cache_features(after, test_set)
+    features = cache_features(after, test_set)
     scores = intervene.evaluate_features(after, features.features, features.targets)
     assert rows[-1]["top1"] == pytest.approx(scores["top1"], abs=1e-3)
     assert rows[-1]["nbdt_soft_top1"] == pytest.approx(scores["nbdt_soft_top1"], abs=1e-3)
@@ -205,7 +206,7 @@ def test_fix_corrections_end_to_end(capsys, tiny_model, stripes_dir, image_folde
     fixed = nbdt.load(tmp_path / "fixed.pt")
     assert fixed.hierarchy == nbdt.load(tiny_model).hierarchy
     test_set = data.load_dataset("fashion-mnist", "test", stripes_dir)
-    features = intervene.cache_features(fixed, test_set)
+    features = cache_features(fixed, test_set)
     after = intervene.evaluate_features(fixed, features.features, features.targets)
     assert after["top1"] == pytest.approx(report["after"]["test"]["top1"], abs=1e-3)
 
@@ -236,9 +237,7 @@ def test_imprinted_class_does_not_swamp_the_old_ones(tiny_model, stripes_dir):
     model = nbdt.load(tiny_model)
     without = model.with_hierarchy(model.hierarchy.remove_class("Ankle boot"))
     train_set = data.load_dataset("fashion-mnist", "train", stripes_dir)
-    replay = intervene.cache_features(
-        without, intervene.known_classes(train_set, without.hierarchy)
-    )
+    replay = cache_features(without, intervene.known_classes(train_set, without.hierarchy))
     boots = train_set.images[train_set.targets == 9]
     plain = intervene.add_class(without, "Ankle boot", boots, epochs=0)
     calibrated = intervene.add_class(without, "Ankle boot", boots, replay=replay, epochs=0)
@@ -277,7 +276,7 @@ def test_fix_bad_input_is_one_line_exit_2_before_any_feature(
     def no_features(*args, **kwargs):
         raise AssertionError("the backbone ran before the input was checked")
 
-    monkeypatch.setattr(intervene, "cache_features", no_features)
+    monkeypatch.setattr("nbdt.features.cache_features", no_features)
     for case, (argv, message) in _bad_fix_cases(image_folders, tmp_path / "in").items():
         out_file = tmp_path / "new.pt"
         code, out, err = cli(

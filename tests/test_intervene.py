@@ -9,6 +9,8 @@ import torch
 import nbdt
 from nbdt import intervene
 from nbdt.data import TensorImages, data_config
+from nbdt.features import Features, cache_features, pooled_features
+from nbdt.heads import model_input
 from nbdt.hierarchy import Hierarchy
 
 CLASSES = ["cat", "dog", "horse", "ship", "truck", "airplane"]
@@ -45,9 +47,9 @@ def tree() -> Hierarchy:
     return Hierarchy.wordnet(CLASSES)
 
 
-def trained(model: nbdt.NBDT, data: TensorImages) -> intervene.Features:
+def trained(model: nbdt.NBDT, data: TensorImages) -> Features:
     """Fit the head on the data's features (head only, plain tree loss) and return them."""
-    features = intervene.cache_features(model, data, batch_size=64)
+    features = cache_features(model, data, batch_size=64)
     intervene.refit_head(model, features.features, features.targets, epochs=300, lr=0.3)
     return features
 
@@ -55,14 +57,14 @@ def trained(model: nbdt.NBDT, data: TensorImages) -> intervene.Features:
 def test_features_feed_the_head_as_the_network_does(tree, tmp_path):
     model = tiny_model(tree)
     data = synthetic_images(6, 4)
-    cached = intervene.cache_features(model, data, batch_size=7)
+    cached = cache_features(model, data, batch_size=7)
     assert cached.features.shape == (24, model.model.num_features)
     assert torch.equal(cached.targets, data.targets)
     with torch.no_grad():
-        logits = model.logits(intervene._model_input(model, data.images))
+        logits = model.logits(model_input(model, data.images))
         from_features = model.model.get_classifier()(cached.features)
     torch.testing.assert_close(from_features, logits, atol=1e-5, rtol=1e-5)
-    on_disk = intervene.cache_features(
+    on_disk = cache_features(
         model, data, batch_size=7, folder=tmp_path, in_memory_limit=0
     )  # the same batches: other batch sizes may round differently
     assert (tmp_path / "features.f32").stat().st_size == cached.features.numel() * 4
@@ -112,7 +114,7 @@ def test_head_only_refit_touches_no_backbone_weight(tree):
     model = tiny_model(tree)
     model.train()  # batch norm in training mode would update its statistics if it ran
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
-    features = intervene.cache_features(model, synthetic_images(6, 4))
+    features = cache_features(model, synthetic_images(6, 4))
     stats = intervene.refit_head(model, features.features, features.targets, epochs=3)
     after = model.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -174,7 +176,7 @@ def test_added_class_is_predicted_and_the_file_reloads(tree, tmp_path):
     leaf = grown.hierarchy.leaves[5]
     assert leaf.wnid == "n02691156"
     assert grown.hierarchy.parent(leaf.id).wnid in nbdt.wordnet.ancestors("n02691156")
-    unseen = intervene.pooled_features(grown, new_images[6:])
+    unseen = pooled_features(grown, new_images[6:])
     scores = intervene.evaluate_features(grown, unseen, torch.full((6,), 5))
     assert scores["nbdt_soft_top1"] >= 80
     kept = intervene.evaluate_features(grown, features.features, features.targets)
@@ -182,7 +184,7 @@ def test_added_class_is_predicted_and_the_file_reloads(tree, tmp_path):
 
     loaded = nbdt.load(grown.save(tmp_path / "grown.pt"))
     assert loaded.hierarchy == grown.hierarchy
-    explanation = loaded.explain(intervene._model_input(grown, new_images[6:7])[0])
+    explanation = loaded.explain(model_input(grown, new_images[6:7])[0])
     assert explanation.label == "airplane" and explanation.path[-1].child_label == "airplane"
 
     induced = intervene.add_class(model, "airplane", new_images[:6], place="induced")

@@ -162,6 +162,7 @@ def _fix(args: argparse.Namespace) -> int:
     from nbdt import data as datasets
     from nbdt import intervene
     from nbdt.distributed import start_process
+    from nbdt.features import Features, cache_features, pooled_features
 
     if not args.corrections and not args.add_class:
         raise ValueError("nothing to do: pass --corrections DIR and/or --add-class NAME=DIR")
@@ -187,11 +188,9 @@ def _fix(args: argparse.Namespace) -> int:
         test_set = intervene.known_classes(test_set, model.hierarchy, args.checkpoint)
         if args.eval_subset:
             test_set = test_set.head(args.eval_subset)
-        test = intervene.cache_features(model, test_set, batch_size=args.batch_size)
+        test = cache_features(model, test_set, batch_size=args.batch_size)
 
-    replay = intervene.cache_features(
-        model, train_set, batch_size=args.batch_size, folder=args.cache
-    )
+    replay = cache_features(model, train_set, batch_size=args.batch_size, folder=args.cache)
     report: dict[str, Any] = {"checkpoint": args.checkpoint, "replay_images": len(replay)}
     options = {
         "epochs": args.epochs,
@@ -212,7 +211,7 @@ def _fix(args: argparse.Namespace) -> int:
             else intervene.evaluate_features(model, test.features, test.targets)
         )
         model = intervene.add_class(model, name, files, args.place, replay=replay, **options)
-        images = intervene.pooled_features(model, files)
+        images = pooled_features(model, files)
         targets = torch.full((len(files),), model.hierarchy.num_classes - 1)
         added: dict[str, Any] = {
             "class": name,
@@ -227,7 +226,7 @@ def _fix(args: argparse.Namespace) -> int:
             )
         report.setdefault("added", []).append(added)
         # The next class's replay holds this one too.
-        replay = intervene.Features(
+        replay = Features(
             torch.cat([replay.features, images]), torch.cat([replay.targets, targets])
         )
     model.save(output)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from nbdt._io import atomic_path
 from nbdt._messages import one_line
 from nbdt.explanation import Example
-from nbdt.heads import logits_and_features
+from nbdt.heads import logits_and_features, model_input
 from nbdt.hierarchy import Hierarchy
 from nbdt.networks import eval_mode
 
@@ -271,10 +271,8 @@ class _Collector:
     def update(self, images: Tensor, labels: Tensor, indices: Tensor) -> None:
         """Score one batch and merge it into the selection (no loop over samples or nodes)."""
         model, rules = self.model, self.model.rules
-        device = next(model.parameters()).device
-        x = _model_input(model, images).to(device)
         with torch.no_grad():
-            logits, features = logits_and_features(model, x)
+            logits, features = logits_and_features(model.model, model_input(model, images))
             log_probs = rules.node_log_probs(logits).cpu()  # (B, N, K), padding -inf
         probs = log_probs.exp().float()
         slot = self.slot_of[labels][..., None]  # (B, N, 1)
@@ -363,19 +361,6 @@ class _Collector:
             )
             merged.thumbnails.update(part.thumbnails)
         return merged.result()
-
-
-def _model_input(model: nn.Module, images: Tensor) -> Tensor:
-    """uint8 dataset images through the model's batch transform; float input as it is."""
-    if images.dtype == torch.uint8:
-        from nbdt.data import BatchTransform
-
-        return BatchTransform(model.data_config)(images)
-    if not images.is_floating_point():
-        raise ValueError(
-            f"images must be uint8 images or preprocessed float input, got {images.dtype}"
-        )
-    return images
 
 
 def _thumbnails(model: nn.Module, images: Tensor) -> list[bytes]:

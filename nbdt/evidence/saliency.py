@@ -1,11 +1,13 @@
 """Where in the image each decision was made: a Grad-CAM-family map of every path step's decision
-margin (the child taken against its runner-up).
+margin (the child taken against its runner-up), and the evidence ``explain(evidence=True)``
+attaches to each step (the map, and with node examples the training images behind it).
 
-Library: the CAM methods come from the ``grad-cam`` package (pytorch-grad-cam). Its CAM classes
-take one target callable per batch row and run one backward for the whole batch. Cost: the
-backbone runs once per image up to the chosen layer, whose output is then detached and repeated
-once per path step, so only the layers after it run on the (image, step) rows, and one backward
-over them gives every step's gradient.
+Methods: :data:`CAM_METHODS` is the one table of them, each entry a class of the ``grad-cam``
+package (pytorch-grad-cam) or a small class of your own in its style. Its CAM classes take one
+target callable per batch row and run one backward for the whole batch. Cost: the backbone runs
+once per image up to the chosen layer, whose output is then detached and repeated once per path
+step, so only the layers after it run on the (image, step) rows, and one backward over them gives
+every step's gradient.
 
 ``model`` arguments are :class:`nbdt.NBDT` instances, typed as modules: NBDT's own methods
 call this module, so it sits below :mod:`nbdt.model` and does not import it.
@@ -28,9 +30,14 @@ from nbdt.evidence.examples import NodeExamples
 from nbdt.heads import logits_and_features
 from nbdt.networks import eval_mode
 
-# name -> pytorch_grad_cam class: the gradient-based CAMs, which read only activations and
-# gradients (Score-CAM and Ablation-CAM would rerun the network once per channel).
-CAM_METHODS = {
+# name -> the CAM class that makes the map: the name of a class of the ``grad-cam`` package
+# (imported when used; grad-cam is an optional extra) or a class of your own in its style (a
+# ``pytorch_grad_cam.base_cam.BaseCAM`` subclass overriding ``get_cam_weights`` or
+# ``get_cam_image``). The one table of methods: ``decision_saliency``, ``explain(evidence=True)``
+# and ``nbdt-explain --method`` all read it, so a new method is one entry here. The built-in ones
+# are the gradient-based CAMs, which read only activations and gradients (Score-CAM and
+# Ablation-CAM would rerun the network once per channel).
+CAM_METHODS: dict[str, str | type] = {
     "gradcam": "GradCAM",
     "gradcam++": "GradCAMPlusPlus",
     "xgradcam": "XGradCAM",
@@ -56,12 +63,21 @@ _auto_layers: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDiction
 
 
 # ------------------------------------------------------------------------------- saliency
-def _grad_cam() -> Any:
+def cam_class(method: str) -> type:
+    """The CAM class of ``method``, a key of :data:`CAM_METHODS` (a ValueError naming the keys
+    otherwise; an ImportError naming the extra when grad-cam is missing)."""
+    if method not in CAM_METHODS:
+        raise ValueError(
+            f"method must be one of {', '.join(map(repr, CAM_METHODS))}, got {method!r}"
+        )
+    made_by = CAM_METHODS[method]
+    if not isinstance(made_by, str):
+        return made_by
     try:
         import pytorch_grad_cam
     except ImportError:
         raise ImportError("grad-cam is missing: pip install 'nbdt[evidence]'") from None
-    return pytorch_grad_cam
+    return getattr(pytorch_grad_cam, made_by)
 
 
 def find_layer(model: nn.Module, layer: str | nn.Module | None = None) -> tuple[str, nn.Module]:
@@ -334,15 +350,11 @@ def decision_saliency(
     ``model.explain``) or, when None, of the model's own prediction. One forward pass per image
     up to the layer and one backward over the layers after it, for all steps at once.
     """
-    if method not in CAM_METHODS:
-        raise ValueError(
-            f"method must be one of {', '.join(map(repr, CAM_METHODS))}, got {method!r}"
-        )
+    make_cam = cam_class(method)
     if not isinstance(batch, Tensor) or batch.dim() != 4 or not batch.is_floating_point():
         raise ValueError("batch must be a preprocessed float (B, C, H, W) tensor")
     if explanations is not None and len(explanations) != batch.shape[0]:
         raise ValueError(f"explanations: {len(explanations)} for a batch of {batch.shape[0]}")
-    cam_class = getattr(_grad_cam(), CAM_METHODS[method])
     _, module = find_layer(model, layer)
     depth = model.rules.max_depth
     steps = None if explanations is None else _given_steps(model, explanations, depth)
@@ -361,7 +373,7 @@ def decision_saliency(
                 )
             )
             wrapper = _StepMargins(model, module, depth, chunk_steps)
-            cam = cam_class(wrapper, [module], reshape_transform=_TokensToMap(model.model))
+            cam = make_cam(wrapper, [module], reshape_transform=_TokensToMap(model.model))
             try:
                 maps.append(_run_cam(cam, x, depth))
                 valid.append(wrapper.last_steps.valid.cpu())
@@ -393,11 +405,7 @@ def check_evidence_options(
 ) -> str:
     """Check ``explain``'s evidence options before any work; returns the method to use."""
     method = DEFAULT_METHOD if method is None else method
-    if method not in CAM_METHODS:
-        raise ValueError(
-            f"method must be one of {', '.join(map(repr, CAM_METHODS))}, got {method!r}"
-        )
-    _grad_cam()
+    cam_class(method)
     find_layer(model, layer)
     if examples is not None:
         if not isinstance(examples, NodeExamples):
@@ -431,7 +439,7 @@ def attach_evidence(
     features = None
     if examples is not None:
         with torch.no_grad():
-            features = logits_and_features(model, batch)[1].float().cpu().numpy()
+            features = logits_and_features(model.model, batch)[1].float().cpu().numpy()
     out = []
     for b, explanation in enumerate(explanations):
         steps = []

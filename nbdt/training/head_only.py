@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from nbdt import data as datasets
-from nbdt import intervene
 from nbdt.distributed import Process, amp_dtype
+from nbdt.features import Features, cache_features
 from nbdt.heads import FeatureHead
 from nbdt.model import NBDT
 from nbdt.training.config import make_optimizer
@@ -41,7 +41,7 @@ def _shard(dataset: torch.utils.data.Dataset, runtime: Process, equal: bool) -> 
 
 
 def _batches(
-    features: intervene.Features, batch_size: int, seed: int, shuffle: bool
+    features: Features, batch_size: int, seed: int, shuffle: bool
 ) -> torch.utils.data.DataLoader:
     """Batches of cached features, each drawn with one index (no per-sample Python calls)."""
     tensors = torch.utils.data.TensorDataset(features.features, features.targets)
@@ -89,11 +89,11 @@ def fit_head(plan: Plan, runtime: Process) -> dict[str, Any]:
     names = [f"features-{split}-rank{runtime.rank}.f32" for split in ("train", "test")]
     try:
         start = time.perf_counter()
-        train_features = intervene.cache_features(
+        train_features = cache_features(
             model, _shard(plan.train_set, runtime, equal=True), batch_size=config.batch_size,
             folder=cache, name=names[0],
         )  # fmt: skip
-        test_features = intervene.cache_features(
+        test_features = cache_features(
             model, _shard(plan.test_set, runtime, equal=False), batch_size=config.batch_size,
             folder=cache, name=names[1],
         )  # fmt: skip
