@@ -342,3 +342,42 @@ def test_default_method_meets_the_deletion_goal_and_gradcam_stays_available(caps
     with pytest.raises(SystemExit):
         explain_main(["--help"])
     assert "--method {gradcam," in capsys.readouterr().out
+
+
+def test_a_cam_method_added_to_the_table_is_a_method_everywhere(
+    monkeypatch, fm_checkpoint, stripes_dir, tmp_path, capsys
+):
+    from pytorch_grad_cam.base_cam import BaseCAM
+
+    from nbdt.evidence import saliency
+
+    class PositiveGradCAM(BaseCAM):
+        """Channels weighed by their mean positive gradient: a new method in one small class."""
+
+        def get_cam_weights(self, input_tensor, target_layers, targets, activations, grads):
+            return np.maximum(grads, 0).mean(axis=(2, 3))
+
+    monkeypatch.setitem(saliency.CAM_METHODS, "positive-gradcam", PositiveGradCAM)
+    model = _model()
+    assert saliency.check_evidence_options(model, "positive-gradcam", None, None) == (
+        "positive-gradcam"
+    )
+    explained = model.explain(_patches(), evidence=True, method="positive-gradcam")
+    maps = saliency.decision_saliency(model, _patches(), method="positive-gradcam")
+    for exp, image_maps, (rows, cols) in zip(explained, maps, REGIONS, strict=True):
+        for step, heat in zip(exp.path, image_maps, strict=True):
+            np.testing.assert_array_equal(step.saliency, heat)
+            assert heat[rows, cols].sum() / heat.sum() > 0.9
+
+    image = tmp_path / "test.png"
+    test = load_dataset("fashion-mnist", "test", stripes_dir)
+    Image.fromarray(test.images[0, 0].numpy()).save(image)
+    code, stdout, err = _cli(
+        capsys, explain_main, image, "--checkpoint", fm_checkpoint, "--evidence",
+        "--method", "positive-gradcam", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)[0]["path"][0]["saliency"].startswith("data:image/png;base64,")
+    with pytest.raises(SystemExit):
+        explain_main(["--help"])
+    assert "positive-gradcam}" in capsys.readouterr().out

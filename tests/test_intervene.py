@@ -10,7 +10,14 @@ import nbdt
 from nbdt import intervene
 from nbdt.data import TensorImages, data_config
 from nbdt.features import Features, cache_features, pooled_features
-from nbdt.heads import model_input
+from nbdt.heads import (
+    apply_head,
+    classifier_head,
+    find_head,
+    head_classes,
+    logits_and_features,
+    model_input,
+)
 from nbdt.hierarchy import Hierarchy
 
 CLASSES = ["cat", "dog", "horse", "ship", "truck", "airplane"]
@@ -52,6 +59,37 @@ def trained(model: nbdt.NBDT, data: TensorImages) -> Features:
     features = cache_features(model, data, batch_size=64)
     intervene.refit_head(model, features.features, features.targets, epochs=300, lr=0.3)
     return features
+
+
+@pytest.mark.parametrize("arch", ["test_vit", "test_convnext", "dla46_c"])  # dla: 1x1 Conv2d head
+def test_pooled_features_are_timms_pre_logits_for_linear_and_conv_heads(arch):
+    torch.manual_seed(0)
+    net = timm.create_model(arch, num_classes=5).eval()
+    x = torch.randn(2, *net.pretrained_cfg["input_size"])
+    with torch.no_grad():
+        logits, features = logits_and_features(net, x)
+        expected = net.forward_head(net.forward_features(x), pre_logits=True).flatten(1)
+        torch.testing.assert_close(features, expected)
+        torch.testing.assert_close(logits, net(x))
+        torch.testing.assert_close(apply_head(classifier_head(net), features), logits)
+    assert find_head(net) is net.get_classifier() and head_classes(net) == 5
+
+
+def test_a_network_without_the_timm_contract_is_read_by_its_last_linear():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        logits, features = logits_and_features(net, x)
+        torch.testing.assert_close(features, net[:3](x))
+    torch.testing.assert_close(logits, net(x))
+    assert find_head(net) is net[3] and head_classes(net) == 3
+    with pytest.raises(ValueError, match="has no classifier"):
+        find_head(torch.nn.Conv2d(1, 1, 1))
 
 
 def test_features_feed_the_head_as_the_network_does(tree, tmp_path):
