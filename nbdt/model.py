@@ -254,9 +254,7 @@ class NBDT(nn.Module):
         shapes = {tuple(r.shape[1:]) for r in rows}
         if len(shapes) > 1:
             raise ValueError(f"explain: inputs of different shapes {sorted(shapes)} in one batch")
-        parameter = next(self.model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        dtype = parameter.dtype if parameter is not None else torch.float32
+        device, dtype = heads.network_device(self.model)
         return torch.cat([r.to(device) for r in rows]).to(dtype)
 
     def _explain_batch(self, batch: torch.Tensor, top_k: int) -> list[Explanation]:

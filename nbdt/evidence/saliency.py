@@ -1,6 +1,7 @@
 """Where in the image each decision was made: a Grad-CAM-family map of every path step's decision
-margin (the child taken against its runner-up), and the evidence ``explain(evidence=True)``
-attaches to each step (the map, and with node examples the training images behind it).
+margin (the child taken against its runner-up), the evidence ``explain(evidence=True)``
+attaches to each step (the map, and with node examples the training images behind it), and the
+margins themselves, which the deletion test (:mod:`nbdt.evidence.faithfulness`) measures.
 
 Methods: :data:`CAM_METHODS` is the one table of them, each entry a class of the ``grad-cam``
 package (pytorch-grad-cam) or a small class of your own in its style. Its CAM classes take one
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from nbdt.evidence.examples import NodeExamples
-from nbdt.heads import logits_and_features
+from nbdt.heads import logits_and_features, network_device
 from nbdt.networks import eval_mode
 
 # name -> the CAM class that makes the map: the name of a class of the ``grad-cam`` package
@@ -116,10 +117,8 @@ def _detect_layer(model: nn.Module) -> str:
     """Dry run: the last module whose output is the backbone's final spatial map."""
     backbone = model.model
     channels, height, width = model.data_config["input_size"]
-    parameter = next(backbone.parameters(), None)
-    sample = torch.zeros(1, channels, height, width)
-    if parameter is not None:
-        sample = sample.to(parameter.device, parameter.dtype)
+    device, dtype = network_device(backbone)
+    sample = torch.zeros(1, channels, height, width, device=device, dtype=dtype)
     outputs: list[tuple[str, Any]] = []
     hooks = [
         module.register_forward_hook(lambda _m, _a, out, name=name: outputs.append((name, out)))
