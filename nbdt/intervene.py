@@ -166,7 +166,7 @@ def evaluate_features(
     """Top-1 (%) of the network, NBDT-soft and NBDT-hard on cached features."""
     head = classifier_head(model.model)
     device, dtype = _device(model)
-    setting = Setting(model.hierarchy, device=device, rules=model.rules)
+    setting = Setting(model.rules)
     top1 = Top1(setting)
     with _evaluating(model.model):
         for i in range(0, len(targets), batch_size):

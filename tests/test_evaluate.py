@@ -233,7 +233,7 @@ def test_top1_agreement_and_path_entropy_match_plain_loops(seed, node_score):
     for key, (a, b) in pairs.items():
         same = sum(p == q for p, q in zip(first[a], first[b], strict=True))
         assert out["agreement"][key] == pytest.approx(100 * same / 70)
-    epoch = TreeMetrics.for_epochs(metrics.setting.rules, "cpu")
+    epoch = TreeMetrics.for_epochs(metrics.setting.rules)
     epoch.update(logits, targets)
     assert epoch.scalars() == {
         "top1": out["variants"]["network"]["top1"],

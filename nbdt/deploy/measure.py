@@ -20,6 +20,7 @@ from nbdt.evaluation.metrics import Top1
 from nbdt.explanation import class_paths
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
+from nbdt.rules import DecisionRules
 
 if TYPE_CHECKING:
     pass
@@ -103,10 +104,11 @@ def evaluate_onnx(
     }
     outputs = {name: OnnxNBDT(files[name], threads=threads).run(inputs) for name in names}
     hierarchy = OnnxNBDT(files[reference]).hierarchy
+    setting = Setting(DecisionRules(hierarchy))
     rows: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
         out = outputs[name]
-        top1 = Top1(Setting(hierarchy))
+        top1 = Top1(setting)
         predictions = (out["logits"].argmax(1), out["class_log_probs"].argmax(1), out["hard_class"])
         top1.add(torch.from_numpy(np.stack(predictions)), torch.from_numpy(np.asarray(labels)))
         share = top1.scalars()

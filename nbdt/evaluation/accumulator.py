@@ -76,36 +76,20 @@ def sum_over_processes(tensor: Tensor) -> None:
 
 # --------------------------------------------------------------------------- shared inputs
 class Setting:
-    """What the accumulators of one pass share: the model's tree and decision rules (on the
-    device), the reference tree distances are also measured on, and k of the top-k.
+    """What the accumulators of one pass share: the model's tree and decision rules (their
+    device is the pass's), the reference tree distances are also measured on, and k of the
+    top-k. The LCA tables are built on first use (O(C^2)): metrics without them don't pay."""
 
-    ``rules`` reuses decision rules the caller already has; the LCA tables are built on first
-    use (O(C^2)), so metrics that do not need them cost nothing for them.
-    """
-
-    def __init__(
-        self,
-        hierarchy: Hierarchy,
-        reference: Hierarchy | None = None,
-        node_score: str = "mean",
-        device: str | torch.device = "cpu",
-        *,
-        rules: DecisionRules | None = None,
-    ):
-        self.hierarchy = hierarchy
+    def __init__(self, rules: DecisionRules, reference: Hierarchy | None = None):
+        self.rules = rules
+        self.hierarchy = rules.hierarchy
         self.reference = reference
-        self.device = torch.device(device)
-        self._rules = rules
-        self._node_score = node_score
-        self.reference_order = None if reference is None else align_reference(hierarchy, reference)
+        self.device = rules.leaf_order.device
+        self.reference_order = (
+            None if reference is None else align_reference(self.hierarchy, reference)
+        )
         self.rulers = ("model",) if reference is None else ("model", "reference")
-        self.top_k = min(max(TOP_K), hierarchy.num_classes)
-
-    @cached_property
-    def rules(self) -> DecisionRules:
-        if self._rules is not None:
-            return self._rules
-        return DecisionRules(self.hierarchy, node_score=self._node_score).to(self.device)
+        self.top_k = min(max(TOP_K), self.hierarchy.num_classes)
 
     @cached_property
     def _lca(self) -> tuple[Tensor, Tensor]:

@@ -270,7 +270,8 @@ class TreeMetrics:
     Memory: O(C^2) for the LCA tables plus O(N K^2) for the nodes' confusion matrices.
     ``reference`` is a second hierarchy over the same classes (for instance WordNet's) that
     distances are also measured against. ``per_epoch=True`` runs only the metrics flagged for
-    the trainer's per-epoch validation; ``rules`` reuses decision rules the caller has.
+    the trainer's per-epoch validation; ``rules`` reuses decision rules (on the device) the
+    caller has, instead of building them from ``hierarchy`` and ``node_score``.
     """
 
     def __init__(
@@ -283,13 +284,15 @@ class TreeMetrics:
         per_epoch: bool = False,
         rules: DecisionRules | None = None,
     ):
-        self.setting = Setting(hierarchy, reference, node_score, device, rules=rules)
+        if rules is None:
+            rules = DecisionRules(hierarchy, node_score=node_score).to(device)
+        self.setting = Setting(rules, reference)
         self.accumulators = [m(self.setting) for m in METRICS if m.per_epoch or not per_epoch]
 
     @classmethod
-    def for_epochs(cls, rules: DecisionRules, device: str | torch.device) -> TreeMetrics:
-        """The per-epoch metrics of a validation pass with these decision rules."""
-        return cls(rules.hierarchy, device=device, per_epoch=True, rules=rules)
+    def for_epochs(cls, rules: DecisionRules) -> TreeMetrics:
+        """The per-epoch metrics of a validation pass with these decision rules (on its device)."""
+        return cls(rules.hierarchy, per_epoch=True, rules=rules)
 
     @torch.no_grad()
     def update(self, logits: Tensor, targets: Tensor) -> None:

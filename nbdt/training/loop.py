@@ -154,7 +154,7 @@ def validate(
 
     model.eval()
     device = context.device
-    metrics = TreeMetrics.for_epochs(rules, device)
+    metrics = TreeMetrics.for_epochs(rules)
     sums = torch.zeros(2, device=device)  # loss, cross-entropy
     count = 0
     bar = context.progress.bar(len(loader), "  test")
