@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from nbdt.classes import is_wordnet_id
+from nbdt.evaluation.accumulator import Batch, Setting
+from nbdt.evaluation.metrics import Top1
 from nbdt.features import Features, pooled_features
 from nbdt.heads import (
     apply_head,
@@ -66,24 +68,13 @@ def evaluate_features(
     """Top-1 (%) of the network, NBDT-soft and NBDT-hard on cached features."""
     head = classifier_head(model.model)
     device, dtype = network_device(model.model)
-    correct = torch.zeros(3, dtype=torch.long)
+    setting = Setting(model.rules)
+    top1 = Top1(setting)
     with eval_mode(model.model), torch.inference_mode():
         for i in range(0, len(targets), batch_size):
             logits = apply_head(head, features[i : i + batch_size].to(device, dtype))
-            y = targets[i : i + batch_size].to(device)
-            predictions = (
-                logits.argmax(1),
-                model.rules.soft(logits).argmax(1),
-                model.rules.hard(logits),
-            )
-            correct += torch.stack([(p == y).sum() for p in predictions]).cpu()
-    share = (100 * correct / max(len(targets), 1)).tolist()
-    return {
-        "top1": share[0],
-        "nbdt_soft_top1": share[1],
-        "nbdt_hard_top1": share[2],
-        "images": len(targets),
-    }
+            top1.update(Batch(setting, logits, targets[i : i + batch_size].to(device)))
+    return {**top1.scalars(), "images": len(targets)}
 
 
 def _train_head(

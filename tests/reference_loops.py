@@ -123,3 +123,54 @@ def hard_loss(h: Hierarchy, logits: Tensor, target: Tensor, node_score: str = "m
     """(B,) hard tree term: the mean over the label's path nodes of the children-CE."""
     total, count = path_losses(h, logits, target, node_score)
     return total / count
+
+
+# ------------------------------------------------------------------- evaluation metrics, loops
+def node_height(h: Hierarchy, node_id: str) -> int:
+    """Edges on the longest way down from a node to a leaf."""
+    children = h[node_id].children
+    return 0 if not children else 1 + max(node_height(h, c) for c in children)
+
+
+def lca_height(h: Hierarchy, a: int, b: int) -> int:
+    """Height of the lowest common ancestor of classes a and b."""
+    common = [x for x, y in zip(h.path(a), h.path(b), strict=False) if x.id == y.id]
+    return node_height(h, common[-1].id)
+
+
+def bertinetto(h: Hierarchy, ranked: list[list[int]], targets: list[int], k: int):
+    """Mistake severity and average hierarchical distance @1 and @k, one sample at a time."""
+    severities = [lca_height(h, r[0], t) for r, t in zip(ranked, targets, strict=True) if r[0] != t]
+    per_sample = [
+        sum(lca_height(h, c, t) for c in r[:k]) / k for r, t in zip(ranked, targets, strict=True)
+    ]
+    hdist1 = [lca_height(h, r[0], t) for r, t in zip(ranked, targets, strict=True)]
+    return (
+        sum(severities) / len(severities),
+        sum(hdist1) / len(hdist1),
+        sum(per_sample) / len(per_sample),
+    )
+
+
+def predictions(h: Hierarchy, logits: Tensor, node_score: str = "mean") -> list[list[int]]:
+    """Per variant (network, NBDT-soft, NBDT-hard), each sample's first-ranked class."""
+    soft_log_probs = soft(h, logits, node_score)
+    first = [max(range(len(row)), key=lambda c, row=row: (float(row[c]), -c)) for row in logits]
+    first_soft = [
+        max(range(len(row)), key=lambda c, row=row: (float(row[c]), -c)) for row in soft_log_probs
+    ]
+    return [first, first_soft, hard(h, logits, node_score).tolist()]
+
+
+def path_entropy(h: Hierarchy, logits: Tensor, classes: list[int], node_score: str = "mean"):
+    """Per sample: the summed entropy (nats) of the decisions on the path to its class."""
+    index = {n.id: i for i, n in enumerate(h.inner_nodes)}
+    per_node = node_log_probs(h, logits, node_score)
+    out = []
+    for b, c in enumerate(classes):
+        total = 0.0
+        for node in h.path(c)[:-1]:
+            log_p = per_node[b, index[node.id], : len(node.children)]
+            total -= float((log_p.exp() * log_p).sum())
+        out.append(total)
+    return out

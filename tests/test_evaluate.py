@@ -10,8 +10,11 @@ import reference_loops as ref
 import torch
 
 from nbdt.data import BatchTransform, TensorImages
+from nbdt.evaluation import metrics as metrics_module
+from nbdt.evaluation.accumulator import Accumulator, Batch
 from nbdt.evaluation.evaluate import evaluate
-from nbdt.evaluation.metrics import TreeMetrics, align_reference, lca_tables
+from nbdt.evaluation.metrics import TreeMetrics
+from nbdt.evaluation.rulers import align_reference, lca_tables
 from nbdt.evaluation.unseen import UnseenRouting, UnseenTarget, unseen_target
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.rules import DecisionRules
@@ -133,31 +136,6 @@ def test_lca_height_is_the_longest_way_down_not_the_distance_to_the_classes():
     assert depth.tolist() == [[1, 0, 0, 0], [0, 2, 1, 1], [0, 1, 3, 2], [0, 1, 2, 3]]
 
 
-# ------------------------------------------------------------ Bertinetto et al. as plain loops
-def node_height(h: Hierarchy, node_id: str) -> int:
-    children = h[node_id].children
-    return 0 if not children else 1 + max(node_height(h, c) for c in children)
-
-
-def lca_height(h: Hierarchy, a: int, b: int) -> int:
-    common = [x for x, y in zip(h.path(a), h.path(b), strict=False) if x.id == y.id]
-    return node_height(h, common[-1].id)
-
-
-def bertinetto(h: Hierarchy, ranked: list[list[int]], targets: list[int], k: int):
-    """Mistake severity and average hierarchical distance @k, one sample at a time."""
-    severities = [lca_height(h, r[0], t) for r, t in zip(ranked, targets, strict=True) if r[0] != t]
-    per_sample = [
-        sum(lca_height(h, c, t) for c in r[:k]) / k for r, t in zip(ranked, targets, strict=True)
-    ]
-    hdist1 = [lca_height(h, r[0], t) for r, t in zip(ranked, targets, strict=True)]
-    return (
-        sum(severities) / len(severities),
-        sum(hdist1) / len(hdist1),
-        sum(per_sample) / len(per_sample),
-    )
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_distances_follow_the_definitions_on_an_unbalanced_tree(seed):
     h = ref.random_tree(11, seed=seed, branching=(2, 3), chain=seed == 1)
@@ -182,7 +160,7 @@ def test_distances_follow_the_definitions_on_an_unbalanced_tree(seed):
     ]
     assert [r[0] for r in ranked["nbdt_hard"]] == hard
     for name, rank in ranked.items():
-        severity, hdist1, hdist5 = bertinetto(h, rank, targets.tolist(), 5)
+        severity, hdist1, hdist5 = ref.bertinetto(h, rank, targets.tolist(), 5)
         got = out[name]["hierarchy"]["model"]
         assert got["mistake_severity"] == pytest.approx(severity)
         assert got["hdist@1"] == pytest.approx(hdist1)
@@ -222,6 +200,130 @@ def test_merging_two_accumulators_equals_one_pass():
     assert_same(first.merge(second).compute(), whole.compute())
     with pytest.raises(ValueError, match="different hierarchies"):
         first.merge(TreeMetrics(ref.random_tree(5, seed=0)))
+
+
+@pytest.mark.parametrize("seed, node_score", [(0, "mean"), (1, "marginal")])
+def test_top1_agreement_and_path_entropy_match_plain_loops(seed, node_score):
+    h = ref.random_tree(13, seed=seed, branching=(2, 4))
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(70, 13, generator=gen, dtype=torch.float64) * 2
+    if node_score == "mean":  # exact ties (marginal scores tie only up to rounding)
+        logits[:3] = 0.0  # every variant takes the first of the tied classes
+    targets = torch.randint(0, 13, (70,), generator=gen)
+    metrics = TreeMetrics(h, node_score=node_score)
+    metrics.update(logits, targets)
+    out = metrics.compute()
+    first = ref.predictions(h, logits, node_score)
+    y = targets.tolist()
+    for v, name in enumerate(("network", "nbdt_soft", "nbdt_hard")):
+        right = [p == t for p, t in zip(first[v], y, strict=True)]
+        variant = out["variants"][name]
+        assert variant["top1"] == pytest.approx(100 * sum(right) / 70)
+        assert variant["mistakes"] == right.count(False)
+        for c in range(13):
+            mine = [r for r, t in zip(right, y, strict=True) if t == c]
+            want = 100 * sum(mine) / len(mine) if mine else None
+            assert variant["per_class_top1"][c] == (want and pytest.approx(want))
+        if v:
+            entropy = ref.path_entropy(h, logits, first[v], node_score)
+            for key, wanted in (("right", True), ("wrong", False)):
+                values = [e for e, r in zip(entropy, right, strict=True) if r == wanted]
+                assert variant["path_entropy"][key] == pytest.approx(sum(values) / len(values))
+    pairs = {"network_soft": (0, 1), "network_hard": (0, 2), "soft_hard": (1, 2)}
+    for key, (a, b) in pairs.items():
+        same = sum(p == q for p, q in zip(first[a], first[b], strict=True))
+        assert out["agreement"][key] == pytest.approx(100 * same / 70)
+    epoch = TreeMetrics.for_epochs(metrics.setting.rules)
+    epoch.update(logits, targets)
+    assert epoch.scalars() == {
+        "top1": out["variants"]["network"]["top1"],
+        "nbdt_soft_top1": out["variants"]["nbdt_soft"]["top1"],
+        "nbdt_hard_top1": out["variants"]["nbdt_hard"]["top1"],
+    }
+
+
+def test_shards_summed_in_one_collective_equal_one_pass():
+    h, reference = ref.random_tree(9, seed=6), ref.random_tree(9, seed=7)
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(40, 9, generator=gen) * 3
+    targets = torch.randint(0, 9, (40,), generator=gen)
+    whole = TreeMetrics(h, reference)
+    whole.update(logits, targets)
+    ranks = [TreeMetrics(h, reference) for _ in range(2)]
+    for rank, shard in enumerate(ranks):
+        shard.update(logits[rank::2], targets[rank::2])
+    other = torch.cat([a._state for a in ranks[1].accumulators])
+    calls = []
+
+    def reduce(flat):  # rank 0's view of a two-rank all_reduce
+        calls.append(flat.shape)
+        flat += other
+
+    assert_same(ranks[0].all_reduce(reduce).compute(), whole.compute())
+    assert calls == [other.shape]
+
+
+class MeanConfidence(Accumulator):
+    """A metric defined by a test: the network's mean top softmax probability, per epoch too."""
+
+    per_epoch = True
+
+    def shapes(self):
+        return {"images": (1,), "confidence": (1,)}
+
+    def update(self, batch: Batch) -> None:
+        self._sums["images"] += len(batch.targets)
+        self._sums["confidence"] += batch.network_log_probs.max(1).values.exp().sum()
+
+    def compute(self):
+        images, confidence = self._numbers("images")[0], self._numbers("confidence")[0]
+        return {"mean_confidence": 100 * confidence / images if images else None}
+
+    @classmethod
+    def columns(cls, metrics):
+        return {"mean confidence %": {"network": metrics.get("mean_confidence")}}
+
+
+def test_a_registered_metric_shows_in_eval_json_validation_and_the_report(
+    tiny_model, monkeypatch, tmp_path
+):
+    from nbdt.distributed import start_process
+    from nbdt.evaluation.report import report_html
+    from nbdt.training.loop import StepContext, validate
+
+    monkeypatch.setattr(metrics_module, "METRICS", (*metrics_module.METRICS, MeanConfidence))
+    data = images_of([0, 1, 2, 3, 3, 2, 1, 0], [f"c{i}" for i in range(4)])
+    transform = BatchTransform(tiny_model.data_config)
+    with torch.no_grad():
+        logits = tiny_model.logits(transform(data.images))
+    expected = 100 * float(torch.softmax(logits.double(), 1).max(1).values.mean())
+
+    result = evaluate(tiny_model, data, batch_size=3)
+    assert result.metrics["mean_confidence"] == pytest.approx(expected, rel=1e-5)
+    assert list(result.metrics)[-4:] == ["nodes", "mean_confidence", "unseen", "images_per_s"]
+
+    loader = torch.utils.data.DataLoader(data, batch_size=3)
+    row = validate(
+        tiny_model.model,
+        loader,
+        torch.nn.CrossEntropyLoss(),
+        tiny_model.rules,
+        lambda images, generator=None: transform(images),
+        StepContext(start_process("cpu")),
+    )
+    assert list(row) == [
+        "test_loss", "test_ce", "top1", "nbdt_soft_top1", "nbdt_hard_top1", "mean_confidence",
+        "test_images", "test_images_per_s",
+    ]  # fmt: skip
+    assert row["mean_confidence"] == pytest.approx(expected, rel=1e-5)
+    for key in ("top1", "nbdt_soft_top1", "nbdt_hard_top1"):
+        assert row[key] == pytest.approx(result.metrics["variants"][TOP1_VARIANT[key]]["top1"])
+
+    page = report_html(result, tmp_path / "report.html").read_text()
+    assert "mean confidence %" in page
+
+
+TOP1_VARIANT = {"top1": "network", "nbdt_soft_top1": "nbdt_soft", "nbdt_hard_top1": "nbdt_hard"}
 
 
 def test_per_node_accuracy_and_confusion_match_a_loop():

@@ -15,9 +15,12 @@ import torch
 from torch import nn
 
 from nbdt.deploy.runtime import import_deploy
+from nbdt.evaluation.accumulator import Setting
+from nbdt.evaluation.metrics import Top1
 from nbdt.explanation import class_paths
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
+from nbdt.rules import DecisionRules
 
 if TYPE_CHECKING:
     pass
@@ -101,16 +104,21 @@ def evaluate_onnx(
     }
     outputs = {name: OnnxNBDT(files[name], threads=threads).run(inputs) for name in names}
     hierarchy = OnnxNBDT(files[reference]).hierarchy
+    setting = Setting(DecisionRules(hierarchy))
     rows: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
         out = outputs[name]
+        top1 = Top1(setting)
+        predictions = (out["logits"].argmax(1), out["class_log_probs"].argmax(1), out["hard_class"])
+        top1.add(torch.from_numpy(np.stack(predictions)), torch.from_numpy(np.asarray(labels)))
+        share = top1.scalars()
         rows[name] = {
             "file_bytes": Path(files[name]).stat().st_size,
             "latency_s_batch1": latency[1][i],
             "latency_s_batch64": latency[64][i],
-            "network_top1": float((out["logits"].argmax(1) == labels).mean() * 100),
-            "nbdt_soft_top1": float((out["class_log_probs"].argmax(1) == labels).mean() * 100),
-            "nbdt_hard_top1": float((out["hard_class"] == labels).mean() * 100),
+            "network_top1": share["top1"],
+            "nbdt_soft_top1": share["nbdt_soft_top1"],
+            "nbdt_hard_top1": share["nbdt_hard_top1"],
             "agreement": decision_agreement(
                 hierarchy, outputs[reference]["hard_class"], out["hard_class"]
             ),

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from nbdt._io import write_text
 from nbdt.classes import is_wordnet_id
-from nbdt.evaluation.metrics import TreeMetrics, align_reference, class_keys, wordnet_reference
+from nbdt.evaluation.metrics import TreeMetrics
+from nbdt.evaluation.rulers import align_reference, class_keys, wordnet_reference
 from nbdt.evaluation.unseen import UnseenRouting, unseen_target
 from nbdt.hierarchy import Hierarchy
 from nbdt.tree import Tree

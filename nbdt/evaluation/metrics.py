@@ -1,28 +1,34 @@
-"""Streaming metric sums of an NBDT's predictions: top-k, agreement, mistake severity,
-hierarchical distance, per-node accuracy, calibration and path entropy (docs/metrics.md).
+"""Streaming metrics of an NBDT's predictions, one accumulator each, registered in
+:data:`METRICS`; :class:`TreeMetrics` runs them all (``eval.json``, docs/metrics.md), or only
+the per-epoch ones (the trainer's validation).
 
-Every update is vectorised over the batch (no loops over samples, nodes or classes) and keeps only
-sums, so ranks and shards merge exactly.
+A new metric is one :class:`~nbdt.evaluation.accumulator.Accumulator` subclass added to
+:data:`METRICS`: it then shows in ``eval.json``, in ``metrics.jsonl`` when it is ``per_epoch``,
+and in the report's summary table through its ``columns``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from nbdt.classes import is_wordnet_id
+from nbdt.evaluation.accumulator import (
+    TOP_K,
+    VARIANTS,
+    Accumulator,
+    Batch,
+    Setting,
+    percent,
+    sum_over_processes,
+)
+from nbdt.evaluation.hierarchical import Distances, NodeDecisions, PathEntropy
 from nbdt.hierarchy import Hierarchy
 from nbdt.rules import DecisionRules
-from nbdt.tree import Tree
 
-VARIANTS = ("network", "nbdt_soft", "nbdt_hard")
-
-
-TOP_K = (1, 5)
+TOP1_KEYS = {"network": "top1", "nbdt_soft": "nbdt_soft_top1", "nbdt_hard": "nbdt_hard_top1"}
 
 
 ECE_BINS = 15
@@ -31,344 +37,29 @@ ECE_BINS = 15
 AGREEMENTS = ("network_soft", "network_hard", "soft_hard")
 
 
-# ------------------------------------------------------------------------------- tree tables
-def lca_tables(hierarchy: Hierarchy) -> tuple[Tensor, Tensor]:
-    """(C, C) depth and height of the lowest common ancestor (LCA) of every pair of classes.
-
-    Depth counts edges from the root (the root has depth 0). The height of a node is the number
-    of edges on the longest downward path from it to a leaf of its subtree: a leaf has height
-    0, a node whose children are all leaves height 1, and a node above leaves at several depths
-    takes the deepest. So the LCA height of a class with itself is 0, and of two classes it does
-    not depend on where in the subtree the two classes sit. Built once, O(C^2) memory.
-    """
-    nodes = hierarchy.nodes
-    index = {node.id: i for i, node in enumerate(nodes)}
-    height = [0] * len(nodes)
-    for i in reversed(range(len(nodes))):  # breadth first: children come after their parent
-        children = nodes[i].children
-        if children:
-            height[i] = 1 + max(height[index[c]] for c in children)
-    depth = hierarchy.max_depth
-    paths = torch.full((hierarchy.num_classes, depth + 1), -1, dtype=torch.long)
-    for c in range(hierarchy.num_classes):
-        path = [index[node.id] for node in hierarchy.path(c)]
-        paths[c, : len(path)] = torch.tensor(path)
-    shared = torch.ones(hierarchy.num_classes, hierarchy.num_classes, dtype=torch.bool)
-    lca_depth = torch.full(shared.shape, -1, dtype=torch.long)
-    for level in range(depth + 1):  # paths start at the root: the LCA ends the common prefix
-        column = paths[:, level]
-        shared &= (column[:, None] == column[None, :]) & (column[:, None] >= 0)
-        lca_depth += shared
-    lca_node = paths.gather(1, lca_depth)
-    return lca_depth, torch.tensor(height)[lca_node]
-
-
-def class_keys(hierarchy: Hierarchy) -> list[list[str]]:
-    """Ways to name the classes, in the order to try: WordNet ids (when every class has
-    one), leaf ids, labels."""
-    leaves = hierarchy.leaves
-    keys = [list(hierarchy.class_ids), list(hierarchy.classes)]
-    if all(is_wordnet_id(leaf.wnid) for leaf in leaves):
-        keys.insert(0, [str(leaf.wnid) for leaf in leaves])
-    return keys
-
-
-def align_reference(hierarchy: Hierarchy, reference: Hierarchy) -> Tensor:
-    """(C,) the reference's class index of each of ``hierarchy``'s classes.
-
-    Leaves match by WordNet id when every class has one, else by leaf id, else by label. A
-    reference whose leaves are not exactly these classes is a ValueError.
-    """
-    if not isinstance(reference, Tree):
-        raise TypeError(f"reference must be a Hierarchy, got {type(reference).__name__}")
-    for keys in class_keys(hierarchy):
-        try:
-            matched = reference.match_classes(keys)
-            break
-        except ValueError as e:
-            error = e
-    else:
-        raise ValueError(f"reference hierarchy: {error}: it must have the model's classes")
-    extra = sorted(set(reference.class_ids) - set(matched))
-    if extra or len(set(matched)) != len(matched):
-        shown = [reference[i].label for i in extra[:5]]
-        raise ValueError(
-            f"reference hierarchy has {reference.num_classes} leaves, the model"
-            f" {hierarchy.num_classes} classes (leaves not among them: {shown}): it must have"
-            " the model's classes"
-        )
-    position = {leaf_id: j for j, leaf_id in enumerate(reference.class_ids)}
-    return torch.tensor([position[leaf_id] for leaf_id in matched])
-
-
-def wordnet_reference(hierarchy: Hierarchy) -> Hierarchy | None:
-    """The WordNet tree over the hierarchy's classes, or None when a class has no WordNet id."""
-    leaves = hierarchy.leaves
-    if not all(is_wordnet_id(leaf.wnid) for leaf in leaves):
-        return None
-    return Hierarchy.wordnet(list(hierarchy.classes), wnids=[str(leaf.wnid) for leaf in leaves])
-
-
 # ------------------------------------------------------------------------------ accumulators
-class Sums:
-    """Named float64 sums in one flat tensor, so that merging and all-reducing are one add."""
+class Counts(Accumulator):
+    """What was evaluated: images in all and per class, the classes, the node score, k of the
+    top-k and the rulers' trees."""
 
-    def _allocate(self, shapes: Mapping[str, tuple[int, ...]], device: torch.device) -> None:
-        sizes = [math.prod(shape) for shape in shapes.values()]
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-        self._state = torch.zeros(sum(sizes), dtype=dtype, device=device)
-        self._sums: dict[str, Tensor] = {}
-        offset = 0
-        for (name, shape), size in zip(shapes.items(), sizes, strict=True):
-            self._sums[name] = self._state[offset : offset + size].view(shape)
-            offset += size
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"class_images": (self.setting.hierarchy.num_classes,)}
 
-    def merge(self, other: Sums) -> Sums:
-        """Add another accumulator's sums (same hierarchy and settings) into this one."""
-        if type(other) is not type(self) or other._state.shape != self._state.shape:
-            raise ValueError("merge: the accumulators were built for different hierarchies")
-        self._state += other._state.to(self._state.device)
-        return self
-
-    def all_reduce(self) -> Sums:
-        """Sum over the processes of torch.distributed, when it is initialised (else nothing)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self._state)
-        return self
-
-    def _add(self, name: str, index: Tensor, values: Tensor | float = 1.0) -> None:
-        """sums[name].flatten()[index] += values (repeated indices add up)."""
-        flat = self._sums[name].view(-1)
-        if not isinstance(values, Tensor):
-            values = torch.full(index.shape, values, dtype=flat.dtype, device=flat.device)
-        flat.index_add_(0, index.reshape(-1), values.reshape(-1).to(flat.dtype))
-
-    def _numbers(self, name: str) -> Any:
-        return self._sums[name].cpu().tolist()
-
-
-class TreeMetrics(Sums):
-    """Streaming hierarchy-aware metrics of a network's logits read through a tree.
-
-    ``update(logits, targets)`` adds a batch: (B, C) network logits and (B,) class indices.
-    ``compute()`` returns the metrics as plain data (the ``eval.json`` keys of docs/metrics.md).
-    Memory: O(C^2) for the LCA tables plus O(N K^2) for the nodes' confusion matrices.
-    ``reference`` is a second hierarchy over the same classes (for instance WordNet's) that
-    distances are also measured against.
-    """
-
-    def __init__(
-        self,
-        hierarchy: Hierarchy,
-        reference: Hierarchy | None = None,
-        node_score: str = "mean",
-        device: str | torch.device = "cpu",
-    ):
-        device = torch.device(device)
-        self.hierarchy = hierarchy
-        self.reference = reference
-        self.rules = DecisionRules(hierarchy, node_score=node_score).to(device)
-        lca_depth, lca_height = lca_tables(hierarchy)
-        heights = [lca_height]
-        if reference is not None:
-            order = align_reference(hierarchy, reference)
-            heights.append(lca_tables(reference)[1][order][:, order])
-        self.rulers = ("model",) if reference is None else ("model", "reference")
-        self.lca_depth = lca_depth.to(device)
-        self.lca_height = torch.stack(heights).to(device)  # (R, C, C)
-        self.top_k = min(max(TOP_K), hierarchy.num_classes)
-        c, n, k = hierarchy.num_classes, self.rules.num_nodes, self.rules.max_children
-        v, r = len(VARIANTS), len(self.rulers)
-        self._allocate(
-            {
-                "images": (1,),
-                "top_correct": (v, len(TOP_K)),
-                "agree": (len(AGREEMENTS),),
-                "class_count": (c,),
-                "class_correct": (v, c),
-                "severity": (v, r, int(self.lca_height.max()) + 1),
-                "distance": (v, r, len(TOP_K)),
-                "calibration": (2, ECE_BINS, 3),
-                "entropy": (2, 2, 2),
-                "node_samples": (n,),
-                "node_correct": (n,),
-                "node_reached": (n,),
-                "node_reached_correct": (n,),
-                "node_confusion": (n, k, k),
-            },
-            device,
-        )
-
-    @torch.no_grad()
-    def update(self, logits: Tensor, targets: Tensor) -> None:
-        """Add a batch of (B, C) network logits and (B,) target class indices."""
-        rules = self.rules
-        if not isinstance(targets, Tensor) or targets.shape != logits.shape[:1]:
-            raise ValueError(
-                f"targets must be a tensor of shape ({logits.shape[0]},) to match the logits"
-            )
-        logits = rules._check_logits(logits.detach())
-        targets = targets.to(logits.device, torch.long)
-        if not len(targets):
-            return
-        c = rules.num_classes
-        net = torch.log_softmax(logits, dim=1)
-        soft = rules.soft(logits)
-        node_log_probs = rules.node_log_probs(logits)
-        hard = rules.hard(logits)
-        # Hard inference ranks its leaf first, then the classes that leave its path the
-        # deepest; soft probability breaks the ties (it lies in [0, 1], the depths are integers).
-        hard_key = 2.0 * self.lca_depth[hard].to(soft.dtype) + soft.exp()
-        tops = torch.stack(
-            [t.topk(self.top_k, dim=1).indices for t in (logits, soft, hard_key)]
-        )  # (V, B, k)
-        hit = tops == targets[None, :, None]
-        first = tops[:, :, 0]
-        self._sums["images"] += len(targets)
-        self._sums["top_correct"][:, 0] += hit[:, :, 0].sum(1)
-        self._sums["top_correct"][:, 1] += hit.any(-1).sum(1)
-        self._sums["agree"] += torch.stack(
-            [first[0] == first[1], first[0] == first[2], first[1] == first[2]]
-        ).sum(1)
-        self._add("class_count", targets)
-        variant = torch.arange(len(VARIANTS), device=logits.device)[:, None]
-        self._add("class_correct", variant * c + targets, hit[:, :, 0])
-
-        # LCA heights of each of the top-k classes with the target, on every ruler: (R, V, B, k)
-        distance = self.lca_height.flatten(1)[:, tops * c + targets[None, :, None]]
-        self._sums["distance"][..., 0] += distance[..., 0].sum(-1).t()
-        self._sums["distance"][..., 1] += distance.to(self._state.dtype).mean(-1).sum(-1).t()
-        r, h = self.lca_height.shape[0], self._sums["severity"].shape[-1]
-        ruler = torch.arange(r, device=logits.device)[:, None, None]
-        cell = (variant[None] * r + ruler) * h + distance[..., 0]
-        self._add("severity", cell, (~hit[:, :, 0]).expand(r, -1, -1))
-
-        # Calibration of the network's softmax and of NBDT-soft: count, confidence, correct.
-        confidence = torch.stack([net.max(1).values, soft.max(1).values]).exp()  # (2, B)
-        bins = (confidence * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1
-        rows = torch.arange(2, device=logits.device)[:, None] * ECE_BINS + bins
-        values = torch.stack(
-            [torch.ones_like(confidence), confidence, hit[:2, :, 0].to(confidence.dtype)], -1
-        )
-        self._sums["calibration"].view(-1, 3).index_add_(
-            0, rows.reshape(-1), values.reshape(-1, 3).to(self._state.dtype)
-        )
-
-        # Path entropy (nats, summed over the decisions on the predicted class's path).
-        entropy = -torch.where(
-            node_log_probs > float("-inf"), node_log_probs.exp() * node_log_probs, 0.0
-        ).sum(-1)  # (B, N)
-        predicted = first[1:]  # soft, hard
-        nodes, mask = rules.path_node[predicted], rules.path_mask[predicted]  # (2, B, D)
-        path_entropy = (entropy[None].expand(2, -1, -1).gather(2, nodes) * mask).sum(-1)
-        wrong = ~hit[1:, :, 0]
-        rows = torch.arange(2, device=logits.device)[:, None] * 2 + wrong
-        values = torch.stack([torch.ones_like(path_entropy), path_entropy], -1)
-        self._sums["entropy"].view(-1, 2).index_add_(
-            0, rows.reshape(-1), values.reshape(-1, 2).to(self._state.dtype)
-        )
-
-        # Per node, over the samples whose label lies under it: the node's own decision.
-        t_node, t_slot = rules.path_node[targets], rules.path_slot[targets]  # (B, D)
-        t_mask = rules.path_mask[targets]
-        chosen = node_log_probs.argmax(-1).gather(1, t_node)  # the child each node prefers
-        k = rules.max_children
-        self._add("node_samples", t_node, t_mask)
-        self._add("node_correct", t_node, t_mask & (chosen == t_slot))
-        self._add("node_confusion", (t_node * k + t_slot) * k + chosen, t_mask)
-        # ... and among them, those that hard inference brings to the node.
-        h_node, h_slot = rules.path_node[hard], rules.path_slot[hard]
-        reached = t_mask & rules.path_mask[hard] & (h_node == t_node)
-        self._add("node_reached", t_node, reached)
-        self._add("node_reached_correct", t_node, reached & (h_slot == t_slot))
+    def update(self, batch: Batch) -> None:
+        self._add("class_images", batch.targets)
 
     def compute(self) -> dict[str, Any]:
-        """The metrics as plain JSON data; shares are percentages, undefined values None."""
-        s = {name: self._numbers(name) for name in self._sums}
-        count = s["images"][0]
-        variants: dict[str, Any] = {}
-        for v, name in enumerate(VARIANTS):
-            correct = s["top_correct"][v]
-            mistakes = count - correct[0]
-            rulers = {}
-            for r, ruler in enumerate(self.rulers):
-                histogram = s["severity"][v][r]
-                rulers[ruler] = {
-                    "mistake_severity": ratio(
-                        sum(h * n for h, n in enumerate(histogram)), mistakes
-                    ),
-                    "hdist@1": ratio(s["distance"][v][r][0], count),
-                    f"hdist@{max(TOP_K)}": ratio(s["distance"][v][r][1], count),
-                    "severity_histogram": [int(n) for n in histogram],
-                }
-            variants[name] = {
-                "top1": percent(correct[0], count),
-                f"top{max(TOP_K)}": percent(correct[1], count),
-                "mistakes": int(mistakes),
-                "per_class_top1": [
-                    percent(right, n)
-                    for right, n in zip(s["class_correct"][v], s["class_count"], strict=True)
-                ],
-                "hierarchy": rulers,
-            }
-        for m, name in enumerate(VARIANTS[:2]):
-            variants[name]["calibration"] = _calibration(s["calibration"][m])
-        for m, name in enumerate(VARIANTS[1:]):
-            right, wrong = s["entropy"][m]
-            variants[name]["path_entropy"] = {
-                "right": ratio(right[1], right[0]),
-                "wrong": ratio(wrong[1], wrong[0]),
-            }
+        per_class = [int(n) for n in self._numbers("class_images")]
+        setting = self.setting
+        trees = [setting.hierarchy] + ([setting.reference] if setting.reference else [])
         return {
-            "images": int(count),
-            "classes": list(self.hierarchy.classes),
-            "class_images": [int(n) for n in s["class_count"]],
-            "node_score": self.rules.node_score,
-            "top_k": self.top_k,
-            "rulers": {
-                "model": _ruler(self.hierarchy),
-                **({"reference": _ruler(self.reference)} if self.reference is not None else {}),
-            },
-            "variants": variants,
-            "agreement": {
-                name: percent(n, count) for name, n in zip(AGREEMENTS, s["agree"], strict=True)
-            },
-            "nodes": self._nodes(s),
+            "images": sum(per_class),
+            "classes": list(setting.hierarchy.classes),
+            "class_images": per_class,
+            "node_score": setting.rules.node_score,
+            "top_k": setting.top_k,
+            "rulers": {ruler: _ruler(t) for ruler, t in zip(setting.rulers, trees, strict=True)},
         }
-
-    def _nodes(self, s: Mapping[str, Any]) -> list[dict[str, Any]]:
-        h = self.hierarchy
-        rows = []
-        for i, node in enumerate(h.inner_nodes):
-            width = len(node.children)
-            rows.append(
-                {
-                    "id": node.id,
-                    "label": node.label,
-                    "wnid": node.wnid,
-                    "depth": h.depth(node.id),
-                    "children": [{"id": c, "label": h[c].label} for c in node.children],
-                    "samples": int(s["node_samples"][i]),
-                    "correct": int(s["node_correct"][i]),
-                    "accuracy": percent(s["node_correct"][i], s["node_samples"][i]),
-                    "reached": int(s["node_reached"][i]),
-                    "reached_correct": int(s["node_reached_correct"][i]),
-                    "reached_accuracy": percent(s["node_reached_correct"][i], s["node_reached"][i]),
-                    "confusion": [
-                        [int(n) for n in row[:width]] for row in s["node_confusion"][i][:width]
-                    ],
-                }
-            )
-        return rows
-
-
-# ------------------------------------------------------------------------------ small helpers
-def ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator else None
-
-
-def percent(numerator: float, denominator: float) -> float | None:
-    return 100.0 * numerator / denominator if denominator else None
 
 
 def _ruler(hierarchy: Hierarchy) -> dict[str, Any]:
@@ -377,6 +68,132 @@ def _ruler(hierarchy: Hierarchy) -> dict[str, Any]:
         "inner_nodes": len(hierarchy.inner_nodes),
         "max_depth": hierarchy.max_depth,
     }
+
+
+class Top1(Accumulator):
+    """Network, NBDT-soft and NBDT-hard top-1: the one top-1 trio of evaluation, validation,
+    interventions and ONNX measurements (:meth:`add` takes predictions made elsewhere)."""
+
+    per_epoch = True
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"images": (1,), "correct": (len(VARIANTS),)}
+
+    def update(self, batch: Batch) -> None:
+        self.add(batch.predictions, batch.targets)
+
+    def add(self, predictions: Tensor, targets: Tensor) -> None:
+        """Add (V, B) predicted classes of the variants (network, soft, hard) and (B,) targets."""
+        predictions = predictions.to(self._state.device)
+        self._sums["images"] += len(targets)
+        self._sums["correct"] += (predictions == targets.to(predictions.device)).sum(1)
+
+    def compute(self) -> dict[str, Any]:
+        count = self._numbers("images")[0]
+        correct = self._numbers("correct")
+        return {
+            "variants": {
+                name: {"top1": percent(n, count)} for name, n in zip(VARIANTS, correct, strict=True)
+            }
+        }
+
+    def scalars(self) -> dict[str, float | None]:
+        variants = self.compute()["variants"]
+        return {TOP1_KEYS[name]: v["top1"] for name, v in variants.items()}
+
+    @classmethod
+    def columns(cls, metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {"top-1 %": {name: v["top1"] for name, v in metrics["variants"].items()}}
+
+
+class TopK(Accumulator):
+    """Share of images whose label is among each variant's k first-ranked classes."""
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"images": (1,), "hits": (len(VARIANTS),)}
+
+    def update(self, batch: Batch) -> None:
+        self._sums["images"] += len(batch.targets)
+        self._sums["hits"] += batch.hits.any(-1).sum(1)
+
+    def compute(self) -> dict[str, Any]:
+        count, hits = self._numbers("images")[0], self._numbers("hits")
+        key = f"top{max(TOP_K)}"
+        return {
+            "variants": {
+                name: {key: percent(n, count)} for name, n in zip(VARIANTS, hits, strict=True)
+            }
+        }
+
+    @classmethod
+    def columns(cls, metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        key = f"top{max(TOP_K)}"
+        heading = f"top-{metrics['top_k']} %"
+        return {heading: {name: v[key] for name, v in metrics["variants"].items()}}
+
+
+class PerClass(Accumulator):
+    """Each variant's mistakes, and its top-1 over the images of each class."""
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        c = self.setting.hierarchy.num_classes
+        return {"images": (c,), "correct": (len(VARIANTS), c)}
+
+    def update(self, batch: Batch) -> None:
+        targets, c = batch.targets, self.setting.hierarchy.num_classes
+        variant = torch.arange(len(VARIANTS), device=targets.device)[:, None]
+        self._add("images", targets)
+        self._add("correct", variant * c + targets, batch.correct)
+
+    def compute(self) -> dict[str, Any]:
+        images, correct = self._numbers("images"), self._numbers("correct")
+        return {
+            "variants": {
+                name: {
+                    "mistakes": int(sum(images) - sum(right)),
+                    "per_class_top1": [percent(r, n) for r, n in zip(right, images, strict=True)],
+                }
+                for name, right in zip(VARIANTS, correct, strict=True)
+            }
+        }
+
+
+class Calibration(Accumulator):
+    """Expected calibration error and reliability table of the network's softmax and of
+    NBDT-soft, over ECE_BINS equal-width confidence bins."""
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"bins": (2, ECE_BINS, 3)}  # variant, bin, (count, confidence, correct)
+
+    def update(self, batch: Batch) -> None:
+        confidence = torch.stack(
+            [batch.network_log_probs.max(1).values, batch.soft.max(1).values]
+        ).exp()  # (2, B)
+        bins = (confidence * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1
+        rows = torch.arange(2, device=bins.device)[:, None] * ECE_BINS + bins
+        values = torch.stack(
+            [torch.ones_like(confidence), confidence, batch.correct[:2].to(confidence.dtype)], -1
+        )
+        self._sums["bins"].view(-1, 3).index_add_(
+            0, rows.reshape(-1), values.reshape(-1, 3).to(self._state.dtype)
+        )
+
+    def compute(self) -> dict[str, Any]:
+        return {
+            "variants": {
+                name: {"calibration": _calibration(bins)}
+                for name, bins in zip(VARIANTS[:2], self._numbers("bins"), strict=True)
+            }
+        }
+
+    @classmethod
+    def columns(cls, metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            "ECE %": {
+                name: v["calibration"]["ece"] if "calibration" in v else None
+                for name, v in metrics["variants"].items()
+            }
+        }
 
 
 def _calibration(bins: Sequence[Sequence[float]]) -> dict[str, Any]:
@@ -397,3 +214,138 @@ def _calibration(bins: Sequence[Sequence[float]]) -> dict[str, Any]:
         if count:
             ece += abs(correct - confidence) / total
     return {"ece": 100.0 * ece if total else None, "bins": table}
+
+
+class Agreement(Accumulator):
+    """How often two variants' first-ranked classes are the same."""
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"images": (1,), "agree": (len(AGREEMENTS),)}
+
+    def update(self, batch: Batch) -> None:
+        net, soft, hard = batch.predictions
+        self._sums["images"] += len(batch.targets)
+        self._sums["agree"] += torch.stack([net == soft, net == hard, soft == hard]).sum(1)
+
+    def compute(self) -> dict[str, Any]:
+        count, agree = self._numbers("images")[0], self._numbers("agree")
+        return {
+            "agreement": {
+                name: percent(n, count) for name, n in zip(AGREEMENTS, agree, strict=True)
+            }
+        }
+
+
+# --------------------------------------------------------------------------- the one table
+METRICS: tuple[type[Accumulator], ...] = (
+    Counts,
+    Top1,
+    TopK,
+    PerClass,
+    Distances,
+    Calibration,
+    PathEntropy,
+    Agreement,
+    NodeDecisions,
+)
+"""Every metric, in ``eval.json``'s key order: a new metric is one more entry here."""
+
+
+def summary_columns(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The report's summary-table columns read from ``metrics`` (``eval.json``): every
+    registered metric's, in table order; heading -> {variant: cell}."""
+    columns: dict[str, dict[str, Any]] = {}
+    for metric in METRICS:
+        columns.update(metric.columns(metrics))
+    return columns
+
+
+# ------------------------------------------------------------------------------- composite
+class TreeMetrics:
+    """Streaming hierarchy-aware metrics of a network's logits read through a tree: every
+    accumulator of :data:`METRICS` over one shared :class:`Setting`.
+
+    ``update(logits, targets)`` adds a batch: (B, C) network logits and (B,) class indices.
+    ``compute()`` returns the metrics as plain data (the ``eval.json`` keys of docs/metrics.md).
+    Memory: O(C^2) for the LCA tables plus O(N K^2) for the nodes' confusion matrices.
+    ``reference`` is a second hierarchy over the same classes (for instance WordNet's) that
+    distances are also measured against. ``per_epoch=True`` runs only the metrics flagged for
+    the trainer's per-epoch validation; ``rules`` reuses decision rules (on the device) the
+    caller has, instead of building them from ``hierarchy`` and ``node_score``.
+    """
+
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        reference: Hierarchy | None = None,
+        node_score: str = "mean",
+        device: str | torch.device = "cpu",
+        *,
+        per_epoch: bool = False,
+        rules: DecisionRules | None = None,
+    ):
+        if rules is None:
+            rules = DecisionRules(hierarchy, node_score=node_score).to(device)
+        self.setting = Setting(rules, reference)
+        self.accumulators = [m(self.setting) for m in METRICS if m.per_epoch or not per_epoch]
+
+    @classmethod
+    def for_epochs(cls, rules: DecisionRules) -> TreeMetrics:
+        """The per-epoch metrics of a validation pass with these decision rules (on its device)."""
+        return cls(rules.hierarchy, per_epoch=True, rules=rules)
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, targets: Tensor) -> None:
+        """Add a batch of (B, C) network logits and (B,) target class indices."""
+        if not isinstance(targets, Tensor) or targets.shape != logits.shape[:1]:
+            raise ValueError(
+                f"targets must be a tensor of shape ({logits.shape[0]},) to match the logits"
+            )
+        logits = self.setting.rules._check_logits(logits.detach())
+        targets = targets.to(logits.device, torch.long)
+        if not len(targets):
+            return
+        batch = Batch(self.setting, logits, targets)
+        for accumulator in self.accumulators:
+            accumulator.update(batch)
+
+    def merge(self, other: TreeMetrics) -> TreeMetrics:
+        """Add another TreeMetrics' sums (same hierarchy and settings) into this one."""
+        if len(other.accumulators) != len(self.accumulators):
+            raise ValueError("merge: the accumulators were built for different hierarchies")
+        for mine, theirs in zip(self.accumulators, other.accumulators, strict=True):
+            mine.check_mergeable(theirs)
+        for mine, theirs in zip(self.accumulators, other.accumulators, strict=True):
+            mine.merge(theirs)
+        return self
+
+    def all_reduce(self, reduce: Callable[[Tensor], Any] | None = None) -> TreeMetrics:
+        """Sum over processes in one collective (``reduce``: see ``Sums.all_reduce``)."""
+        states = [accumulator._state for accumulator in self.accumulators]
+        flat = torch.cat(states)
+        (reduce or sum_over_processes)(flat)
+        for state, summed in zip(states, flat.split([len(s) for s in states]), strict=True):
+            state.copy_(summed)
+        return self
+
+    def compute(self) -> dict[str, Any]:
+        """The metrics as plain JSON data; shares are percentages, undefined values None."""
+        out: dict[str, Any] = {}
+        for accumulator in self.accumulators:
+            _merge_into(out, accumulator.compute())
+        return out
+
+    def scalars(self) -> dict[str, float | None]:
+        """The flat numbers of every accumulator (a per-epoch row's columns)."""
+        return {k: v for accumulator in self.accumulators for k, v in accumulator.scalars().items()}
+
+
+def _merge_into(out: dict[str, Any], part: Mapping[str, Any]) -> None:
+    """Merge one metric's nested dict into the result; two metrics writing one key is a bug."""
+    for key, value in part.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            _merge_into(out[key], value)
+        elif key in out:
+            raise ValueError(f"two metrics write the eval.json key {key!r}")
+        else:
+            out[key] = value

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdt._io import write_text
+from nbdt.evaluation.metrics import TOP1_KEYS, summary_columns
 from nbdt.hierarchy import Hierarchy
 from nbdt.tree import Tree
 from nbdt.visualize import render_page, tree_data
@@ -23,7 +24,6 @@ from nbdt.visualize import render_page, tree_data
 _COLOURS = {"network": "#5d6673", "nbdt_soft": "#2f63d6", "nbdt_hard": "#d9480f"}
 _NAMES = {"network": "network", "nbdt_soft": "NBDT soft", "nbdt_hard": "NBDT hard"}
 _MANY_CLASSES = 40  # above this, per-class accuracy is drawn as sorted curves, not bars
-_CURVES = ("top1", "nbdt_soft_top1", "nbdt_hard_top1")
 
 
 def report_html(
@@ -71,24 +71,14 @@ def report_html(
 
 # ----------------------------------------------------------------------------------- data
 def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Rows of the summary table: one per variant, columns in ``columns``."""
-    rulers = list(metrics["rulers"])
-    k = metrics["top_k"]
-    columns = ["top-1 %", f"top-{k} %"]
-    for ruler in rulers:
-        columns += [f"severity ({ruler})", f"hdist@1 ({ruler})", f"hdist@{k} ({ruler})"]
-    columns += ["ECE %", "path entropy right / wrong"]
-    rows = []
-    for name, v in metrics["variants"].items():
-        cells: list[Any] = [v["top1"], v["top5"]]
-        for ruler in rulers:
-            h = v["hierarchy"][ruler]
-            cells += [h["mistake_severity"], h["hdist@1"], h["hdist@5"]]
-        cells.append(v["calibration"]["ece"] if "calibration" in v else None)
-        entropy = v.get("path_entropy")
-        cells.append(None if entropy is None else [entropy["right"], entropy["wrong"]])
-        rows.append({"name": _NAMES[name], "cells": cells})
-    return {"columns": columns, "rows": rows, "agreement": metrics["agreement"]}
+    """Rows of the summary table: one per variant, a column per heading of the registered
+    metrics."""
+    columns = summary_columns(metrics)
+    rows = [
+        {"name": _NAMES[name], "cells": [cells.get(name) for cells in columns.values()]}
+        for name in metrics["variants"]
+    ]
+    return {"columns": list(columns), "rows": rows, "agreement": metrics["agreement"]}
 
 
 def _tree(h: Hierarchy, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,7 +216,7 @@ def _severity_plot(plt: Any, metrics: Mapping[str, Any]) -> str:
 def _history_plot(plt: Any, history: Sequence[Mapping[str, Any]]) -> str:
     figure, (left, right) = plt.subplots(1, 2, figsize=(7.5, 3))
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    for key, name in zip(_CURVES, ("network", "nbdt_soft", "nbdt_hard"), strict=True):
+    for name, key in TOP1_KEYS.items():
         points = [(e, row[key]) for e, row in zip(epochs, history, strict=True) if key in row]
         if points:
             xs, ys = zip(*points, strict=True)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from nbdt.classes import is_wordnet_id
-from nbdt.evaluation.metrics import Sums, percent
+from nbdt.evaluation.accumulator import Sums, percent
 from nbdt.hierarchy import Hierarchy
 from nbdt.rules import DecisionRules
 

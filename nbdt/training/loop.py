@@ -147,11 +147,15 @@ def validate(
     transform: Callable[..., Tensor],
     context: StepContext,
 ) -> dict[str, float]:
-    """Network, NBDT-soft and NBDT-hard top-1 and losses over ``loader``, from one pass
-    (summed over processes: give each rank its own share of the images)."""
+    """Losses and the per-epoch metrics of :data:`nbdt.evaluation.metrics.METRICS` (network,
+    NBDT-soft and NBDT-hard top-1, ...) over ``loader``, from one pass (summed over processes:
+    give each rank its own share of the images)."""
+    from nbdt.evaluation.metrics import TreeMetrics
+
     model.eval()
     device = context.device
-    sums = torch.zeros(5, device=device)  # loss, cross-entropy, correct: net, soft, hard
+    metrics = TreeMetrics.for_epochs(rules)
+    sums = torch.zeros(2, device=device)  # loss, cross-entropy
     count = 0
     bar = context.progress.bar(len(loader), "  test")
     synchronize(device)
@@ -166,25 +170,22 @@ def validate(
             [
                 criterion(logits, targets) * len(targets),
                 F.cross_entropy(logits, targets, reduction="sum"),
-                (logits.argmax(1) == targets).sum().float(),
-                (rules.soft(logits).argmax(1) == targets).sum().float(),
-                (rules.hard(logits) == targets).sum().float(),
             ]
         )
+        metrics.update(logits, targets)
         count += len(targets)
         if bar is not None:
             bar.update()
     total = context.runtime.all_reduce(torch.cat([sums, sums.new_tensor([count])])).tolist()
+    metrics.all_reduce(context.runtime.all_reduce)
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
-    loss, ce, net, soft, hard, count = total
+    loss, ce, count = total
     return {
         "test_loss": loss / count,
         "test_ce": ce / count,
-        "top1": 100 * net / count,
-        "nbdt_soft_top1": 100 * soft / count,
-        "nbdt_hard_top1": 100 * hard / count,
+        **metrics.scalars(),
         "test_images": int(count),
         "test_images_per_s": count / seconds,
     }
