@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nbdt.choices import check_choice
 from nbdt.classes import is_wordnet_id
 from nbdt.evaluation.accumulator import Batch, Setting
 from nbdt.evaluation.metrics import Top1
@@ -137,8 +138,7 @@ def _train_head(
 
 
 def _criterion(model: NBDT, hierarchy: Hierarchy, loss: str, options: dict[str, Any]) -> nn.Module:
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    check_choice("loss", loss, LOSSES)
     options.setdefault("node_score", model.node_score)
     return LOSSES[loss](hierarchy, criterion=nn.CrossEntropyLoss(), **options)
 
@@ -386,8 +386,7 @@ def add_class(
     from nbdt.builders import unique_ids
     from nbdt.edits import add_leaf
 
-    if place not in PLACES:
-        raise ValueError(f"place must be one of {', '.join(PLACES)}, got {place!r}")
+    check_choice("place", place, PLACES)
     h = model.hierarchy
     name = check_new_class(h, name)
     if replay is not None:

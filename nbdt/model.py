@@ -18,6 +18,7 @@ from torch import nn
 
 from nbdt import heads, networks
 from nbdt.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint, save_checkpoint
+from nbdt.choices import check_choice
 from nbdt.explanation import Explanation, explanations_from_arrays
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
@@ -63,8 +64,8 @@ class NBDT(nn.Module):
         data_config: Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        _check_choice("mode", mode, MODES)
-        _check_choice("node_score", node_score, NODE_SCORES)
+        check_choice("mode", mode, MODES)
+        check_choice("node_score", node_score, NODE_SCORES)
         if not isinstance(hierarchy, Tree):
             raise TypeError(f"hierarchy must be a nbdt.Hierarchy, got {type(hierarchy).__name__}")
         head_classes = heads.head_classes(model)
@@ -373,11 +374,6 @@ MODES = {"soft": _soft, "hard": _hard}
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
 def _check_plain(name: str, value: Any) -> None:
     """Refuse values that ``torch.load(weights_only=True)`` could not read back."""
     if value is None or isinstance(value, (str, int, float, bool)):

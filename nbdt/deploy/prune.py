@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nbdt._messages import one_line
+from nbdt.choices import check_choice
 from nbdt.deploy.runtime import import_deploy
 from nbdt.model import NBDT
 from nbdt.networks import architecture_changes
@@ -57,8 +58,7 @@ def prune(
     tp = import_deploy("torch_pruning")
     if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
         raise ValueError(f"ratio must be between 0 and 1 (exclusive), got {ratio!r}")
-    if importance not in IMPORTANCES:
-        raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
+    check_choice("importance", importance, IMPORTANCES)
     if importance == "taylor" and examples is None:
         raise ValueError("importance 'taylor' needs examples: batches of (images, labels)")
     arch = model.arch or type(model.model).__name__

@@ -24,6 +24,7 @@ import numpy as np
 
 from nbdt._io import atomic_path
 from nbdt._messages import one_line
+from nbdt.choices import check_choice
 from nbdt.deploy.runtime import INPUT_NAME, import_deploy
 
 if TYPE_CHECKING:
@@ -67,8 +68,7 @@ def quantize_onnx(
     import_deploy("onnxruntime")
     from onnxruntime import quantization as q
 
-    if activations not in ACTIVATION_TYPES:
-        raise ValueError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}")
+    check_choice("activations", activations, ACTIVATION_TYPES)
     if not len(calibration):
         raise ValueError("quantize: no calibration images")
     proto = onnx.load_model(str(source))

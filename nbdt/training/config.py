@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nbdt import data as datasets
+from nbdt.choices import check_choice
 from nbdt.loss import LOSSES, SOFT_VARIANTS
 from nbdt.rules import NODE_SCORES
 
@@ -100,11 +101,7 @@ class TrainConfig:
             "optimizer": OPTIMIZERS,
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{option_name(name)} must be one of {', '.join(allowed)},"
-                    f" got {getattr(self, name)!r}"
-                )
+            check_choice(option_name(name), getattr(self, name), allowed)
         non_negative = (
             "warmup_epochs", "epochs", "seed", "explain", "workers", "tree_weight", "ce_weight",
             "tree_weight_end", "ce_weight_end", "weight_decay",
