@@ -11,7 +11,7 @@ import torch
 
 from nbdt import builders
 from nbdt.classes import dataset_classes
-from nbdt.cli.hierarchy import _OPTION_FLAGS, _hierarchy_parser
+from nbdt.cli.hierarchy import _OPTION_FLAGS, parser
 from nbdt.cli.hierarchy import main as hierarchy_main
 from nbdt.hierarchy import Hierarchy
 
@@ -24,7 +24,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_wordnet_prints_and_saves(capsys, tmp_path):
     out_file = tmp_path / "tree.json"
-    code, out, err = run(capsys, "wordnet", "--dataset", "cifar10", "--out", str(out_file))
+    code, out, err = run(capsys, "wordnet", "--dataset", "cifar10", "-o", str(out_file))
     assert (code, err) == (0, f"nbdt-hierarchy: wrote {out_file}\n")
     assert out.splitlines()[0] == "whole  (10 classes)"
     assert "        cat  (class 3)" in out.splitlines()
@@ -35,7 +35,7 @@ def test_random_with_options(capsys, tmp_path):
     out_file = tmp_path / "random.json"
     code, out, _ = run(
         capsys, "random", "--dataset", "cifar10", "--seed", "3", "--branching", "3",
-        "--out", str(out_file), "--quiet",
+        "-o", str(out_file), "--quiet",
     )  # fmt: skip
     assert code == 0 and out == ""
     expected = builders.random(dataset_classes("cifar10"), seed=3, branching=3)
@@ -44,7 +44,7 @@ def test_random_with_options(capsys, tmp_path):
 
 @pytest.mark.parametrize("kind", list(builders.BUILDERS))
 def test_each_builder_command_has_the_flags_of_the_options_its_builder_takes(kind):
-    commands = next(a for a in _hierarchy_parser()._actions if a.dest == "command").choices
+    commands = next(a for a in parser()._actions if a.dest == "command").choices
     flags = {o for a in commands[kind]._actions for o in a.option_strings}
     for option in _OPTION_FLAGS:
         assert (f"--{option}" in flags) == (option in builders.options(kind)), option
@@ -60,7 +60,7 @@ def test_induced_from_checkpoint_and_class_file(capsys, tmp_path):
     out_file = tmp_path / "tree.json"
     code, out, err = run(
         capsys, "induced", "--checkpoint", str(checkpoint), "--classes", str(classes),
-        "--branching", "3", "--out", str(out_file),
+        "--branching", "3", "-o", str(out_file),
     )  # fmt: skip
     assert (code, err) == (0, f"nbdt-hierarchy: wrote {out_file}\n")
     tree = Hierarchy.load(out_file)
@@ -129,7 +129,7 @@ def _checkpoint(tmp_path, rows: int):
         (["wordnet", "--classes", "{tmp}/dup.txt"], "class 'cat' is listed twice"),
         (["wordnet", "--classes", "{tmp}/binary.txt"], "not a UTF-8 text file"),
         (["random", "--dataset", "cifar10", "--branching", "1"], "branching must be an integer"),
-        (["wordnet", "--dataset", "cifar10", "--out", "{tmp}/no/dir/t.json"], "does not exist"),
+        (["wordnet", "--dataset", "cifar10", "-o", "{tmp}/no/dir/t.json"], "does not exist"),
         (["induced", "--dataset", "cifar10", "--checkpoint", "{tmp}/none.pt"], "no such file"),
         (["induced", "--dataset", "cifar10", "--checkpoint", "{tmp}/one.txt"], "not a readable"),
         (["induced", "--dataset", "cifar10", "--checkpoint", "{head5}"], "with 10 rows"),
@@ -153,7 +153,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00cat")
     out_file = tmp_path / "out.json"
     fill = {"tmp": str(tmp_path), "head5": _checkpoint(tmp_path, 5)}
-    argv = [a.format(**fill) for a in argv] + ["--out", str(out_file)] * ("--out" not in argv)
+    argv = [a.format(**fill) for a in argv] + ["-o", str(out_file)] * ("-o" not in argv)
     code, out, err = run(capsys, *argv)
     assert code == 2, err
     assert err.startswith("nbdt-hierarchy: error: ") and err.count("\n") == 1, err

@@ -46,7 +46,7 @@ def test_writes_eval_json_and_report_with_the_runs_held_out_class(checkpoint, tm
                 "fashion-mnist",
                 "--subset",
                 "120",
-                "--out",
+                "-o",
                 str(tmp_path / "eval"),
                 "--batch-size",
                 "64",
@@ -86,7 +86,7 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, 
     ]
     out = tmp_path / "eval"
     code = eval_main(
-        [str(checkpoint), "--dataset", "fashion-mnist", "--subset", "20", "--out", str(out), *extra]
+        [str(checkpoint), "--dataset", "fashion-mnist", "--subset", "20", "-o", str(out), *extra]
     )
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
@@ -104,7 +104,7 @@ def test_two_torchrun_processes_give_the_one_process_numbers(checkpoint, tmp_pat
     """Under a real 2-process gloo torchrun each rank takes every other image; the merged sums
     are the single pass's, so eval.json is the same but for the speed and rounding."""
     script = tmp_path / "nbdt_eval.py"
-    script.write_text("import sys\nfrom nbdt.cli import eval_main\nsys.exit(eval_main())\n")
+    script.write_text("import sys\nfrom nbdt.cli.evaluate import main\nsys.exit(main())\n")
     args = [str(checkpoint), "--dataset", "fashion-mnist", "--subset", "90", "--no-report"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     runs = {
@@ -113,7 +113,7 @@ def test_two_torchrun_processes_give_the_one_process_numbers(checkpoint, tmp_pat
     }
     for name, command in runs.items():
         done = subprocess.run(
-            [*command, *args, "--batch-size", "16", "--out", str(tmp_path / name)],
+            [*command, *args, "--batch-size", "16", "-o", str(tmp_path / name)],
             capture_output=True, text=True, env=env,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]

@@ -103,7 +103,7 @@ def test_hierarchy_file_replaces_the_checkpoints(capsys, checkpoint, images, tmp
 
 def test_html_output(capsys, checkpoint, images, tmp_path):
     page = tmp_path / "explained.html"
-    code, out, err = run(capsys, *images, "--checkpoint", checkpoint, "--html", page)
+    code, out, err = run(capsys, *images, "--checkpoint", checkpoint, "-o", page)
     assert code == 0 and f"wrote {page}" in err
     text = page.read_text(encoding="utf-8")
     label = out.split("Prediction: ")[1].split(" //")[0]

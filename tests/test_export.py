@@ -532,6 +532,83 @@ def test_explain_onnx_bad_input_is_one_line_and_exit_2(
     assert message in err and err.count("\n") == 1
 
 
+def test_nbdt_compress_is_its_flags_over_the_api(tmp_path, monkeypatch, capsys):
+    """The command passes every flag on to nbdt.deploy.compress.compress and prints its table;
+    --dataset defaults to the run's (args.json beside the checkpoint)."""
+    import inspect
+
+    from nbdt.cli.compress import main as compress_main
+    from nbdt.deploy import compress as api
+
+    keywords = inspect.signature(api.compress).parameters
+    calls = []
+
+    def compress(checkpoint, output, **settings):
+        calls.append((checkpoint, output, settings))
+        return api.Compressed(Path(output), {}, {})
+
+    monkeypatch.setattr(api, "compress", compress)
+    (tmp_path / "args.json").write_text(json.dumps({"dataset": "cifar10", "data_dir": "c"}))
+    (tmp_path / "m.pt").write_bytes(b"")
+    argv = [str(tmp_path / "m.pt"), "--out", str(tmp_path / "o"), "--quantize", "int8"]
+    assert compress_main(argv) == 0
+    [(checkpoint, output, settings)] = calls
+    assert (checkpoint, output) == (str(tmp_path / "m.pt"), str(tmp_path / "o"))
+    assert list(settings) == [k for k in keywords if k not in ("checkpoint", "output")]
+    assert settings["quantize"] == ["int8"] and settings["dataset"] == "cifar10"
+    assert settings["data_dir"] == "c"
+    assert capsys.readouterr().out.splitlines()[-1] == f"nbdt-compress: wrote {tmp_path / 'o'}"
+
+
+@pytest.mark.slow
+def test_the_compress_api_writes_what_the_cli_writes(stripes_dir, tmp_path, capsys):
+    """nbdt-compress is its flags over nbdt.deploy.compress.compress: the same files, the same
+    compress.json and the same table, but for the timings."""
+    from nbdt.classes import dataset_classes
+    from nbdt.cli.compress import main as compress_main
+    from nbdt.data import data_config
+    from nbdt.deploy.compress import compress
+
+    torch.manual_seed(0)
+    tree = Hierarchy.random(list(dataset_classes("fashion-mnist").names), seed=0)
+    net = NBDT.from_arch("test_resnet", tree).model
+    model = NBDT.from_arch("test_resnet", tree, data_config=data_config(net, (28, 28)))
+    checkpoint = str(model.save(tmp_path / "m.pt"))
+    result = compress(
+        checkpoint, tmp_path / "api", prune=0.3, round_to=0, quantize=["int8-weights"],
+        data_dir=str(stripes_dir), calibration=8, test=16,
+    )  # fmt: skip
+    argv = [checkpoint, "-o", str(tmp_path / "cli"), "--prune", "0.3", "--round-to", "0"]
+    argv += ["--quantize", "int8-weights", "--data-dir", str(stripes_dir)]
+    assert compress_main([*argv, "--calibration", "8", "--test", "16"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+
+    def report(folder: Path) -> dict:
+        """compress.json, but for timings and sizes (two exports differ by a few bytes)."""
+        return json.loads((folder / "compress.json").read_text(), object_hook=untimed)
+
+    def untimed(row: dict) -> dict:
+        varying = ("latency", "file_bytes", "size_ratio")
+        return {k: 0 if k.startswith(varying) else v for k, v in row.items()}
+
+    files = {f.name for f in (tmp_path / "api").iterdir()}
+    assert files == {f.name for f in (tmp_path / "cli").iterdir()}
+    assert files == {
+        "uncompressed.onnx", "pruned.pt", "pruned.onnx", "pruned_int8-weights.onnx",
+        "compress.json",
+    }  # fmt: skip
+    assert report(tmp_path / "api") == report(tmp_path / "cli")
+    assert report(tmp_path / "cli")["settings"]["dataset"] == "fashion-mnist"  # the fallback
+    assert result.files == {n: tmp_path / "api" / f"{n}.onnx" for n in result.rows}
+    assert printed[-1] == f"nbdt-compress: wrote {tmp_path / 'cli'}"
+
+    def columns(lines: list[str]) -> list[list[str]]:
+        """Each row's variant, params and MMACs (MB and ms vary)."""
+        return [[line.split()[i] for i in (0, 2, 3)] for line in lines]
+
+    assert columns(printed[:-1]) == columns(result.table().splitlines())
+
+
 def checkpoint_of(onnx_path: Path) -> Path:
     return onnx_path.parent / "run" / "last.pt"
 
@@ -556,7 +633,7 @@ def test_cli_export_and_explain_onnx_match_the_checkpoint(fashion, tmp_path, cap
     for flag, source in (("--checkpoint", checkpoint), ("--onnx", tmp_path / "m.onnx")):
         for form in ("text", "json"):
             html = tmp_path / f"{flag[2:]}.html"
-            extra = ["--json"] if form == "json" else ["--html", str(html)]
+            extra = ["--json"] if form == "json" else ["-o", str(html)]
             assert explain_main([flag, str(source), "--top-k", "3", *extra, *files]) == 0
             outputs[flag, form] = capsys.readouterr().out
     assert outputs["--onnx", "text"] == outputs["--checkpoint", "text"]

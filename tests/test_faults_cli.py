@@ -70,8 +70,8 @@ def test_a_nan_model_is_one_error_line_naming_the_image(tmp_path, image, capsys)
 # ------------------------------------------------------------------ 13: inputs are not outputs
 def test_html_over_an_input_is_refused(image, model_file, capsys):
     before = image.read_bytes()
-    code, _, err = run(explain_main, capsys, image, "--checkpoint", model_file, "--html", image)
-    assert code == 2 and "--html" in err and "input" in err
+    code, _, err = run(explain_main, capsys, image, "--checkpoint", model_file, "-o", image)
+    assert code == 2 and "--output" in err and "input" in err
     assert image.read_bytes() == before
 
 
@@ -120,16 +120,16 @@ def test_hierarchy_files_written_are_reported(tmp_path, capsys):
     classes.write_text("cat\ndog\ncar\n")
     out_json, out_html = tmp_path / "t.json", tmp_path / "t.html"
     code, _, err = run(
-        hierarchy_main, capsys, "wordnet", "--classes", classes, "--out", out_json,
+        hierarchy_main, capsys, "wordnet", "--classes", classes, "-o", out_json,
         "--html", out_html, "--quiet",
     )  # fmt: skip
     assert code == 0 and f"wrote {out_json}" in err and f"wrote {out_html}" in err
 
 
 def test_every_hierarchy_option_has_help():
-    from nbdt.cli.hierarchy import _hierarchy_parser
+    from nbdt.cli.hierarchy import parser
 
-    commands = _hierarchy_parser()._subparsers._group_actions[0].choices
+    commands = parser()._subparsers._group_actions[0].choices
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help, f"nbdt-hierarchy {name} {action.option_strings} has no help"
@@ -149,7 +149,7 @@ def test_guessed_class_senses_are_reported_and_overridable(tmp_path, capsys):
     out_json = tmp_path / "t.json"
     code, _, err = run(
         hierarchy_main, capsys, "wordnet", "--classes", classes, "--wnids", overrides,
-        "--out", out_json, "--quiet",
+        "-o", out_json, "--quiet",
     )  # fmt: skip
     assert code == 0 and "note:" not in err
     assert Hierarchy.load(out_json).leaves[0].wnid == "n03595614"

@@ -106,8 +106,8 @@ def test_an_error_from_a_dataloader_worker_reads_as_its_own_message():
 
 def test_cli_choices_come_from_the_tables():
     from nbdt import builders, data, loss
-    from nbdt.cli.hierarchy import _hierarchy_parser
-    from nbdt.cli.train import _train_parser
+    from nbdt.cli.hierarchy import parser as hierarchy_parser
+    from nbdt.cli.train import parser as train_parser
     from nbdt.model import MODES
     from nbdt.rules import NODE_SCORES
     from nbdt.training.config import OPTIMIZERS
@@ -115,10 +115,98 @@ def test_cli_choices_come_from_the_tables():
     def choices(parser):
         return {a.dest: a.choices for a in parser._actions if a.choices is not None}
 
-    assert choices(_train_parser()) == {
+    assert choices(train_parser()) == {
         "dataset": data.DATASETS, "node_score": NODE_SCORES, "loss": loss.LOSSES,
         "soft_variant": loss.SOFT_VARIANTS, "optimizer": OPTIMIZERS,
     }  # fmt: skip
-    commands = choices(_hierarchy_parser())["command"]
+    commands = choices(hierarchy_parser())["command"]
     assert set(builders.BUILDERS) <= set(commands)
     assert set(MODES) == {"soft", "hard"} and set(NODE_SCORES) == {"mean", "marginal"}
+
+
+# One flag for one thing in every command: -o/--output, former spellings as hidden aliases.
+_OUTPUT_FLAGS = [
+    ("hierarchy", ["wordnet", "--dataset", "cifar10"], ["--out"]),
+    ("hierarchy", ["show", "t.json"], ["--out"]),
+    ("hierarchy", ["html", "t.json"], []),
+    ("hierarchy", ["edit", "t.json", "edits.txt"], []),
+    ("train", [], []),
+    ("explain", ["x.png"], ["--html"]),
+    ("evaluate", ["m.pt"], ["--out"]),
+    ("examples", ["m.pt"], []),
+    ("fix", ["m.pt"], []),
+    ("export", ["m.pt"], []),
+    ("compress", ["m.pt"], []),
+]
+
+
+@pytest.mark.parametrize("command, argv, aliases", _OUTPUT_FLAGS)
+def test_every_command_writes_to_dash_o_and_keeps_its_old_spelling(command, argv, aliases):
+    import importlib
+    import re
+
+    parser = importlib.import_module(f"nbdt.cli.{command}").parser()
+    for flag in ("-o", "--output", *aliases):
+        assert parser.parse_args([*argv, flag, "OUT"]).output == "OUT", flag
+    shown = parser.format_help() if command != "hierarchy" else ""
+    for alias in aliases:  # accepted, not advertised
+        assert not re.search(rf"{alias}\b", shown)
+
+
+def test_the_choice_checker_names_the_option_and_the_table():
+    from nbdt.choices import check_choice
+    from nbdt.model import MODES
+    from nbdt.rules import NODE_SCORES
+    from nbdt.training.config import TrainConfig
+
+    message = "--node-score must be one of mean, marginal, got 'x'"
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        check_choice("--node-score", "x", NODE_SCORES)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        TrainConfig(output="unused", node_score="x").validate()
+    with pytest.raises(ValueError, match="^mode must be one of soft, hard, got"):
+        check_choice("mode", ["soft"], MODES)  # an unhashable value is in no table
+    check_choice("mode", "hard", MODES)
+
+
+def _untrained_fashion_model(folder: Path) -> Path:
+    """An untrained test_resnet NBDT over Fashion-MNIST's classes, saved by NBDT.save."""
+    import torch
+
+    from nbdt.classes import dataset_classes
+    from nbdt.data import data_config
+    from nbdt.model import NBDT
+
+    torch.manual_seed(0)
+    tree = nbdt.Hierarchy.random(list(dataset_classes("fashion-mnist").names), seed=0)
+    net = NBDT.from_arch("test_resnet", tree).model
+    model = NBDT.from_arch("test_resnet", tree, data_config=data_config(net, (28, 28)))
+    folder.mkdir(parents=True, exist_ok=True)
+    return model.save(folder / "best.pt")
+
+
+def test_eval_takes_the_dataset_its_checkpoint_records(stripes_dir, tmp_path, capsys):
+    import json
+
+    import torch
+
+    from nbdt.checkpoint import read_checkpoint
+    from nbdt.cli._common import recorded_data
+    from nbdt.cli.evaluate import main as eval_main
+
+    saved = _untrained_fashion_model(tmp_path / "saved")
+    argv = ["--subset", "20", "--no-report", "--out", str(tmp_path / "eval")]  # the old spelling
+    assert eval_main([str(saved), *argv]) == 2  # NBDT.save records no run
+    err = capsys.readouterr().err
+    assert "records no dataset" in err and "pass --dataset" in err and err.count("\n") == 1
+
+    run = _untrained_fashion_model(tmp_path / "run")
+    recorded = {"dataset": "fashion-mnist", "data_dir": str(stripes_dir)}
+    (run.parent / "args.json").write_text(json.dumps({**recorded, "epochs": 1}))
+    assert eval_main([str(run), *argv]) == 0
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["images"] == 20
+
+    state = read_checkpoint(saved)  # without args.json: the checkpoint's own training state
+    state["train"] = {"epoch": 1, "config": {**recorded, "epochs": 1}}
+    torch.save(state, saved)
+    assert recorded_data(saved) == recorded

@@ -1,7 +1,8 @@
-"""What every command shares: one error type and exit status, argument types, the data flags,
-and loading a checkpoint with mode and node-score overrides.
+"""What every command shares: one exit status for bad input, argument types, the output and
+data flags, and loading a checkpoint with mode, node-score and hierarchy overrides.
 
-Bad input ends with one line on stderr and exit status 2; nothing here holds logic the API lacks.
+Commands raise ``ValueError`` (or ``OSError``) for bad input, as the API does; :func:`run` turns
+it into one line on stderr and exit status 2. Nothing here holds logic the API lacks.
 """
 
 from __future__ import annotations
@@ -9,19 +10,25 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nbdt._messages import one_line
+
+if TYPE_CHECKING:
+    from nbdt.model import NBDT
 
 EXIT_BAD_INPUT = 2
 
 
-class BadInput(Exception):
-    """Raised by CLI code for a user error: printed as one line, exit status 2."""
-
-
-def run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, argv) -> int:
-    """Parse arguments and run ``main``; user errors become one stderr line and exit 2."""
+def run(
+    prog: str,
+    main: Callable[[argparse.Namespace], int | None],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse arguments and run ``main``; bad input becomes one stderr line and exit 2."""
     args = parser.parse_args(argv)
     try:
         return int(main(args) or 0)
@@ -31,12 +38,13 @@ def run(prog: str, main: Callable[[argparse.Namespace], int | None], parser, arg
     except BrokenPipeError:  # `nbdt-... | head`: the reader left, which is no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (BadInput, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike
             print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
+# ------------------------------------------------------------------------- argument types
 def comma_list(text: str) -> list[str]:
     """A comma-separated list of names, spaces around each trimmed ("": none)."""
     return [name.strip() for name in text.split(",") if name.strip()]
@@ -62,11 +70,119 @@ non_negative_int = int_at_least(0)
 positive_int = int_at_least(1)
 
 
-def load_model(path: str, mode: str | None, node_score: str | None):
-    """An nbdt model file, with the mode and node score overridden where given."""
+# ---------------------------------------------------------------------------------- flags
+def add_output(
+    container: Any,
+    *,
+    metavar: str,
+    help: str,
+    required: bool = True,
+    aliases: Sequence[str] = (),
+) -> None:
+    """``-o/--output``: what a command writes, the same flag in every command (``args.output``).
+
+    ``container`` is a parser or an argument group. ``aliases`` are a command's former spellings
+    (``--out``): still accepted, hidden from ``--help``, for one release.
+    """
+    group = container.add_mutually_exclusive_group(required=required)
+    group.add_argument("-o", "--output", metavar=metavar, help=help)
+    for alias in aliases:
+        group.add_argument(alias, dest="output", metavar=metavar, help=argparse.SUPPRESS)
+
+
+def add_data_options(
+    container: Any,
+    *,
+    from_checkpoint: bool = False,
+    fallback: str | None = None,
+    split: str | None = None,
+) -> None:
+    """``--dataset``, ``--data-dir`` and (given a default ``split``) ``--split``: the same flags
+    in every command that reads a dataset.
+
+    ``from_checkpoint``: the command reads a checkpoint, and :func:`resolve_data` fills in the
+    dataset (and its folder) that the checkpoint's training run recorded, else ``fallback``
+    (None: then ``--dataset`` is needed). Otherwise the parser's default shows in ``--help``.
+    """
+    from nbdt.data import DATASETS, FASHION_MNIST_DIR, SPLITS
+
+    dataset_help, dir_help = "(default: %(default)s)", ")"
+    if from_checkpoint:
+        otherwise = f", else {fallback}" if fallback else ""
+        dataset_help = f"the model's data (default: the one its training run recorded{otherwise})"
+        dir_help = "; default: the run's, for its dataset)"
+    container.add_argument("--dataset", choices=DATASETS, help=dataset_help)
+    container.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"dataset folder (fashion-mnist: IDX files, default Debian's {FASHION_MNIST_DIR};"
+        " cifar: default <cache>/data; folder: train/ and val/ class folders" + dir_help,
+    )
+    if split is not None:
+        container.add_argument(
+            "--split", choices=SPLITS, default=split, help="(default: %(default)s)"
+        )
+
+
+def resolve_data(args: argparse.Namespace, fallback: str | None = None) -> None:
+    """Fill in ``args.dataset`` and ``args.data_dir`` where not given: the dataset the training
+    run of ``args.checkpoint`` recorded, else ``fallback``; the run's folder goes with the run's
+    dataset. A missing checkpoint records nothing (loading it later names it)."""
+    if args.dataset is not None and args.data_dir is not None:
+        return
+    recorded = recorded_data(args.checkpoint)
+    if args.dataset is None:
+        args.dataset = recorded.get("dataset") or fallback
+    if args.dataset is None:
+        if not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"{args.checkpoint}: no such file")
+        raise ValueError(
+            f"{args.checkpoint}: records no dataset (no training run's args.json beside it):"
+            " pass --dataset NAME"
+        )
+    if args.data_dir is None and recorded.get("dataset") == args.dataset:
+        args.data_dir = recorded.get("data_dir")
+
+
+def recorded_data(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"dataset": ..., "data_dir": ...}`` as the training run that wrote ``checkpoint``
+    recorded them: args.json beside it, else the checkpoint's own training state. ``{}`` for a
+    model saved by ``NBDT.save`` (it records none) and for a missing file."""
+    from nbdt.checkpoint import read_checkpoint
+    from nbdt.training.run_folder import RunFolder
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        return {}
+    settings = RunFolder(path.parent, main=False).recorded_args() or {}
+    if not settings.get("dataset"):
+        state = read_checkpoint(path).get("train")
+        config = state.get("config") if isinstance(state, dict) else None
+        settings = config if isinstance(config, dict) else {}
+    if not settings.get("dataset"):
+        return {}
+    return {"dataset": settings["dataset"], "data_dir": settings.get("data_dir")}
+
+
+# ---------------------------------------------------------------------------------- models
+def load_model(
+    path: str,
+    mode: str | None = None,
+    node_score: str | None = None,
+    hierarchy: str | None = None,
+) -> NBDT:
+    """An nbdt model file in eval mode, with its mode, node score and hierarchy (a shipped name
+    or a JSON file, over the model's classes) replaced where given."""
+    from nbdt.hierarchy import Hierarchy
     from nbdt.model import NBDT, read_checkpoint
+    from nbdt.pretrained import load_hierarchy_for
 
     checkpoint = read_checkpoint(path)
+    if hierarchy:
+        own = Hierarchy.from_node_link(checkpoint["hierarchy"])
+        wnids = [leaf.wnid for leaf in own.leaves]
+        tree = load_hierarchy_for(hierarchy, own.classes, wnids)
+        checkpoint["hierarchy"] = tree.to_node_link()
     checkpoint["mode"] = mode or checkpoint.get("mode")
     checkpoint["node_score"] = node_score or checkpoint.get("node_score")
     return NBDT.from_checkpoint(checkpoint, source=path).eval()

@@ -5,44 +5,53 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from nbdt.cli._common import BadInput, comma_list, non_negative_int, run
+from nbdt.cli._common import (
+    add_data_options,
+    add_output,
+    comma_list,
+    non_negative_int,
+    resolve_data,
+    run,
+)
 
 
-# --------------------------------------------------------------------------- nbdt-eval
 def main(argv: Sequence[str] | None = None) -> int:
     """nbdt-eval: hierarchy-aware evaluation of a checkpoint, eval.json and report.html."""
-    from nbdt.data import DATASETS, SPLITS
+    return run("nbdt-eval", _eval, parser(), argv)
 
-    parser = argparse.ArgumentParser(
+
+def parser() -> argparse.ArgumentParser:
+    """nbdt-eval's options."""
+    p = argparse.ArgumentParser(
         prog="nbdt-eval",
         description="Hierarchy-aware evaluation of an NBDT checkpoint (metrics: docs/metrics.md):"
         " top-k, mistake severity, hierarchical distance, per-node accuracy, calibration, and"
         " where images of held-out classes go. Under torchrun the ranks share the images.",
     )
-    parser.add_argument("checkpoint", help="an nbdt model file (best.pt, last.pt, nbdt.pt)")
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data-dir", metavar="DIR", help="the dataset's folder (as nbdt-train)")
-    parser.add_argument("--split", default="test", choices=SPLITS, help="(default: test)")
-    parser.add_argument(
+    p.add_argument("checkpoint", help="an nbdt model file (best.pt, last.pt, nbdt.pt)")
+    add_data_options(p, from_checkpoint=True, split="test")
+    p.add_argument(
         "--reference",
         metavar="wordnet|none|FILE",
         help="a second hierarchy to measure mistakes on (default: WordNet when every class has"
         " a WordNet id)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--holdout-classes",
         type=comma_list,
         metavar="NAME[,NAME...]",
         help="classes the model never saw, routed through its tree (default: the run's, from"
         " args.json beside the checkpoint)",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="eval.json and report.html")
-    parser.add_argument("--no-report", action="store_true", help="write eval.json only")
-    parser.add_argument("--subset", type=non_negative_int, metavar="N", help="first N images")
-    parser.add_argument("--batch-size", type=non_negative_int, default=256, metavar="N")
-    parser.add_argument("--workers", type=non_negative_int, default=0, metavar="N")
-    parser.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
-    return run("nbdt-eval", _eval, parser, argv)
+    add_output(p, metavar="DIR", help="where eval.json and report.html go", aliases=("--out",))
+    p.add_argument("--no-report", action="store_true", help="write eval.json only")
+    p.add_argument("--subset", type=non_negative_int, metavar="N", help="first N images")
+    p.add_argument(
+        "--batch-size", type=non_negative_int, default=256, metavar="N", help="(default: 256)"
+    )
+    p.add_argument("--workers", type=non_negative_int, default=0, metavar="N", help="(default: 0)")
+    p.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
+    return p
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -58,9 +67,10 @@ def _eval(args: argparse.Namespace) -> int:
     from nbdt.training.run_folder import RunFolder
 
     if not Path(args.checkpoint).is_file():
-        raise BadInput(f"{args.checkpoint}: no such checkpoint file")
+        raise ValueError(f"{args.checkpoint}: no such checkpoint file")
     if not args.batch_size:
-        raise BadInput("--batch-size must be at least 1")
+        raise ValueError("--batch-size must be at least 1")
+    resolve_data(args)
     run_folder = RunFolder(Path(args.checkpoint).parent, main=False)
     holdout = args.holdout_classes
     if holdout is None:
@@ -90,7 +100,7 @@ def _eval(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if not runtime.main:
         return 0
-    written = result.write(args.out, report=not args.no_report, history=run_folder.history())
+    written = result.write(args.output, report=not args.no_report, history=run_folder.history())
     print(result.summary())
     for path in written:
         print(f"wrote {path}")

@@ -6,34 +6,46 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nbdt.cli._common import non_negative_int, positive_int, run
+from nbdt.cli._common import (
+    add_data_options,
+    add_output,
+    non_negative_int,
+    positive_int,
+    resolve_data,
+    run,
+)
 
 
-# ----------------------------------------------------------------------- nbdt-examples
 def main(argv: Sequence[str] | None = None) -> int:
-    """nbdt-examples CHECKPOINT --dataset NAME -o FILE: the node-examples pass on its own."""
-    from nbdt.data import DATASETS, SPLITS
+    """nbdt-examples CHECKPOINT -o FILE: the node-examples pass on its own."""
+    return run("nbdt-examples", _examples, parser(), argv)
 
-    parser = argparse.ArgumentParser(
+
+def parser() -> argparse.ArgumentParser:
+    """nbdt-examples' options."""
+    p = argparse.ArgumentParser(
         prog="nbdt-examples",
         description="For every inner node and child of a model's tree: the training images it"
         " sends there most confidently and its typical mistakes (with 64-px thumbnails), plus a"
         " sample of pooled features for nearest-image search, saved as one .npz file.",
     )
-    parser.add_argument("checkpoint", help="an nbdt model file (nbdt-train's best.pt)")
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data-dir", help="the dataset's folder (needed for 'folder')")
-    parser.add_argument("--split", choices=SPLITS, default="train")
-    parser.add_argument("-o", "--output", required=True, help="the .npz file to write")
-    parser.add_argument("-k", type=positive_int, default=8, help="images per node, child, kind")
-    parser.add_argument(
-        "--sample", type=positive_int, default=4096, help="images kept for nearest-image search"
+    p.add_argument("checkpoint", help="an nbdt model file (nbdt-train's best.pt)")
+    add_data_options(p, from_checkpoint=True, split="train")
+    add_output(p, metavar="FILE.npz", help="the .npz file to write")
+    p.add_argument(
+        "-k", type=positive_int, default=8, help="images per node, child, kind (default: 8)"
     )
-    parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument(
-        "--workers", type=non_negative_int, default=0, help="DataLoader worker processes"
+    p.add_argument(
+        "--sample",
+        type=positive_int,
+        default=4096,
+        help="images kept for nearest-image search (default: 4096)",
     )
-    return run("nbdt-examples", _examples, parser, argv)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="(default: 128)")
+    p.add_argument(
+        "--workers", type=non_negative_int, default=0, help="DataLoader worker processes (0)"
+    )
+    return p
 
 
 def _examples(args: argparse.Namespace) -> int:
@@ -46,6 +58,7 @@ def _examples(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise FileNotFoundError(f"{output}: the folder {output.parent} does not exist")
+    resolve_data(args)
     model = nbdt.load(args.checkpoint)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
     if list(dataset.classes) != list(model.hierarchy.classes):

@@ -8,63 +8,70 @@ from collections.abc import Sequence
 from typing import Any
 
 from nbdt._messages import for_terminal
-from nbdt.cli._common import EXIT_BAD_INPUT, BadInput, non_negative_int, run
+from nbdt.cli._common import EXIT_BAD_INPUT, add_output, load_model, non_negative_int, run
 
 
-# ------------------------------------------------------------------------ nbdt-explain
 def main(argv: Sequence[str] | None = None) -> int:
     """nbdt-explain: predict images with an NBDT and print each decision path."""
-    parser = argparse.ArgumentParser(
+    return run("nbdt-explain", _explain, parser(), argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    """nbdt-explain's options; --mode, --node-score and --method read their tables."""
+    from nbdt.evidence.saliency import CAM_METHODS, DEFAULT_METHOD
+    from nbdt.model import MODES
+    from nbdt.rules import NODE_SCORES
+
+    p = argparse.ArgumentParser(
         prog="nbdt-explain",
         description="Predict images with an NBDT and print the decisions that led to each class."
         " Without --checkpoint it runs the offline ImageNet example: efficientnet_lite0 with"
         " real weights, the shipped induced ImageNet hierarchy and marginal rules.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format)")
-    parser.add_argument(
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format)")
+    p.add_argument(
         "--checkpoint", metavar="FILE", help="an nbdt model file (NBDT.save or nbdt-train)"
     )
-    parser.add_argument(
+    p.add_argument(
         "--onnx",
         metavar="FILE",
         help="an ONNX file from nbdt-export: explained with ONNX Runtime alone (its own"
         " hierarchy and rules)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--hierarchy",
         metavar="NAME|FILE",
         help="a shipped hierarchy name (default for the example: imagenet-induced; or"
         " imagenet-wordnet) or a hierarchy JSON file; default with --checkpoint: its own",
     )
-    from nbdt.model import MODES
-    from nbdt.rules import NODE_SCORES
-
-    parser.add_argument(
-        "--mode", choices=MODES, help="inference mode (default: the checkpoint's, soft)"
-    )
-    parser.add_argument(
+    p.add_argument("--mode", choices=MODES, help="inference mode (default: the checkpoint's, soft)")
+    p.add_argument(
         "--node-score",
         choices=NODE_SCORES,
         help="how a child is scored (default: the checkpoint's; marginal for the example)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--top-k",
         type=non_negative_int,
         metavar="K",
         help="classes to list (default: 5, or all when fewer)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--json", action="store_true", help="print a JSON list, one explanation per image"
     )
-    parser.add_argument("--html", metavar="FILE", help="also write the explanations as HTML")
-    from nbdt.evidence.saliency import CAM_METHODS, DEFAULT_METHOD
-
-    evidence = parser.add_argument_group("evidence")
+    add_output(
+        p,
+        required=False,
+        metavar="FILE.html",
+        help="also write the explanations as one HTML page",
+        aliases=("--html",),
+    )
+    evidence = p.add_argument_group("evidence")
     evidence.add_argument(
         "--evidence",
         action="store_true",
         help="a heatmap per decision: where the image pushed the node towards the child taken"
-        " rather than the runner-up (in --json and --html)",
+        " rather than the runner-up (in --json and -o)",
     )
     evidence.add_argument(
         "--method", choices=CAM_METHODS, default=DEFAULT_METHOD, help="CAM method (%(default)s)"
@@ -78,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="node examples (nbdt-examples, or nbdt-train's node_examples.npz): each decision's"
         " training images and the nearest ones",
     )
-    return run("nbdt-explain", _explain, parser, argv)
+    return p
 
 
 _EXPLAIN_BATCH = 16  # images decoded and explained at a time
@@ -99,11 +106,11 @@ def _explain(args: argparse.Namespace) -> int:
     from nbdt.images import load_image
     from nbdt.rules import NonFiniteLogits
 
-    check_not_an_input("--html", args.html, [*args.images, args.checkpoint, args.hierarchy])
+    check_not_an_input("--output", args.output, [*args.images, args.checkpoint, args.hierarchy])
     model, note = _explain_model(args)
     classes = model.hierarchy.num_classes
     if args.top_k is not None and args.top_k > classes:
-        raise BadInput(f"--top-k {args.top_k}: the model has only {classes} classes")
+        raise ValueError(f"--top-k {args.top_k}: the model has only {classes} classes")
     top_k = min(5, classes) if args.top_k is None else args.top_k
     channels = model.data_config["input_size"][0]
     examples = None
@@ -160,13 +167,13 @@ def _explain(args: argparse.Namespace) -> int:
                     print(f"  top-{len(exp.top_k)}: {top}")
     if args.json:
         print(json.dumps([{"image": name, **exp.to_dict()} for name, exp in explained], indent=1))
-    if args.html and explained:
+    if args.output and explained:
         from nbdt.visualize import explanation_html
 
         out = explanation_html(
             [exp for _, exp in explained],
             [name for name, _ in explained],
-            args.html,
+            args.output,
             hierarchy=model.hierarchy,
             title="nbdt-explain",
             crop_pct=float(model.data_config.get("crop_pct", 1.0)),
@@ -177,25 +184,15 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The NBDT to explain with, and a note to print (for the example model)."""
-    from nbdt.hierarchy import Hierarchy
-    from nbdt.model import NBDT, read_checkpoint
-    from nbdt.pretrained import load_hierarchy_for
-
     if args.onnx:
         return _onnx_model(args), None
     if args.checkpoint:
-        checkpoint = read_checkpoint(args.checkpoint)
-        if args.hierarchy:
-            own = Hierarchy.from_node_link(checkpoint["hierarchy"])
-            wnids = [leaf.wnid for leaf in own.leaves]
-            tree = load_hierarchy_for(args.hierarchy, own.classes, wnids)
-            checkpoint["hierarchy"] = tree.to_node_link()
-        checkpoint["mode"] = args.mode or checkpoint.get("mode")
-        checkpoint["node_score"] = args.node_score or checkpoint.get("node_score")
-        return NBDT.from_checkpoint(checkpoint, source=args.checkpoint).eval(), None
+        model = load_model(args.checkpoint, args.mode, args.node_score, args.hierarchy)
+        return model, None
 
     from nbdt.classes import dataset_classes
-    from nbdt.pretrained import efficientnet_lite0
+    from nbdt.model import NBDT
+    from nbdt.pretrained import efficientnet_lite0, load_hierarchy_for
 
     name = args.hierarchy or "imagenet-induced"
     imagenet = dataset_classes("imagenet")
@@ -204,7 +201,7 @@ def _explain_model(args: argparse.Namespace) -> tuple[Any, str | None]:
     try:
         network = efficientnet_lite0()
     except ImportError as e:  # the weights package is an optional dependency
-        raise BadInput(f"{e} (or pass --checkpoint FILE)") from None
+        raise ValueError(f"{e} (or pass --checkpoint FILE)") from None
     model = NBDT(network, tree, args.mode or "soft", node_score)
     return model, _EXAMPLE_NOTE.format(node_score=node_score, hierarchy=name)
 
@@ -215,13 +212,13 @@ def _onnx_model(args: argparse.Namespace) -> Any:
 
     given = [f"--{n}" for n in ("checkpoint", "hierarchy") if getattr(args, n)]
     if given:
-        raise BadInput(f"--onnx: the ONNX file holds the model and its tree: drop {given[0]}")
+        raise ValueError(f"--onnx: the ONNX file holds the model and its tree: drop {given[0]}")
     if args.evidence or args.examples:
         option = "--evidence" if args.evidence else "--examples"
-        raise BadInput(f"{option} needs the network itself: use --checkpoint instead of --onnx")
+        raise ValueError(f"{option} needs the network itself: use --checkpoint instead of --onnx")
     model = OnnxNBDT(args.onnx)
     if args.node_score and args.node_score != model.node_score:
-        raise BadInput(
+        raise ValueError(
             f"--node-score {args.node_score}: {args.onnx} was exported with"
             f" {model.node_score} rules (export again with nbdt-export --node-score)"
         )

@@ -5,24 +5,30 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from nbdt.cli._common import load_model, run
+from nbdt.cli._common import add_output, load_model, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """nbdt-export: an nbdt model file as one ONNX file (network + decision rules + metadata)."""
-    parser = argparse.ArgumentParser(
+    return run("nbdt-export", _export, parser(), argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    """nbdt-export's options; --mode and --node-score read the tables the model dispatches on."""
+    from nbdt.model import MODES
+    from nbdt.rules import NODE_SCORES
+
+    p = argparse.ArgumentParser(
         prog="nbdt-export",
         description="Export an NBDT checkpoint as one ONNX file: the network, the decision rules"
         " and, in its metadata, the hierarchy and preprocessing, so that ONNX Runtime alone"
         " predicts and explains (nbdt.deploy.runtime.OnnxNBDT).",
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="an nbdt model file")
-    parser.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
-    parser.add_argument("--mode", choices=("soft", "hard"), help="default: the checkpoint's")
-    parser.add_argument(
-        "--node-score", choices=("mean", "marginal"), help="default: the checkpoint's"
-    )
-    return run("nbdt-export", _export, parser, argv)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="an nbdt model file")
+    add_output(p, metavar="MODEL.onnx", help="the ONNX file to write")
+    p.add_argument("--mode", choices=MODES, help="default: the checkpoint's")
+    p.add_argument("--node-score", choices=NODE_SCORES, help="default: the checkpoint's")
+    return p
 
 
 def _export(args: argparse.Namespace) -> int:

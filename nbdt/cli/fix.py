@@ -14,18 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nbdt.cli._common import int_at_least
+from nbdt.cli._common import add_data_options, add_output, int_at_least, resolve_data, run
+
+FALLBACK_DATASET = "fashion-mnist"  # for a model file that records no training run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """nbdt-fix: see :func:`parser`."""
-    from nbdt.cli._common import run
-
     return run("nbdt-fix", _fix, parser(), argv)
 
 
 def parser() -> argparse.ArgumentParser:
-    from nbdt.data import DATASETS, FASHION_MNIST_DIR
+    """nbdt-fix's options."""
     from nbdt.intervene import PLACES
 
     p = argparse.ArgumentParser(
@@ -37,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     )
     default = " (default: %(default)s)"
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="an nbdt model file (best.pt)")
-    p.add_argument("-o", "--output", required=True, metavar="NEW.pt", help="the new model file")
+    add_output(p, metavar="NEW.pt", help="the new model file")
     what = p.add_argument_group("what to fix")
     what.add_argument(
         "--corrections",
@@ -66,12 +66,7 @@ def parser() -> argparse.ArgumentParser:
         help="share of the corrections kept out of the fit to measure generalisation" + default,
     )
     data = p.add_argument_group("replay and test data")
-    data.add_argument("--dataset", choices=DATASETS, default="fashion-mnist", help=default.strip())
-    data.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help=f"dataset folder (fashion-mnist: IDX files, default Debian's {FASHION_MNIST_DIR})",
-    )
+    add_data_options(data, from_checkpoint=True, fallback=FALLBACK_DATASET)
     data.add_argument("--subset", type=int_at_least(1), metavar="N", help="first N training images")
     data.add_argument(
         "--eval-subset",
@@ -173,6 +168,7 @@ def _fix(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise FileNotFoundError(f"--output {output}: the folder {output.parent} does not exist")
+    resolve_data(args, FALLBACK_DATASET)
     device = start_process(args.device).device
 
     model = nbdt.load(args.checkpoint).to(device)
@@ -234,7 +230,3 @@ def _fix(args: argparse.Namespace) -> int:
     json.dump(report, sys.stdout, indent=1)
     print()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,13 +9,12 @@ from typing import Any
 
 from nbdt import builders
 from nbdt._messages import for_terminal
-from nbdt.cli._common import BadInput, non_negative_int, run
+from nbdt.cli._common import add_output, non_negative_int, run
 
 
-# ---------------------------------------------------------------------- nbdt-hierarchy
 def main(argv: Sequence[str] | None = None) -> int:
     """nbdt-hierarchy: build, show and export class hierarchies."""
-    return run("nbdt-hierarchy", _hierarchy, _hierarchy_parser(), argv)
+    return run("nbdt-hierarchy", _hierarchy, parser(), argv)
 
 
 # The flag of each builder option (nbdt.builders.options): a builder's command has the flags of
@@ -37,15 +36,16 @@ def _builder_options(kind: str) -> tuple[str, ...]:
     return tuple(o for o in builders.options(kind) if o != "wnids")
 
 
-def _hierarchy_parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """nbdt-hierarchy's commands and their options."""
     from nbdt.classes import CLASS_LISTS
 
-    parser = argparse.ArgumentParser(
+    p = argparse.ArgumentParser(
         prog="nbdt-hierarchy",
         description="Build a class hierarchy (induced from a model's classifier, from WordNet, or"
         " random), print it, and save it as node-link JSON or HTML.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sub: argparse.ArgumentParser, classes_required: bool = True) -> None:
         source = sub.add_mutually_exclusive_group(required=classes_required)
@@ -58,7 +58,13 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="'name<TAB>wnid' lines: the WordNet sense of these class names",
         )
-        sub.add_argument("--out", metavar="TREE.json", help="write the hierarchy as JSON")
+        add_output(
+            sub,
+            required=False,
+            metavar="TREE.json",
+            help="write the hierarchy as JSON",
+            aliases=("--out",),
+        )
         sub.add_argument("--html", metavar="OUT.html", help="write the hierarchy as HTML")
         sub.add_argument(
             "--max-depth", type=non_negative_int, metavar="N", help="print only N levels"
@@ -98,7 +104,7 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
     html.add_argument(
         "tree", metavar="TREE", help="a JSON file, or a shipped name such as imagenet-induced"
     )
-    html.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the page")
+    add_output(html, metavar="OUT.html", help="the page")
     html.add_argument(
         "--highlight", metavar="CLASS", help="a class index, node id or label: its path is lit"
     )
@@ -114,14 +120,14 @@ def _hierarchy_parser() -> argparse.ArgumentParser:
         "tree", metavar="TREE", help="a JSON file, or a shipped name such as fashion-mnist-wordnet"
     )
     edit.add_argument("edits", metavar="EDITS", help="the edit file, one operation per line")
-    edit.add_argument("-o", "--output", required=True, metavar="NEW.json", help="the edited tree")
+    add_output(edit, metavar="NEW.json", help="the edited tree")
     edit.add_argument("--html", metavar="NEW.html", help="its page, with what moved marked")
     edit.add_argument("--max-depth", type=non_negative_int, metavar="N", help="print N levels")
     edit.add_argument("--quiet", action="store_true", help="do not print the tree")
     order = edit.add_mutually_exclusive_group()
     order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
     order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
-    return parser
+    return p
 
 
 def _hierarchy_html(args: argparse.Namespace) -> int:
@@ -147,7 +153,7 @@ def _hierarchy_edit(args: argparse.Namespace) -> int:
 
     for option, target in (("--output", args.output), ("--html", args.html)):
         if target and not Path(target).resolve().parent.is_dir():
-            raise BadInput(f"{option} {target}: the folder {Path(target).parent} does not exist")
+            raise ValueError(f"{option} {target}: the folder {Path(target).parent} does not exist")
     tree = _load_tree(args.tree, _hierarchy_classes(args))
     edited = apply_edits(tree, read_edits(args.edits))
     moved = moved_nodes(tree, edited)
@@ -175,10 +181,10 @@ def _hierarchy(args: argparse.Namespace) -> int:
     from nbdt.wordnet import UnresolvedClassWarning
 
     inputs = [getattr(args, k, None) for k in ("tree", "classes", "checkpoint", "pretrained_file")]
-    for option, target in (("--out", args.out), ("--html", args.html)):
+    for option, target in (("--output", args.output), ("--html", args.html)):
         check_not_an_input(option, target, inputs)
         if target and not Path(target).resolve().parent.is_dir():
-            raise BadInput(f"{option} {target}: the folder {Path(target).parent} does not exist")
+            raise ValueError(f"{option} {target}: the folder {Path(target).parent} does not exist")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnresolvedClassWarning)
         classes = _hierarchy_classes(args)
@@ -193,8 +199,8 @@ def _hierarchy(args: argparse.Namespace) -> int:
     for warning in caught:
         if issubclass(warning.category, UnresolvedClassWarning):
             print(f"nbdt-hierarchy: warning: {warning.message}", file=sys.stderr)
-    if args.out:
-        print(f"nbdt-hierarchy: wrote {tree.save(Path(args.out))}", file=sys.stderr)
+    if args.output:
+        print(f"nbdt-hierarchy: wrote {tree.save(Path(args.output))}", file=sys.stderr)
     if args.html:
         from nbdt.visualize import hierarchy_html
 
@@ -215,7 +221,7 @@ def _hierarchy_classes(args: argparse.Namespace):
     try:
         return read_class_file(args.classes)
     except (ValueError, OSError) as e:
-        raise BadInput(f"--classes {e}") from None
+        raise ValueError(f"--classes {e}") from None
 
 
 def _resolve_classes(prog: str, names, wnids_file: str | None) -> list[str]:
@@ -226,7 +232,7 @@ def _resolve_classes(prog: str, names, wnids_file: str | None) -> list[str]:
     try:
         overrides = read_wnid_overrides(wnids_file) if wnids_file else None
     except (ValueError, OSError) as e:
-        raise BadInput(f"--wnids {e}") from None
+        raise ValueError(f"--wnids {e}") from None
     found = resolutions(list(names), overrides, warn=True)
     for r in found:
         if r.fallback and r.rule != "synthetic":  # synthetic ids have their own warning
@@ -242,7 +248,7 @@ def _load_tree(tree: str, classes):
         return load_hierarchy(tree, classes=None if classes is None else list(classes))
     except ValueError as e:
         if classes is None and "no class order" in str(e):
-            raise BadInput(
+            raise ValueError(
                 f"{tree}: the file has no class order: give --dataset or --classes"
             ) from None
         raise
@@ -254,20 +260,20 @@ def _weights_source(args: argparse.Namespace):
 
     if args.checkpoint:
         if args.pretrained or args.pretrained_file:
-            raise BadInput("--pretrained/--pretrained-file go with --model, not --checkpoint")
+            raise ValueError("--pretrained/--pretrained-file go with --model, not --checkpoint")
         if not Path(args.checkpoint).is_file():
-            raise BadInput(f"--checkpoint {args.checkpoint}: no such file")
+            raise ValueError(f"--checkpoint {args.checkpoint}: no such file")
         return args.checkpoint
     import timm
 
     from nbdt.networks import create_model
 
     if not timm.is_model(args.model):
-        raise BadInput(f"--model {args.model}: not a timm architecture (see timm.list_models())")
+        raise ValueError(f"--model {args.model}: not a timm architecture (see timm.list_models())")
     if not (args.pretrained or args.pretrained_file):
-        raise BadInput(f"--model needs --pretrained or --pretrained-file: {builders.RANDOM_HEAD}")
+        raise ValueError(f"--model needs --pretrained or --pretrained-file: {builders.RANDOM_HEAD}")
     if args.pretrained_file and not Path(args.pretrained_file).is_file():
-        raise BadInput(f"--pretrained-file {args.pretrained_file}: no such file")
+        raise ValueError(f"--pretrained-file {args.pretrained_file}: no such file")
     return create_model(
         args.model, pretrained=True, pretrained_file=args.pretrained_file, option="--model"
     )

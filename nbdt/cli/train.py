@@ -6,20 +6,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nbdt.cli._common import comma_list, run
+from nbdt.cli._common import add_data_options, add_output, comma_list, run
 
 
-# -------------------------------------------------------------------------- nbdt-train
 def main(argv: Sequence[str] | None = None) -> int:
     """nbdt-train: tree-supervised fine-tuning (see ``nbdt.training``)."""
-    return run("nbdt-train", _train, _train_parser(), argv)
+    return run("nbdt-train", _train, parser(), argv)
 
 
-def _train_parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     """nbdt-train's options: one per ``TrainConfig`` field, whose defaults they take."""
     import dataclasses
 
-    from nbdt import builders, data, loss
+    from nbdt import builders, loss
     from nbdt.rules import NODE_SCORES
     from nbdt.training.config import DEFAULT_ARCH, OPTIMIZERS, TrainConfig
 
@@ -31,14 +30,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.set_defaults(**{f.name: f.default for f in dataclasses.fields(TrainConfig)})
     default = " (default: %(default)s)"
     group = p.add_argument_group("data")
-    group.add_argument("--dataset", choices=data.DATASETS, help=default.strip())
-    group.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="dataset folder (fashion-mnist: IDX files, default Debian's"
-        f" {data.FASHION_MNIST_DIR}; cifar: default <cache>/data; folder: train/ and"
-        " val/ class folders)",
-    )
+    add_data_options(group)
     group.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR")
     group.add_argument("--subset", type=int, metavar="N", help="first N training images")
     group.add_argument("--eval-subset", type=int, metavar="N", help="first N test images")
@@ -112,7 +104,7 @@ def _train_parser() -> argparse.ArgumentParser:
     )
 
     run = p.add_argument_group("run")
-    run.add_argument("--output", required=True, metavar="DIR", help="checkpoints and metrics")
+    add_output(run, metavar="DIR", help="checkpoints and metrics")
     run.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
     run.add_argument("--overwrite", action="store_true", help="replace the run already in DIR")
     run.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
