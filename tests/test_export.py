@@ -331,6 +331,7 @@ def fashion(tmp_path_factory):
     images for two short epochs, its export, and 512 test images."""
     if not FASHION_DIR.is_dir():
         pytest.skip("Fashion-MNIST not installed (apt install dataset-fashion-mnist)")
+    from nbdt import data
     from nbdt.training.config import TrainConfig
     from nbdt.training.run import train
 
@@ -341,9 +342,9 @@ def fashion(tmp_path_factory):
     )  # fmt: skip
     train(config)
     model = nbdt.load(output / "run" / "last.pt")
-    test = train.datasets.load_dataset("fashion-mnist", "test")
+    test = data.load_dataset("fashion-mnist", "test")
     images, labels = test.images[:512], test.targets[:512]
-    inputs = train.datasets.BatchTransform(model.data_config)(images)
+    inputs = data.BatchTransform(model.data_config)(images)
     return model, export_onnx(model, output / "fashion.onnx"), inputs, labels, test
 
 

@@ -106,6 +106,7 @@ def test_an_error_from_a_dataloader_worker_reads_as_its_own_message():
 
 def test_cli_choices_come_from_the_tables():
     from nbdt import builders, data, loss
+    from nbdt.cli.export import parser as export_parser
     from nbdt.cli.hierarchy import parser as hierarchy_parser
     from nbdt.cli.train import parser as train_parser
     from nbdt.model import MODES
@@ -121,6 +122,7 @@ def test_cli_choices_come_from_the_tables():
     }  # fmt: skip
     commands = choices(hierarchy_parser())["command"]
     assert set(builders.BUILDERS) <= set(commands)
+    assert choices(export_parser()) == {"mode": MODES, "node_score": NODE_SCORES}
     assert set(MODES) == {"soft", "hard"} and set(NODE_SCORES) == {"mean", "marginal"}
 
 
