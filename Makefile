@@ -40,7 +40,7 @@ demo: setup
 	  --warmup-epochs 2 --epochs 1 --subset 15000 --explain 4 --overwrite
 	$(VENV)/bin/nbdt-explain --checkpoint $(DEMO_DIR)/best.pt --top-k 3 --evidence \
 	  --examples $(DEMO_DIR)/node_examples.npz \
-	  --html $(DEMO_DIR)/explain-cli.html $(DEMO_DIR)/images/test-*.png
+	  -o $(DEMO_DIR)/explain-cli.html $(DEMO_DIR)/images/test-*.png
 	@echo "demo outputs in $(abspath $(DEMO_DIR)): hierarchy.html, explanations.html,"\
 	  "explain-cli.html, node_examples.npz, metrics.jsonl, hierarchy.json, best.pt, last.pt"
 	@echo "evaluation report (nbdt-eval's metrics of the final model): $(abspath $(DEMO_DIR))/report.html"
