@@ -7,6 +7,7 @@ CUDA, gloo elsewhere); each rank then reads its own share of a dataset (:func:`s
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,7 @@ def _check_device(device: torch.device) -> None:
 
 
 def loader_options(workers: int, device: torch.device) -> dict[str, Any]:
+    """DataLoader worker and pinning settings for ``workers`` processes feeding ``device``."""
     return {
         "num_workers": workers,
         "pin_memory": device.type == "cuda",
@@ -84,6 +86,27 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Autocast to :func:`amp_dtype` of the device (bf16 on CUDA) when ``enabled``; nothing
+    where that has none: how training and evaluation both run a model."""
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def shard(
+    dataset: torch.utils.data.Dataset, process: Process | tuple[int, int], *, equal: bool = False
+) -> torch.utils.data.Subset:
+    """This process's share of a dataset: every world-th item from its rank on, none twice, so
+    that counts summed over the processes are exact. ``process`` is a :class:`Process` or
+    ``(rank, world)``; ``equal`` cuts every share to one length, so that all processes take the
+    same number of steps (the last ``len % world`` items are then left out)."""
+    rank, world = (process.rank, process.world) if isinstance(process, Process) else process
+    stop = len(dataset) // world * world if equal else len(dataset)
+    return torch.utils.data.Subset(dataset, range(rank, stop, world))
 
 
 def synchronize(device: torch.device) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,10 +18,12 @@ from torch import Tensor, nn
 
 from nbdt.choices import check_choice
 from nbdt.classes import is_wordnet_id
+from nbdt.distributed import Process
 from nbdt.evaluation.accumulator import Batch, Setting
 from nbdt.evaluation.metrics import Top1
 from nbdt.features import Features, pooled_features
 from nbdt.heads import (
+    FeatureHead,
     apply_head,
     classifier_head,
     head_rows,
@@ -34,6 +36,7 @@ from nbdt.hierarchy import Hierarchy, Node
 from nbdt.loss import LOSSES
 from nbdt.model import NBDT
 from nbdt.networks import eval_mode
+from nbdt.training.loop import Epoch, EpochLoop, StepContext
 
 
 # ------------------------------------------------------------------------------ replay
@@ -78,6 +81,38 @@ def evaluate_features(
     return {**top1.scalars(), "images": len(targets)}
 
 
+class _SourceBatches:
+    """One epoch's steps of a head refit: each step's batch of every source, concatenated (the
+    sources' draws ``orders``, (steps, size) per source, rows ``steps``)."""
+
+    def __init__(self, sources: Sequence[tuple[Tensor, Tensor, float]], orders: list[Tensor]):
+        self.sources, self.orders = sources, orders
+
+    def __len__(self) -> int:
+        return len(self.orders[0])
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for step in range(len(self)):
+            picks = [
+                (x[o[step]], y[o[step]])
+                for (x, y, _), o in zip(self.sources, self.orders, strict=True)
+            ]
+            yield torch.cat([x for x, _ in picks]), torch.cat([y for _, y in picks])
+
+
+class _SourceWeighted(nn.Module):
+    """A step's loss over the sources' batches concatenated: each source's mean loss times its
+    weight, summed."""
+
+    def __init__(self, criterion: nn.Module, sizes: list[int], weights: list[float]):
+        super().__init__()
+        self.criterion, self.sizes, self.weights = criterion, sizes, weights
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        parts = zip(logits.split(self.sizes), targets.split(self.sizes), self.weights, strict=True)
+        return sum(weight * self.criterion(z, y) for z, y, weight in parts)
+
+
 def _train_head(
     model: NBDT,
     criterion: nn.Module,
@@ -89,19 +124,21 @@ def _train_head(
     weight_decay: float,
     seed: int,
 ) -> dict[str, Any]:
-    """AdamW with a cosine schedule on the head alone. An epoch is one pass over the first
-    source; every step also draws a batch of each other source, their losses weighted."""
+    """AdamW with a cosine schedule on the head alone, through the one epoch loop
+    (:class:`~nbdt.training.loop.EpochLoop`, without validation or a run folder). An epoch is
+    one pass over the first source; every step also draws a batch of each other source, their
+    losses weighted."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    head = classifier_head(model.model)
+    head = FeatureHead(model.model)
     device, dtype = network_device(model.model)
-    criterion = criterion.to(device)
-    steps = epochs * math.ceil(len(sources[0][1]) / batch_size)
+    per_epoch = math.ceil(len(sources[0][1]) / batch_size)
+    steps = epochs * per_epoch
     generator = torch.Generator().manual_seed(seed)
-    orders = []
+    orders, sizes = [], []
     for _, targets, _ in sources:
         size = min(batch_size, len(targets))
         rounds = math.ceil(steps * size / len(targets))
@@ -109,31 +146,31 @@ def _train_head(
             [torch.randperm(len(targets), generator=generator) for _ in range(rounds)]
         )
         orders.append(order[: steps * size].view(steps, size))
+        sizes.append(size)
+    weighted = _SourceWeighted(criterion.to(device), sizes, [w for _, _, w in sources])
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    losses = torch.zeros(steps)
-    was_training = head.training
-    head.train()
+    loop = EpochLoop(
+        head, optimizer, schedule, StepContext(Process(device)), epochs=epochs,
+        transform=lambda features, generator=None: features.to(dtype), name="head epoch",
+    )  # fmt: skip
+
+    def epoch(index: int) -> Epoch:
+        rows = slice(index * per_epoch, (index + 1) * per_epoch)
+        return Epoch("head", _SourceBatches(sources, [o[rows] for o in orders]), weighted)
+
+    was_training = head.head.training
     start = time.perf_counter()
-    for step in range(steps):
-        loss = sum(
-            weight
-            * criterion(apply_head(head, x[o[step]].to(device, dtype)), y[o[step]].to(device))
-            for (x, y, weight), o in zip(sources, orders, strict=True)
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses[step] = loss.detach()
-    head.train(was_training)
-    per_epoch = steps // epochs
+    try:
+        history = loop.run(epoch)
+    finally:
+        head.head.train(was_training)
     return {
         "epochs": epochs,
         "steps": steps,
         "seconds": time.perf_counter() - start,
-        "loss_first_epoch": float(losses[:per_epoch].mean()),
-        "loss_last_epoch": float(losses[-per_epoch:].mean()),
+        "loss_first_epoch": history[0]["train_loss"],
+        "loss_last_epoch": history[-1]["train_loss"],
     }
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nbdt import data
-from nbdt.distributed import amp_dtype, start_process
+from nbdt.distributed import start_process
 from nbdt.training.config import TrainConfig, make_optimizer
 from nbdt.training.loop import StepContext, train_loader, train_one_epoch
 from nbdt.training.plan import make_plan
@@ -130,15 +130,15 @@ def main() -> None:
             amp=args.amp,
             quiet=True,
         )
-        runtime = start_process(config.device)
-        device = runtime.device
+        process = start_process(config.device)
+        device = process.device
         plan = make_plan(config, device)
         model, model_kwargs = plan.network()
-        context = StepContext(runtime, amp_dtype(device) if args.amp else None)
+        context = StepContext(process, args.amp)
         model.to(device, memory_format=context.memory_format)
         data_config = plan.data_config(model, model_kwargs)
         transform = data.BatchTransform(data_config).to(device)
-        loader, _ = train_loader(plan.train_set, plan.config, runtime)
+        loader, _ = train_loader(plan.train_set, plan.config, process)
         optimizer = make_optimizer(plan.config, model)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10**6)
         dataset = plan.train_set

@@ -13,7 +13,7 @@ from nbdt.cli.explain import main as explain_main
 from nbdt.cli.hierarchy import main as hierarchy_main
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.model import NBDT
-from nbdt.training import run as training_run
+from nbdt.training import loop as training_loop
 
 CLASSES = ["cat", "dog", "car", "ship"]
 EVIL = ["\x1b[31mcat", "dog\u202e", "car", "ship"]
@@ -178,7 +178,7 @@ def test_nbdt_train_reports_guessed_class_senses_in_its_output_and_args_json(
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training_run, "train_one_epoch", stop)
+    monkeypatch.setattr(training_loop, "train_one_epoch", stop)
     output = tmp_path / "run"
     code, out, _ = run(
         train_main, capsys, "--arch", "test_resnet", "--dataset", "folder", "--data-dir",

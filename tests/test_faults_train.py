@@ -14,7 +14,7 @@ from PIL import Image
 
 from nbdt._io import atomic_path, write_text
 from nbdt.cli.train import main as train_main
-from nbdt.training import run as training_run
+from nbdt.training import loop as training_loop
 from nbdt.training.config import TrainConfig
 from nbdt.training.run_folder import RunFolder
 
@@ -223,7 +223,7 @@ def test_resume_may_extend_the_epochs(stripes_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c(stripes_dir, tmp_path, monkeypatch, capsys):
     output = tmp_path / "run"
-    original, calls = training_run.validate, []
+    original, calls = training_loop.validate, []
 
     def validate(*args):
         calls.append(1)
@@ -231,7 +231,7 @@ def test_sigterm_stops_like_ctrl_c(stripes_dir, tmp_path, monkeypatch, capsys):
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)
 
-    monkeypatch.setattr(training_run, "validate", validate)
+    monkeypatch.setattr(training_loop, "validate", validate)
     assert train_main(train_args(stripes_dir, output)) == 130
     err = capsys.readouterr().err
     assert "holds epoch" in err and "continue with --resume" in err

@@ -23,7 +23,10 @@ from nbdt.heads import FeatureHead
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
 from nbdt.training.config import TrainConfig
-from nbdt.training.plan import make_plan
+from nbdt.training.finetune import finetune
+from nbdt.training.loop import LossDiverged
+from nbdt.training.plan import Plan, make_plan
+from nbdt.training.run import train
 
 ARCH = "test_efficientnet_gn"
 BIN = Path(sys.executable).parent
@@ -159,6 +162,71 @@ def test_head_only_refits_the_head_alone_and_writes_the_run_folder(
     assert rows[-1]["top1"] == pytest.approx(scores["top1"], abs=1e-3)
     assert rows[-1]["nbdt_soft_top1"] == pytest.approx(scores["nbdt_soft_top1"], abs=1e-3)
     assert not list(run.glob("features-*"))
+
+
+def read_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_head_only_and_finetune_run_one_epoch_loop(capsys, tiny_model, stripes_dir, tmp_path):
+    """nbdt-train, --head-only and fine-tuning (nbdt-compress's) run the one epoch loop: the
+    same metrics.jsonl row keys, the same per-epoch line, best.pt and the history in last.pt."""
+    common = ["--data-dir", stripes_dir, "--batch-size", "32", "--lr", "0.05", "--quiet",
+              "--no-report", "--no-examples", "--epochs", "1"]  # fmt: skip
+    for name, extra in {"train": ["--warmup-epochs", "0"], "head": ["--head-only"]}.items():
+        code, out, err = cli(
+            capsys, train_main, "--checkpoint", tiny_model, "--hierarchy", "checkpoint",
+            "--output", tmp_path / name, *common, *extra,
+        )  # fmt: skip
+        assert code == 0, err
+        phase = "tree" if name == "train" else "head"
+        assert f"epoch 1/1 {phase:<6} train loss" in out
+    config = TrainConfig(
+        output=str(tmp_path / "finetune"), checkpoint=str(tiny_model), hierarchy="checkpoint",
+        data_dir=str(stripes_dir), warmup_epochs=0, epochs=1, batch_size=32, lr=0.05, quiet=True,
+        report=False, examples=False,
+    )  # fmt: skip
+    _, history = finetune(config)
+    assert "epoch 1/1 finetune train loss" in capsys.readouterr().out
+    rows = {name: read_rows(tmp_path / name) for name in ("train", "head", "finetune")}
+    assert rows["finetune"] == history
+    assert [r["phase"] for r in rows.values() for r in r] == ["tree", "head", "finetune"]
+    assert set(rows["head"][0]) == set(rows["finetune"][0]) == set(rows["train"][0])
+    for name in rows:
+        state = torch.load(tmp_path / name / "last.pt", weights_only=True)["train"]
+        assert state["history"] == rows[name] and state["best"]["epoch"] == 1, name
+        assert (tmp_path / name / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("kind", ["head-only", "finetune"])
+def test_a_nan_loss_stops_head_only_and_finetune_keeping_the_last_good_epoch(
+    kind, monkeypatch, capsys, tiny_model, stripes_dir, tmp_path
+):
+    original = Plan.criterion
+
+    def criterion(plan, epoch, *args):
+        loss = original(plan, epoch, *args)
+        if epoch == 1:
+            return lambda logits, target, *rest: loss(logits, target) * float("nan")
+        return loss
+
+    monkeypatch.setattr(Plan, "criterion", criterion)
+    run = tmp_path / "run"
+    config = TrainConfig(
+        output=str(run), checkpoint=str(tiny_model), hierarchy="checkpoint",
+        data_dir=str(stripes_dir), warmup_epochs=0, epochs=2, batch_size=32, lr=0.05, quiet=True,
+        head_only=kind == "head-only",
+    )  # fmt: skip
+    with pytest.raises(LossDiverged) as stopped:
+        train(config) if kind == "head-only" else finetune(config)
+    assert str(stopped.value).endswith(
+        f": stopped; {run / 'last.pt'} holds the last good epoch, 1; try a lower --lr"
+    )
+    assert "loss became nan in" in str(stopped.value)
+    assert "epoch 1/2" in capsys.readouterr().out  # the first epoch's line came out
+    assert [r["epoch"] for r in read_rows(run)] == [1]
+    assert torch.load(run / "last.pt", weights_only=True)["train"]["epoch"] == 1
 
 
 def test_head_only_needs_a_checkpoint(capsys, stripes_dir, tmp_path):

@@ -234,3 +234,47 @@ def test_added_class_is_predicted_and_the_file_reloads(tree, tmp_path):
         intervene.add_class(model, "zebra", new_images[:0])
     with pytest.raises(ValueError, match="place must be one of"):
         intervene.add_class(model, "zebra", new_images[:2], place="nearby")
+
+
+def test_a_refit_step_is_every_sources_batch_with_its_mean_loss_weighted(tree):
+    """The head refits of correct and add_class (through the one epoch loop): each step draws a
+    batch of every source and minimises the sum of their mean losses times their weights, as
+    a per-source loop by hand does."""
+    model = tiny_model(tree)
+    by_hand = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    width = model.model.num_features
+    sources = [
+        (torch.randn(40, width, generator=g), torch.randint(0, 6, (40,), generator=g), 1.0),
+        (torch.randn(7, width, generator=g), torch.randint(0, 6, (7,), generator=g), 0.25),
+    ]
+    criterion = intervene._criterion(model, model.hierarchy, "soft", {})
+    stats = intervene._train_head(
+        model, criterion, sources, epochs=2, lr=0.01, batch_size=16, weight_decay=0.0, seed=3
+    )
+    steps, generator, orders = 6, torch.Generator().manual_seed(3), []
+    for _, y, _ in sources:
+        size = min(16, len(y))
+        rounds = -(-steps * size // len(y))
+        order = torch.cat([torch.randperm(len(y), generator=generator) for _ in range(rounds)])
+        orders.append(order[: steps * size].view(steps, size))
+    head = by_hand.model.get_classifier()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=0.01, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    losses = []
+    for step in range(steps):
+        loss = sum(
+            w * criterion(head(x[o[step]]), y[o[step]])
+            for (x, y, w), o in zip(sources, orders, strict=True)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    fitted = model.model.get_classifier()
+    torch.testing.assert_close(fitted.weight, head.weight)
+    torch.testing.assert_close(fitted.bias, head.bias)
+    assert stats["steps"] == steps and stats["epochs"] == 2
+    assert stats["loss_first_epoch"] == pytest.approx(sum(losses[:3]) / 3, rel=1e-5)
+    assert stats["loss_last_epoch"] == pytest.approx(sum(losses[3:]) / 3, rel=1e-5)

@@ -20,11 +20,11 @@ from nbdt.cli.train import main as train_main
 from nbdt.distributed import start_process
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.model import NBDT
-from nbdt.training import run as training_run
+from nbdt.training import loop as training_loop
 from nbdt.training import run_folder
 from nbdt.training.config import TrainConfig
 from nbdt.training.loop import StepContext, eval_loader, train_loader, train_one_epoch, validate
-from nbdt.training.outputs import RunResult
+from nbdt.training.outputs import RunResult, write_outputs
 from nbdt.training.plan import Plan, make_plan
 from nbdt.training.progress import Progress
 from nbdt.training.run_folder import RunFolder
@@ -126,7 +126,7 @@ def test_checkpoint_with_a_trained_head_skips_warmup_and_keeps_its_tree(
 
 def interrupt_evaluation(monkeypatch, epoch):
     """Raise KeyboardInterrupt (as Ctrl-C would) when the trainer starts evaluating ``epoch``."""
-    original = training_run.validate
+    original = training_loop.validate
     calls = []
 
     def validate(*args):
@@ -135,7 +135,7 @@ def interrupt_evaluation(monkeypatch, epoch):
             raise KeyboardInterrupt
         return original(*args)
 
-    monkeypatch.setattr(training_run, "validate", validate)
+    monkeypatch.setattr(training_loop, "validate", validate)
 
 
 @pytest.mark.slow
@@ -440,20 +440,20 @@ def test_the_parts_serve_a_head_only_refit(stripes_dir, tmp_path):
         warmup_epochs=0, epochs=1, lr=0.05, quiet=True,
     )  # fmt: skip
     config.validate()
-    runtime = start_process("cpu")
-    plan = make_plan(config, runtime.device)
+    process = start_process("cpu")
+    plan = make_plan(config, process.device)
     model, model_kwargs = plan.network()
     head = model.pretrained_cfg["classifier"]
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(head + "."))
     data_config = plan.data_config(model, model_kwargs)
     transform = data.BatchTransform(data_config)
-    context = StepContext(runtime)
-    loader, _ = train_loader(plan.train_set, plan.config, runtime)
+    context = StepContext(process)
+    loader, _ = train_loader(plan.train_set, plan.config, process)
     optimizer = torch.optim.SGD(model.get_classifier().parameters(), lr=plan.config.lr)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     hierarchy = plan.induce(model)
-    criterion = plan.criterion(0, hierarchy, runtime.device)
+    criterion = plan.criterion(0, hierarchy, process.device)
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     stats = train_one_epoch(model, loader, criterion, optimizer, scheduler, transform, context)
@@ -464,7 +464,7 @@ def test_the_parts_serve_a_head_only_refit(stripes_dir, tmp_path):
     nbdt_model = NBDT(
         model, hierarchy, arch=ARCH, model_kwargs=model_kwargs, data_config=data_config
     )
-    test = eval_loader(plan.test_set, plan.config, runtime)
+    test = eval_loader(plan.test_set, plan.config, process)
     metrics = validate(model, test, criterion, nbdt_model.rules, transform, context)
     assert metrics["test_images"] == 160
     with torch.no_grad():
@@ -479,7 +479,7 @@ def test_the_parts_serve_a_head_only_refit(stripes_dir, tmp_path):
     result = RunResult(
         nbdt_model, plan.config, plan.classes, plan.test_set, transform, Progress(False, True)
     )
-    folder.finish(result)
+    write_outputs(folder, result)
     names = {p.name for p in folder.path.iterdir()}
     assert names == {"args.json", "hierarchy.json", "hierarchy.html", "last.pt", "best.pt",
                      "metrics.jsonl", "eval.json", "report.html"}  # fmt: skip

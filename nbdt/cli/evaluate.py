@@ -79,9 +79,9 @@ def _eval(args: argparse.Namespace) -> int:
         from nbdt.evaluation.report import pyplot
 
         pyplot()  # a missing matplotlib stops here, before the evaluation
-    runtime = start_process(args.device)
+    process = start_process(args.device)
     try:
-        model = load(args.checkpoint).to(runtime.device)
+        model = load(args.checkpoint).to(process.device)
         size = tuple(model.data_config["input_size"][-2:])
         dataset = data.load_dataset(args.dataset, args.split, args.data_dir, image_size=size)
         if args.subset is not None:
@@ -92,13 +92,13 @@ def _eval(args: argparse.Namespace) -> int:
             reference=args.reference,
             holdout=holdout,
             batch_size=args.batch_size,
-            device=runtime.device,
+            device=process.device,
             workers=args.workers,
         )
     finally:
-        if runtime.distributed:
+        if process.distributed:
             dist.destroy_process_group()
-    if not runtime.main:
+    if not process.main:
         return 0
     written = result.write(args.output, report=not args.no_report, history=run_folder.history())
     print(result.summary())

@@ -130,8 +130,8 @@ def parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from nbdt.training.config import TrainConfig
-    from nbdt.training.loop import LossDiverged
-    from nbdt.training.run import Interrupted, train
+    from nbdt.training.loop import Interrupted, LossDiverged
+    from nbdt.training.run import train
 
     try:
         train(TrainConfig(**vars(args)))

@@ -19,9 +19,11 @@ from torch import Tensor
 
 from nbdt._io import write_text
 from nbdt.classes import is_wordnet_id
+from nbdt.distributed import autocast, shard
 from nbdt.evaluation.metrics import TreeMetrics
 from nbdt.evaluation.rulers import align_reference, class_keys, wordnet_reference
 from nbdt.evaluation.unseen import UnseenRouting, unseen_target
+from nbdt.heads import network_device
 from nbdt.hierarchy import Hierarchy
 from nbdt.tree import Tree
 
@@ -126,7 +128,7 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     hierarchy = model.hierarchy
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else network_device(model)[0]
     ref_hierarchy = _reference(hierarchy, reference)
     lookup, names, wnids = _class_lookup(hierarchy, data, holdout)
     metrics = TreeMetrics(hierarchy, ref_hierarchy, model.node_score, device)
@@ -139,7 +141,6 @@ def evaluate(
     loader = _loader(data, batch_size, workers, device, distributed)
     lookup = None if lookup is None else lookup.to(device)
     transform = BatchTransform(model.data_config).to(device)
-    autocast = _autocast(device)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -151,7 +152,7 @@ def evaluate(
                 inputs = transform(images) if images.dtype == torch.uint8 else images.float()
                 if device.type == "cuda":
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
-                with autocast:
+                with autocast(device):
                     logits = model.logits(inputs)
                 logits = logits.float()
                 if lookup is None:
@@ -183,21 +184,6 @@ def evaluate(
         "images_per_s": total / seconds if seconds > 0 else None,
     }
     return EvalResult(result, hierarchy, ref_hierarchy)
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA, as the trainer evaluates; nothing elsewhere."""
-    import contextlib
-
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def _reference(
@@ -302,8 +288,7 @@ def _loader(
     if len(data) == 0:
         raise ValueError("data: no images to evaluate (the dataset is empty)")
     if distributed:  # every world-th image, none twice, so the summed counts are exact
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        data = torch.utils.data.Subset(data, range(rank, len(data), world))
+        data = shard(data, (torch.distributed.get_rank(), torch.distributed.get_world_size()))
     return torch.utils.data.DataLoader(
         data,
         batch_size=batch_size,

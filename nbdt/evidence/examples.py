@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from nbdt._io import atomic_path
 from nbdt._messages import one_line
+from nbdt.distributed import shard
 from nbdt.explanation import Example
 from nbdt.heads import logits_and_features, model_input
 from nbdt.hierarchy import Hierarchy
@@ -408,10 +409,7 @@ def _batches(
     iterable of (images, labels) or (images, labels, indices) batches."""
     if isinstance(data, torch.utils.data.Dataset):
         loader = torch.utils.data.DataLoader(
-            _Indexed(data),
-            batch_size=batch_size,
-            sampler=list(range(rank, len(data), world)),
-            num_workers=num_workers,
+            shard(_Indexed(data), (rank, world)), batch_size=batch_size, num_workers=num_workers
         )
         yield from loader
         return

@@ -11,8 +11,6 @@ unstopped one would.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import signal
 import threading
 from collections.abc import Iterator
@@ -24,18 +22,18 @@ from torch import nn
 
 from nbdt import data as datasets
 from nbdt._messages import for_terminal, one_line
-from nbdt.distributed import Process, amp_dtype, start_process
+from nbdt.distributed import Process, start_process
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
 from nbdt.training.config import TrainConfig, make_optimizer
 from nbdt.training.loop import (
-    LossDiverged,
+    Epoch,
+    EpochLoop,
     StepContext,
+    Validation,
     eval_loader,
     seed_epoch,
     train_loader,
-    train_one_epoch,
-    validate,
 )
 from nbdt.training.outputs import RunResult, write_outputs
 from nbdt.training.plan import Plan, make_plan
@@ -43,46 +41,44 @@ from nbdt.training.progress import Progress
 from nbdt.training.run_folder import RunFolder
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says which epoch ``last.pt`` holds."""
-
-
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run the recipe and return the summary (also printed, with the output files).
 
-    Raises ``ValueError`` / ``FileNotFoundError`` for bad input, :class:`LossDiverged` when the
-    loss stops being finite and :class:`Interrupted` on Ctrl-C.
+    Raises ``ValueError`` / ``FileNotFoundError`` for bad input,
+    :class:`~nbdt.training.loop.LossDiverged` when the loss stops being finite and
+    :class:`~nbdt.training.loop.Interrupted` on Ctrl-C.
     """
     config.validate()
-    runtime = start_process(config.device)
+    process = start_process(config.device)
     try:
         with _sigterm_as_ctrl_c():
-            plan = make_plan(config, runtime.device)
+            plan = make_plan(config, process.device)
             if config.head_only:
                 from nbdt.training.head_only import fit_head
 
-                summary = fit_head(plan, runtime)
+                summary = fit_head(plan, process)
             else:
-                summary = _Fit(plan, runtime).run()
-        if runtime.distributed:
+                summary = _Fit(plan, process).run()
+        if process.distributed:
             dist.barrier()  # rank 0 still writes pages and explanations: leave the group together
         return summary
     finally:
-        if runtime.distributed:
+        if process.distributed:
             dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- the run
 class _Fit:
     """The recipe of ``nbdt-train`` over the pieces above: the plan's network and data,
-    warm-up then tree-supervised epochs, a checkpoint per epoch, the output stages at the end."""
+    warm-up then tree-supervised epochs through the :class:`~nbdt.training.loop.EpochLoop`, the
+    output stages at the end."""
 
-    def __init__(self, plan: Plan, runtime: Process):
+    def __init__(self, plan: Plan, process: Process):
         plan.check_tree_source()
-        self.plan, self.runtime = plan, runtime
+        self.plan, self.process = plan, process
         self.config = config = plan.config
-        self.folder = RunFolder(config.output, runtime.main)
-        device = runtime.device
+        self.folder = RunFolder(config.output, process.main)
+        device = process.device
 
         torch.manual_seed(config.seed)
         self.model, self.model_kwargs = plan.network()
@@ -90,57 +86,54 @@ class _Fit:
         self.train_transform = datasets.BatchTransform(self.data_config, augment=config.augment)
         self.eval_transform = datasets.BatchTransform(self.data_config)
         self.hierarchy = plan.fixed_hierarchy()
-        self.context = StepContext(
-            runtime,
-            amp_dtype(device) if config.amp else None,
-            Progress(runtime.main, config.quiet),
-        )
+        self.context = StepContext(process, config.amp, Progress(process.main, config.quiet))
         self.model.to(device, memory_format=self.context.memory_format)
         self.train_transform.to(device)
         self.eval_transform.to(device)
 
-        self.train_loader, self.sampler = train_loader(plan.train_set, config, runtime)
-        self.test_loader = eval_loader(plan.test_set, config, runtime)
-        self.optimizer = make_optimizer(config, self.model)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=plan.total_epochs * len(self.train_loader)
+        self.train_loader, self.sampler = train_loader(plan.train_set, config, process)
+        test_loader = eval_loader(plan.test_set, config, process)
+        optimizer = make_optimizer(config, self.model)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=plan.total_epochs * len(self.train_loader)
         )
-        self.start_epoch = 0
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
+        self.loop = EpochLoop(
+            self.model, optimizer, scheduler, self.context, epochs=plan.total_epochs,
+            transform=self.train_transform, folder=self.folder, config=config, resumable=True,
+            validation=Validation(self.model, test_loader, self.eval_transform),
+        )  # fmt: skip
         self.resumed: dict[str, Any] | None = None
         self.resume_note = self._resume() if config.resume else None
 
-        self.train_model = self.model
-        if runtime.distributed:
-            self.train_model = nn.parallel.DistributedDataParallel(
+        if process.distributed:
+            self.loop.model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
         if config.compile:
-            self.train_model = torch.compile(self.train_model)
+            self.loop.model = torch.compile(self.loop.model)
 
     def _resume(self) -> str:
         """Restore the run in ``last.pt`` of the output folder, if there is one; say what."""
-        checkpoint, note = self.folder.resume_from(self.config, self.runtime.device)
+        checkpoint, note = self.folder.resume_from(self.config, self.process.device)
         if checkpoint is None:
             return note
-        state = checkpoint["train"]
+        state, loop = checkpoint["train"], self.loop
         try:
             self.model.load_state_dict(checkpoint["state_dict"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            loop.optimizer.load_state_dict(state["optimizer"])
+            loop.scheduler.load_state_dict(state["scheduler"])
             self.context.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise ValueError(
                 f"{self.folder.path / 'last.pt'}: cannot restore the run ({one_line(e)})"
             ) from None
         # --epochs may have grown: the schedule runs to the new end
-        self.scheduler.T_max = self.plan.total_epochs * len(self.train_loader)
+        loop.scheduler.T_max = self.plan.total_epochs * len(self.train_loader)
         self.resumed = checkpoint
-        self.start_epoch = self.folder.saved_epoch = int(state["epoch"])
-        self.history = list(state["history"])
-        self.best = state["best"]
-        if self.hierarchy is None and self.start_epoch >= self.plan.warmup_epochs:
+        loop.start = self.folder.saved_epoch = int(state["epoch"])
+        loop.history = list(state["history"])
+        loop.best = state["best"]
+        if self.hierarchy is None and loop.start >= self.plan.warmup_epochs:
             self.hierarchy = Hierarchy.from_node_link(checkpoint["hierarchy"])
         return note
 
@@ -158,23 +151,8 @@ class _Fit:
             progress.line(self.resume_note)
         if self.hierarchy is not None:
             self.folder.publish_hierarchy(self.hierarchy)
-        epoch = self.start_epoch
-        try:
-            for epoch in range(self.start_epoch, self.plan.total_epochs):
-                self._epoch(epoch)
-        except KeyboardInterrupt:
-            done = self.folder.saved_epoch
-            when = f"after epoch {done}" if done == epoch + 1 else f"during epoch {epoch + 1}"
-            where = (
-                f"{self.folder.path / 'last.pt'} holds epoch {done}"
-                if done
-                else ("no epoch finished")
-            )
-            raise Interrupted(f"{when}: {where}; continue with --resume") from None
-        except (ValueError, OSError) as e:  # a bad image found mid-epoch, a full disk
-            kind = OSError if isinstance(e, OSError) else ValueError
-            raise kind(f"{one_line(e)}; {self.folder.after_error()}") from None
-        summary = self._summary()
+        self.loop.run(self._epoch)
+        summary = self.loop.summary(self.plan.warmup_epochs)
         result = RunResult(
             self._nbdt(self.hierarchy),
             self.config,
@@ -189,46 +167,30 @@ class _Fit:
         progress.summary(summary)
         return summary
 
-    def _epoch(self, epoch: int) -> None:
+    def _epoch(self, epoch: int) -> Epoch:
+        """The epoch's setup: the phase's tree and loss, the sampler's and augmentation's
+        seeds; after the pass, a warm-up epoch is evaluated with the tree of its head."""
         plan, config = self.plan, self.config
         tree_phase = epoch >= plan.warmup_epochs
         if tree_phase and self.hierarchy is None:  # no warm-up epoch ran before this one here
             self.hierarchy = plan.induce(self.model)
             self.folder.publish_hierarchy(self.hierarchy)
-        criterion = plan.criterion(epoch, self.hierarchy, self.runtime.device)
-        lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's first step
+        criterion = plan.criterion(epoch, self.hierarchy, self.process.device)
         self.sampler.set_epoch(epoch)
-        generator = seed_epoch(config.seed, epoch, self.runtime.rank, self.runtime.device)
-        try:
-            train_stats = train_one_epoch(
-                self.train_model, self.train_loader, criterion, self.optimizer, self.scheduler,
-                self.train_transform, self.context, generator=generator,
-                description=f"epoch {epoch + 1}/{plan.total_epochs}",
-            )  # fmt: skip
-        except LossDiverged as e:
-            stopped = f"{e}: stopped; {self.folder.last_good()}; try a lower --lr"
-            raise LossDiverged(stopped) from None
-        hierarchy = self.hierarchy
-        if not tree_phase and config.hierarchy == "induced":
-            # Evaluate the warm-up with the tree of the head as it is now; the last one stays.
-            hierarchy = plan.induce(self.model)
-            self.folder.publish_hierarchy(hierarchy)
-            if epoch + 1 == plan.warmup_epochs:
-                self.hierarchy = hierarchy
-        nbdt = self._nbdt(hierarchy)
-        test_stats = validate(
-            self.model, self.test_loader, criterion, nbdt.rules, self.eval_transform, self.context
-        )
+        generator = seed_epoch(config.seed, epoch, self.process.rank, self.process.device)
+
+        def trained() -> NBDT:
+            hierarchy = self.hierarchy
+            if not tree_phase and config.hierarchy == "induced":
+                # Evaluate the warm-up with the tree of the head as it is now; the last one stays.
+                hierarchy = plan.induce(self.model)
+                self.folder.publish_hierarchy(hierarchy)
+                if epoch + 1 == plan.warmup_epochs:
+                    self.hierarchy = hierarchy
+            return self._nbdt(hierarchy)
+
         phase = "tree" if tree_phase else "warmup"
-        metrics = {"epoch": epoch + 1, "phase": phase, "lr": lr, **train_stats, **test_stats}
-        self.history.append(metrics)
-        improved = self.best is None or metrics["nbdt_soft_top1"] > self.best["nbdt_soft_top1"]
-        if improved:
-            self.best = {"epoch": epoch + 1, "nbdt_soft_top1": metrics["nbdt_soft_top1"]}
-        if self.runtime.main:
-            checkpoint = nbdt.checkpoint(train=self._train_state(epoch + 1))
-            report = functools.partial(self.context.progress.epoch, metrics, plan.total_epochs)
-            self.folder.save_epoch(checkpoint, self.history, improved, then=report)
+        return Epoch(phase, self.train_loader, criterion, trained, generator)
 
     def _nbdt(self, hierarchy: Hierarchy) -> NBDT:
         return NBDT(
@@ -238,33 +200,7 @@ class _Fit:
             arch=self.config.arch,
             model_kwargs=self.model_kwargs,
             data_config=self.data_config,
-        ).to(self.runtime.device)
-
-    def _train_state(self, epoch: int) -> dict[str, Any]:
-        """What --resume needs besides the model: random state is derived from (seed, epoch,
-        rank) at every epoch start, so the seed and the epoch stand for it."""
-        return {
-            "epoch": epoch,
-            "config": dataclasses.asdict(self.config),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.context.scaler.state_dict(),
-            "history": self.history,
-            "best": self.best,
-        }
-
-    def _summary(self) -> dict[str, Any]:
-        last = self.history[-1]
-        return {
-            "output": str(self.folder.path),
-            "epochs": last["epoch"],
-            "warmup_epochs": self.plan.warmup_epochs,
-            "top1": last["top1"],
-            "nbdt_soft_top1": last["nbdt_soft_top1"],
-            "nbdt_hard_top1": last["nbdt_hard_top1"],
-            "best": self.best,
-            "train_images_per_s": last["train_images_per_s"],
-        }
+        ).to(self.process.device)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
