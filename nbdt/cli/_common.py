@@ -28,13 +28,19 @@ def run(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
 ) -> int:
-    """Parse arguments and run ``main``; bad input becomes one stderr line and exit 2."""
+    """Parse arguments and run ``main``; bad input becomes one stderr line and exit 2, a
+    diverging loss (:class:`~nbdt.training.loop.LossDiverged`) one line and exit 1, Ctrl-C
+    exit 130 with what was kept."""
     args = parser.parse_args(argv)
     try:
         return int(main(args) or 0)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"{prog}: interrupted{f' {e}' if str(e) else ''}", file=sys.stderr)
         return 130
+    except ArithmeticError as e:  # the loss diverged: the input was fine, the run was not
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `nbdt-... | head`: the reader left, which is no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from nbdt.cli._common import add_data_options, add_output, comma_list, run
@@ -130,15 +129,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from nbdt.training.config import TrainConfig
-    from nbdt.training.loop import Interrupted, LossDiverged
     from nbdt.training.run import train
 
-    try:
-        train(TrainConfig(**vars(args)))
-    except Interrupted as e:
-        print(f"nbdt-train: interrupted {e}", file=sys.stderr)
-        return 130
-    except LossDiverged as e:
-        print(f"nbdt-train: error: {e}", file=sys.stderr)
-        return 1
+    train(TrainConfig(**vars(args)))
     return 0

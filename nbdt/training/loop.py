@@ -29,7 +29,7 @@ from nbdt.training.run_folder import RunFolder
 _CHECK_EVERY = 20  # steps between running-loss read-outs (a device sync) and the NaN check
 
 
-class LossDiverged(RuntimeError):
+class LossDiverged(ArithmeticError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
