@@ -55,12 +55,16 @@ from torch import Tensor, nn
 
 # ---- nbdt internals: every import of the package is here, as modules, so that a restructured
 # package is repointed in this one block.
-from nbdt import _messages, builders, evidence, export, train, wordnet
+from nbdt import _messages, builders, distributed, wordnet
 from nbdt import data as datasets
-from nbdt import evaluate as evaluation
 from nbdt import loss as losses
 from nbdt import model as nbdt_model
-from nbdt import runtime as onnx_runtime
+from nbdt.deploy import export
+from nbdt.deploy import runtime as onnx_runtime
+from nbdt.evaluation import evaluate as evaluation
+from nbdt.evidence import examples as evidence
+from nbdt.training import config as train_config
+from nbdt.training import loop as train_loop
 
 # ---- end of the nbdt imports
 
@@ -167,7 +171,7 @@ def tree_summary(tree: Any, seconds: float) -> dict[str, Any]:
 
 def soft_tree_loss(tree: Any) -> nn.Module:
     """SoftTreeSupLoss with nbdt-train's default settings."""
-    defaults = train.TrainConfig(output=".")
+    defaults = train_config.TrainConfig(output=".")
     return losses.SoftTreeSupLoss(
         tree,
         tree_weight=defaults.tree_weight,
@@ -180,8 +184,8 @@ def soft_tree_loss(tree: Any) -> nn.Module:
 def optimizer_for(model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
     """nbdt-train's optimiser (timm's SGD, Nesterov) and a cosine schedule; a small rate, so
     random labels do not make the loss diverge (the speed does not depend on it)."""
-    config = train.TrainConfig(output=".", lr=1e-3, weight_decay=5e-4)
-    optimizer = train.make_optimizer(config, model)
+    config = train_config.TrainConfig(output=".", lr=1e-3, weight_decay=5e-4)
+    optimizer = train_config.make_optimizer(config, model)
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10**6)
 
 
@@ -247,9 +251,7 @@ class Loops:
 
     def __init__(self, args: argparse.Namespace, model: nn.Module, tree: Any, device: torch.device):
         self.device = device
-        self.context = train.StepContext(
-            train.Runtime(device), train.amp_dtype(device) if args.amp else None
-        )
+        self.context = train_loop.StepContext(distributed.Process(device), args.amp)
         self.model = model.to(device, memory_format=self.context.memory_format)
         self.optimizer, self.scheduler = optimizer_for(model)
         self.cross_entropy = nn.CrossEntropyLoss()
@@ -284,7 +286,7 @@ class Loops:
     def trainer(self, model: nn.Module, steps: int) -> None:
         """nbdt-train's loop over ``steps`` batches, with the soft tree loss."""
         batches = [(self.images, self.targets)] * steps
-        train.train_one_epoch(
+        train_loop.train_one_epoch(
             model, batches, self.tree_loss, self.optimizer, self.scheduler, self.transform,
             self.context,
         )  # fmt: skip
@@ -551,15 +553,15 @@ def part_loader(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, An
         network = timm.create_model(args.arch, pretrained=False, num_classes=args.image_classes)
     config = datasets.data_config(network, (args.image_size, args.image_size))
     transform = datasets.BatchTransform(config, augment=True).to(device)  # as nbdt-train's
-    context = train.StepContext(train.Runtime(device))
-    runtime = context.runtime
+    context = train_loop.StepContext(distributed.Process(device))
+    runtime = context.process
     batch_size = min(args.batch_size, len(dataset))
     rates: dict[str, Any] = {}
     for workers in args.workers:
-        config_w = train.TrainConfig(
+        config_w = train_config.TrainConfig(
             output=str(args.out), dataset="folder", batch_size=batch_size, workers=workers
         )
-        loader, sampler = train.train_loader(dataset, config_w, runtime)
+        loader, sampler = train_loop.train_loader(dataset, config_w, runtime)
         epochs = 1 if workers == 0 else 2  # the second epoch reuses the persistent workers
         log(f"loader: {workers} workers, {epochs} epoch(s)")
         rates[str(workers)] = loading_rates(loader, sampler, transform, context, epochs)
@@ -908,11 +910,11 @@ def part_torchrun(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, 
 def ddp_worker(args: argparse.Namespace) -> None:
     """One torchrun process: nbdt-train's loop on a DistributedDataParallel model, synthetic
     data (``--batch-size`` per process); rank 0 prints one JSON document."""
-    runtime = train.start_runtime(args.device)  # joins the group: NCCL on CUDA, else gloo
+    runtime = distributed.start_process(args.device)  # joins the group: NCCL on CUDA, else gloo
     try:
         device = runtime.device
         model, tree, _ = network_and_tree(args)
-        context = train.StepContext(runtime, train.amp_dtype(device) if args.amp else None)
+        context = train_loop.StepContext(runtime, args.amp)
         model.to(device, memory_format=context.memory_format)
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -927,7 +929,7 @@ def ddp_worker(args: argparse.Namespace) -> None:
         batches = [(images, targets.to(device))]
         stats = {}
         for steps in (args.warmup_steps, args.steps):  # the second call is timed
-            stats = train.train_one_epoch(
+            stats = train_loop.train_one_epoch(
                 ddp, batches * steps, criterion, optimizer, scheduler, transform, context
             )
         if runtime.main:

@@ -38,7 +38,7 @@ fi
 "$PY" - <<'EOF' >&2 || { note "no CUDA device or nbdt cannot be imported: stopping"; exit 1; }
 import torch
 assert torch.cuda.is_available(), "gpu_check.sh: no CUDA device visible to torch"
-import nbdt.train  # noqa: F401  (fails here, clearly, when a dependency is missing)
+import nbdt.training.run  # noqa: F401  (fails here, clearly, when a dependency is missing)
 print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, bf16 {torch.cuda.is_bf16_supported()}")
 EOF
 
@@ -54,7 +54,7 @@ fi
 
 train() {  # train DEVICE OUTPUT [extra args...]; its progress lines go to stderr
   local device=$1 output=$2; shift 2
-  "$PY" -c 'import sys; from nbdt.cli import train_main; sys.exit(train_main())' \
+  "$PY" -c 'import sys; from nbdt.cli.train import main; sys.exit(main())' \
     --arch resnet18 --data-dir "$DATA" --subset 12800 --eval-subset 2000 --batch-size 128 \
     --warmup-epochs 1 --epochs 2 --lr 0.05 --seed 0 --quiet --device "$device" \
     --output "$output" "$@" >&2
@@ -87,7 +87,7 @@ note "== B.2. trainer loop against a plain PyTorch loop on CUDA"
 
 note "== B.3. nbdt-train under torchrun, one process, NCCL"
 if "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 --no-python \
-    "$PY" -c 'import sys; from nbdt.cli import train_main; sys.exit(train_main())' \
+    "$PY" -c 'import sys; from nbdt.cli.train import main; sys.exit(main())' \
     --arch resnet18 --data-dir "$DATA" --subset 2560 --eval-subset 1000 --batch-size 128 \
     --warmup-epochs 1 --epochs 1 --quiet --output "$OUT/torchrun" >&2; then
   "$PY" -c 'import json, sys; rows = [json.loads(l) for l in open(sys.argv[1])]
