@@ -273,6 +273,17 @@ def test_pruned_model_keeps_its_head_and_reloads(
     assert nbdt.load(tmp_path / "again.pt").pruned == pruned.pruned
 
 
+def test_export_leaves_the_models_dtype_and_tensors_as_they_were(small_resnet, tmp_path):
+    """The exporter traces a float32 CPU copy of the tensors: a float64 (or bf16, or CUDA)
+    model keeps its own dtype and device afterwards, bit for bit."""
+    model = small_resnet.double()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, tmp_path / "m.onnx")
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert model.model.get_classifier().weight.dtype == torch.float64
+
+
 # ------------------------------------------------------------------- parity (slow: exports)
 def assert_parity(model: NBDT, runtime: OnnxNBDT, batch: torch.Tensor) -> dict:
     """ONNX Runtime and PyTorch agree on a preprocessed batch; returns the measured numbers."""

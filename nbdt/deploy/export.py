@@ -17,8 +17,10 @@ call this module, so it sits below :mod:`nbdt.model` and does not import it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -91,8 +93,8 @@ def export_onnx(
     import_deploy("onnxscript")
     size = tuple(int(v) for v in model.data_config["input_size"])
     example = torch.zeros(example_batch, *size)
-    graph = ExportGraph(model).cpu().float()
-    with eval_mode(graph), torch.no_grad():
+    graph = ExportGraph(model)
+    with _on_cpu_in_float32(graph), eval_mode(graph), torch.no_grad():
         program = torch.onnx.export(
             graph,
             (example,),
@@ -108,3 +110,22 @@ def export_onnx(
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     return Path(path)
+
+
+@contextlib.contextmanager
+def _on_cpu_in_float32(module: nn.Module) -> Iterator[None]:
+    """Run the block with ``module``'s tensors on the CPU in float32 (what the exporter traces),
+    then give every parameter and buffer back its own tensor: a CUDA, bf16 or float64 model
+    comes out exactly as it went in. (Moving a module swaps its parameters' data in place but
+    replaces its buffers, hence the two ways back.)"""
+    parameters = list(module.parameters())
+    own_data = [parameter.data for parameter in parameters]
+    own_buffers = {m: dict(m._buffers) for m in module.modules()}
+    module.cpu().float()
+    try:
+        yield
+    finally:
+        for parameter, data in zip(parameters, own_data, strict=True):
+            parameter.data = data
+        for m, buffers in own_buffers.items():
+            m._buffers.update(buffers)
