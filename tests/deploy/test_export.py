@@ -222,14 +222,9 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, make_tree):
 
 # ----------------------------------------------------------------------------- pruning
 @pytest.fixture
-def small_resnet(make_tree) -> NBDT:
+def small_resnet(tiny_nbdt, make_tree) -> NBDT:
     """timm's test_resnet over a random 10-class tree, at 32 x 32 input."""
-    from nbdt.data import data_config
-
-    torch.manual_seed(0)
-    net = timm.create_model("test_resnet", num_classes=10)
-    config = data_config(net, (32, 32))
-    return NBDT(net, make_tree(10), arch="test_resnet", data_config=config).eval()
+    return tiny_nbdt(make_tree(10), size=(32, 32)).eval()
 
 
 @pytest.mark.parametrize("ratio", [0, 1, -0.5, 1.5, "half"])
@@ -562,19 +557,15 @@ def test_nbdt_compress_is_its_flags_over_the_api(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_the_compress_api_writes_what_the_cli_writes(stripes_dir, tmp_path, capsys):
+def test_the_compress_api_writes_what_the_cli_writes(stripes_dir, tiny_nbdt, tmp_path, capsys):
     """nbdt-compress is its flags over nbdt.deploy.compress.compress: the same files, the same
     compress.json and the same table, but for the timings."""
     from nbdt.classes import dataset_classes
     from nbdt.cli.compress import main as compress_main
-    from nbdt.data import data_config
     from nbdt.deploy.compress import compress
 
-    torch.manual_seed(0)
     tree = Hierarchy.random(list(dataset_classes("fashion-mnist").names), seed=0)
-    net = NBDT.from_arch("test_resnet", tree).model
-    model = NBDT.from_arch("test_resnet", tree, data_config=data_config(net, (28, 28)))
-    checkpoint = str(model.save(tmp_path / "m.pt"))
+    checkpoint = str(tiny_nbdt(tree).save(tmp_path / "m.pt"))
     result = compress(
         checkpoint, tmp_path / "api", prune=0.3, round_to=0, quantize=["int8-weights"],
         data_dir=str(stripes_dir), calibration=8, test=16,
