@@ -203,6 +203,29 @@ def tiny_nbdt():
     return build
 
 
+@pytest.fixture(scope="session")
+def varied_resnet():
+    """``varied_resnet(classes, *, size, scale, seed=0) -> nn.Module``: timm's test_resnet (seeded,
+    eval mode) with its head re-centred on random ``size`` x ``size`` inputs, ``scale`` over the
+    features' spread, so that random inputs get varied classes."""
+    import timm
+    import torch
+
+    def build(classes: int, *, size: int, scale: float, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        net = timm.create_model("test_resnet", num_classes=classes).eval()
+        with torch.no_grad():
+            x = torch.randn(64, 3, size, size)
+            features = net.forward_head(net.forward_features(x), True)
+            head = net.get_classifier()
+            spread = features.std(0).clamp_min(1e-3)
+            head.weight.copy_(scale * torch.randn_like(head.weight) / spread)
+            head.bias.copy_(-head.weight @ features.mean(0))
+        return net
+
+    return build
+
+
 @pytest.fixture(scope="module")
 def stripes_checkpoint(stripes_dir, tmp_path_factory):
     """The path of an untrained tiny NBDT (test_efficientnet_gn, the tree induced from its head)
