@@ -54,7 +54,7 @@ test-fast: setup
 
 # The documentation site (mkdocs.yml), offline, into site/; warnings are errors.
 docs: setup
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
