@@ -77,11 +77,13 @@ def test_wheel_installs_and_runs_the_readme_outside_the_repo(tmp_path):
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
         ).stdout.strip()
     )
-    (purelib / "test-env-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # the wheel first, while the venv sees nothing else: pip must not find this checkout's
+    # editable install of the same name and call the wheel "already satisfied"
     _run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
          "--no-index", str(wheel)]
     )  # fmt: skip
+    (purelib / "test-env-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     work = tmp_path / "elsewhere"
     work.mkdir()
