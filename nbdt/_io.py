@@ -13,7 +13,7 @@ import contextlib
 import errno
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 # What to do about the errors a write meets most, by errno.
@@ -82,19 +82,49 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
-def check_not_an_input(
-    option: str,
-    output: str | os.PathLike[str] | None,
-    inputs: Sequence[str | os.PathLike[str] | None],
+def check_outputs(
+    outputs: Mapping[str, str | os.PathLike[str] | None],
+    inputs: Sequence[str | os.PathLike[str]],
 ) -> None:
-    """Refuse an output path that is one of the command's inputs (``--html photo.png`` given
-    ``photo.png`` to read); a ``ValueError`` names the option. Other outputs are overwritten."""
-    if output is None:
-        return
-    target = Path(output).expanduser().resolve()
-    for given in inputs:
-        if given is not None and Path(given).expanduser().resolve() == target:
-            raise ValueError(f"{option} {output}: is an input of this command: choose another file")
+    """Refuse, before any work, an output that would replace or swallow an input.
+
+    ``outputs`` maps each option (``--output``) to the path it names. An output may not be an
+    input (the same file, by resolved path or hard link), nor an existing folder holding one
+    (``nbdt-compress D/pruned.pt -o D``), nor an existing file inside an input folder
+    (``--corrections D -o D/Coat/c0.png``); two outputs may not name one path. A ``ValueError``
+    names the option.
+    """
+    seen: dict[Path, str] = {}
+    given = [Path(p).expanduser() for p in inputs]
+    resolved = [(p, p.resolve()) for p in given if p.exists()]
+    for option, output in outputs.items():
+        if output is None:
+            continue
+        target = Path(output).expanduser().resolve()
+        if target in seen:
+            raise ValueError(f"{option} {output}: also given to {seen[target]}: choose another")
+        seen[target] = option
+        for original, source in resolved:
+            if source == target or (target.exists() and _same_file(source, target)):
+                why = "is"
+            elif target.is_dir() and source.is_relative_to(target):
+                why = "is a folder holding"
+            elif source.is_dir() and target.is_file() and target.is_relative_to(source):
+                why = "is a file inside"
+            else:
+                continue
+            raise ValueError(
+                f"{option} {output}: {why} the input {original}, which the output would replace:"
+                " choose another path"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths are one file (hard links included)."""
+    try:
+        return a.is_file() and b.is_file() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def cache_dir() -> Path:

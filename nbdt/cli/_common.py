@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from nbdt.model import NBDT
 
 EXIT_BAD_INPUT = 2
+# The options through which commands write files; every other path argument is read.
+OUTPUT_OPTIONS = ("output", "html")
 
 
 def run(
@@ -33,6 +35,7 @@ def run(
     exit 130 with what was kept."""
     args = parser.parse_args(argv)
     try:
+        check_paths(parser, args)
         return int(main(args) or 0)
     except KeyboardInterrupt as e:
         print(f"{prog}: interrupted{f' {e}' if str(e) else ''}", file=sys.stderr)
@@ -48,6 +51,35 @@ def run(
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike
             print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The rule every command keeps, before any work: no output replaces an input
+    (:func:`nbdt._io.check_outputs`). Outputs are the :data:`OUTPUT_OPTIONS`; inputs, every
+    other path a free-text argument names (arguments with choices name no path)."""
+    from nbdt._io import check_outputs
+
+    outputs = {f"--{dest}": getattr(args, dest, None) for dest in OUTPUT_OPTIONS}
+    inputs: list[str] = []
+    for dest in _path_arguments(parser):
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item:
+                inputs.append(item)
+    check_outputs(outputs, inputs)
+
+
+def _path_arguments(parser: argparse.ArgumentParser) -> set[str]:
+    """The destinations of ``parser``'s (and its sub-commands') free-text arguments, outputs
+    excepted."""
+    dests: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                dests |= _path_arguments(sub)
+        elif action.choices is None and action.type in (None, str) and action.nargs != 0:
+            dests.add(action.dest)
+    return dests - set(OUTPUT_OPTIONS)
 
 
 # ------------------------------------------------------------------------- argument types
