@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ _WRITE_HINTS = {
     errno.ENOENT: "choose a writable location",
 }
 # Temporary files of atomic_path: ".<name>.<pid>.<8 hex>.tmp".
-_TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+_TEMPORARY = re.compile(r"^\..+\.((\d+)\.[0-9a-f]{8}\.tmp)$")
 
 
 def write_error(path: str | os.PathLike[str], error: BaseException) -> OSError:
@@ -53,6 +54,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise IsADirectoryError(f"{path}: is a folder, not a file")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
+    _remove_dead_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         yield tmp
@@ -62,6 +64,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Delete the temporary files of earlier writes of ``path`` whose process is gone
+    (``kill -9``): every command that writes ``path`` again clears what its killed run left."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = _TEMPORARY.match(tmp.name)
+        if match and tmp.name[: -len(match.group(1))] == f".{path.name}." and not _alive(
+            int(match.group(2))
+        ):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is another user's
+        return True
+    return True
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:

@@ -184,3 +184,29 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path
     folder.release()
     assert (run / "last.pt").read_bytes() == b"new last"
     assert not (run / "best.pt").exists() and not (run / ".replaced").exists()
+
+
+# ------------------------------------------------------------------- killed writes
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_write_clears_what_killed_writes_of_the_same_file_left(tmp_path):
+    """``kill -9`` during nbdt-fix (``.k.pt.<pid>.<hex>.tmp``) or nbdt-compress leaves a
+    temporary file; the next write of that file (every writer goes through atomic_path)
+    removes it. A live process's temporary and other files' stay."""
+    from nbdt._io import write_text
+
+    dead = tmp_path / f".k.pt.{_dead_pid()}.0123abcd.tmp"
+    live = tmp_path / f".k.pt.{os.getppid()}.0123abcd.tmp"
+    other = tmp_path / f".kk.pt.{_dead_pid()}.0123abcd.tmp"
+    for path in (dead, live, other):
+        path.write_bytes(b"x" * 1000)
+    write_text(tmp_path / "k.pt", "new")
+    assert not dead.exists() and live.exists() and other.exists()
+    assert (tmp_path / "k.pt").read_text() == "new"

@@ -31,7 +31,7 @@ class RunFolder:
 
     Only the main process (``main``) writes; every write is atomic. One run at a time: the
     main process holds ``.lock`` (an advisory ``flock``, which the system drops when the
-    process ends, ``kill -9`` included) from :meth:`start` to :meth:`release`. ``--overwrite``
+    process ends, ``kill -9`` included) from :meth:`start` to :meth:`release`, which removes it. ``--overwrite``
     moves the old run into ``.replaced/`` and deletes it only once the new run has written its
     first checkpoint; a run that ends before that gets the old files back.
     """
@@ -114,22 +114,29 @@ class RunFolder:
         if lock is None:
             return
         self._settle_replaced()
+        (self.path / self.LOCK).unlink(missing_ok=True)  # still locked: a waiter sees it go
         os.close(lock)  # closing the descriptor drops the flock
 
     def _take(self) -> None:
         """Hold the folder's lock, or raise naming the process that holds it."""
         if self.path in _HELD:  # this process holds it already (a run that never released)
             return
-        lock = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(lock, 32).decode(errors="replace").strip() or "another process"
+        path = self.path / self.LOCK
+        while True:
+            lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(lock, 32).decode(errors="replace").strip() or "another process"
+                os.close(lock)
+                raise ValueError(
+                    f"--output {self.path}: another run (process {holder}) is writing this"
+                    " folder: wait for it to end, or choose another --output"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(lock).st_ino:
+                    break  # else its holder removed the file meanwhile: lock the new one
             os.close(lock)
-            raise ValueError(
-                f"--output {self.path}: another run (process {holder}) is writing this folder:"
-                " wait for it to end, or choose another --output"
-            ) from None
         os.ftruncate(lock, 0)
         os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
         _HELD[self.path] = lock
