@@ -71,8 +71,10 @@ def _remove_dead_temporaries(path: Path) -> None:
     (``kill -9``): every command that writes ``path`` again clears what its killed run left."""
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         match = _TEMPORARY.match(tmp.name)
-        if match and tmp.name[: -len(match.group(1))] == f".{path.name}." and not _alive(
-            int(match.group(2))
+        if (
+            match
+            and tmp.name[: -len(match.group(1))] == f".{path.name}."
+            and not _alive(int(match.group(2)))
         ):
             with contextlib.suppress(OSError):
                 tmp.unlink()

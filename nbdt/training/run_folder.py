@@ -31,9 +31,9 @@ class RunFolder:
 
     Only the main process (``main``) writes; every write is atomic. One run at a time: the
     main process holds ``.lock`` (an advisory ``flock``, which the system drops when the
-    process ends, ``kill -9`` included) from :meth:`start` to :meth:`release`, which removes it. ``--overwrite``
-    moves the old run into ``.replaced/`` and deletes it only once the new run has written its
-    first checkpoint; a run that ends before that gets the old files back.
+    process ends, ``kill -9`` included) from :meth:`start` to :meth:`release`, which removes
+    it. ``--overwrite`` moves the old run into ``.replaced/`` and deletes it only once the new
+    run has written its first checkpoint; a run that ends before that gets the old files back.
     """
 
     FILES = (
