@@ -148,6 +148,51 @@ def check_outputs(
             )
 
 
+def check_writable(option: str, path: str | os.PathLike[str], folder: bool = False) -> None:
+    """Before any work: refuse an output that cannot be written, naming ``option``, so that
+    no run ends in "File exists" or "Read-only file system". A file output's folder must
+    exist; a ``folder`` output is created later with its parents (:func:`new_folder`)."""
+    target = Path(path).expanduser()
+    kind = "folder" if folder else "file"
+    if target.is_dir() != folder and target.exists():
+        raise ValueError(f"{option} {path}: exists and is not a {kind}: choose another path")
+    place = target if folder and target.is_dir() else target.parent
+    if not folder and not place.is_dir():
+        raise ValueError(f"{option} {path}: the folder {place} does not exist")
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise ValueError(f"{option} {path}: {place} is a file, not a folder")
+    if os.statvfs(place).f_flag & os.ST_RDONLY:
+        raise OSError(
+            f"{option} {path}: {place} is on a read-only file system: {_WRITE_HINTS[errno.EROFS]}"
+        )
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise OSError(
+            f"{option} {path}: {place} is not writable for you: {_WRITE_HINTS[errno.EACCES]}"
+        )
+
+
+@contextlib.contextmanager
+def new_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create the folder ``path`` (and its parents) for a block that writes into it; when the
+    block fails, remove the folders it created that stayed empty: no empty output folder."""
+    path = Path(path)
+    created = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        created.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        raise
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """Whether two existing paths are one file (hard links included)."""
     try:

@@ -210,3 +210,84 @@ def test_a_write_clears_what_killed_writes_of_the_same_file_left(tmp_path):
     write_text(tmp_path / "k.pt", "new")
     assert not dead.exists() and live.exists() and other.exists()
     assert (tmp_path / "k.pt").read_text() == "new"
+
+
+# --------------------------------------------------- outputs checked before any work
+@pytest.fixture(scope="module")
+def fm_model(tmp_path_factory, stripes_dir) -> Path:
+    """An untrained tiny timm model over Fashion-MNIST's classes, saved as a model file."""
+    import timm
+    import torch
+
+    from nbdt.data import load_dataset
+    from nbdt.hierarchy import Hierarchy
+    from nbdt.model import NBDT
+
+    classes = load_dataset("fashion-mnist", "test", stripes_dir).classes
+    torch.manual_seed(0)
+    net = timm.create_model("test_efficientnet_gn", num_classes=10)
+    config = {"input_size": (3, 28, 28), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+    folder = tmp_path_factory.mktemp("fm")
+    return NBDT(net, Hierarchy.random(classes, seed=0), data_config=config).save(folder / "m.pt")
+
+
+def _no_evaluation(*args, **kwargs):
+    raise AssertionError("the evaluation ran before the output was checked")
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    from nbdt.cli import evaluate
+
+    monkeypatch.setattr("nbdt.evaluation.evaluate.evaluate", _no_evaluation)
+    checkpoint = tmp_path / "m.pt"
+    checkpoint.write_bytes(b"never read")
+    taken = tmp_path / "eval"
+    taken.write_text("a file where the folder should go")
+    assert evaluate.main([str(checkpoint), "-o", str(taken)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err  # not "[Errno 17]"
+    assert evaluate.main([str(checkpoint), "-o", str(taken / "sub")]) == 2
+    assert f"{taken} is a file, not a folder" in capsys.readouterr().err
+    assert examples.main([str(checkpoint), "-o", str(tmp_path / "no" / "x.npz")]) == 2
+    assert "the folder" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr("nbdt._io.os.statvfs", lambda path: ReadOnly)
+    assert evaluate.main([str(checkpoint), "-o", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "read-only file system: choose a writable location" in err[0]
+
+
+def test_a_failed_first_write_leaves_no_empty_folder(
+    fm_model, stripes_dir, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    from nbdt.cli import evaluate
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("nbdt.evaluation.evaluate.write_eval_json", full)
+    out = tmp_path / "a" / "eval"
+    argv = [str(fm_model), "--data-dir", str(stripes_dir), "--subset", "8", "--no-report"]
+    assert evaluate.main([*argv, "--dataset", "fashion-mnist", "-o", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_duplicate_folder_classes_are_refused_before_the_run_folder_is_made(tmp_path, capsys):
+    from PIL import Image
+
+    from nbdt.cli.train import main as train_main
+
+    for split in ("train", "val"):
+        for name in ("Coat", "coat", "Bag"):  # Coat and coat: one WordNet id
+            (tmp_path / "d" / split / name).mkdir(parents=True)
+            Image.new("RGB", (28, 28)).save(tmp_path / "d" / split / name / "a.png")
+    argv = ["--dataset", "folder", "--data-dir", str(tmp_path / "d"), "--arch"]
+    code = train_main([*argv, "test_efficientnet_gn", "-o", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "listed twice" in err[-1], err
+    assert not (tmp_path / "run").exists()

@@ -57,9 +57,13 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     """The rule every command keeps, before any work: no output replaces an input
     (:func:`nbdt._io.check_outputs`). Outputs are the :data:`OUTPUT_OPTIONS`; inputs, every
     other path a free-text argument names (arguments with choices name no path)."""
-    from nbdt._io import check_outputs
+    from nbdt._io import check_outputs, check_writable
 
     outputs = {f"--{dest}": getattr(args, dest, None) for dest in OUTPUT_OPTIONS}
+    folders = {a.dest for a in _actions(parser) if getattr(a, "folder", False)}
+    for option, path in outputs.items():
+        if path:
+            check_writable(option, path, folder=option[2:] in folders)
     inputs: list[str] = []
     for dest in _path_arguments(parser):
         value = getattr(args, dest, None)
@@ -72,14 +76,24 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def _path_arguments(parser: argparse.ArgumentParser) -> set[str]:
     """The destinations of ``parser``'s (and its sub-commands') free-text arguments, outputs
     excepted."""
-    dests: set[str] = set()
+    dests = {
+        a.dest
+        for a in _actions(parser)
+        if a.choices is None and a.type in (None, str) and a.nargs != 0
+    }
+    return dests - set(OUTPUT_OPTIONS)
+
+
+def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """``parser``'s arguments and its sub-commands'."""
+    actions = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
-                dests |= _path_arguments(sub)
-        elif action.choices is None and action.type in (None, str) and action.nargs != 0:
-            dests.add(action.dest)
-    return dests - set(OUTPUT_OPTIONS)
+                actions += _actions(sub)
+        else:
+            actions.append(action)
+    return actions
 
 
 # ------------------------------------------------------------------------- argument types
@@ -116,16 +130,20 @@ def add_output(
     help: str,
     required: bool = True,
     aliases: Sequence[str] = (),
+    folder: bool = False,
 ) -> None:
     """``-o/--output``: what a command writes, the same flag in every command (``args.output``).
 
     ``container`` is a parser or an argument group. ``aliases`` are a command's former spellings
-    (``--out``): still accepted, hidden from ``--help``, for one release.
+    (``--out``): still accepted, hidden from ``--help``, for one release. ``folder``: the
+    output is a folder the command creates (else a file in an existing folder); :func:`run`
+    checks either can be written before any work.
     """
     group = container.add_mutually_exclusive_group(required=required)
-    group.add_argument("-o", "--output", metavar=metavar, help=help)
+    group.add_argument("-o", "--output", metavar=metavar, help=help).folder = folder
     for alias in aliases:
-        group.add_argument(alias, dest="output", metavar=metavar, help=argparse.SUPPRESS)
+        action = group.add_argument(alias, dest="output", metavar=metavar, help=argparse.SUPPRESS)
+        action.folder = folder
 
 
 def add_data_options(

@@ -149,9 +149,6 @@ def _hierarchy_edit(args: argparse.Namespace) -> int:
 
     from nbdt.edits import apply_edits, moved_nodes, read_edits
 
-    for option, target in (("--output", args.output), ("--html", args.html)):
-        if target and not Path(target).resolve().parent.is_dir():
-            raise ValueError(f"{option} {target}: the folder {Path(target).parent} does not exist")
     tree = _load_tree(args.tree, _hierarchy_classes(args))
     edited = apply_edits(tree, read_edits(args.edits))
     moved = moved_nodes(tree, edited)
@@ -177,9 +174,6 @@ def _hierarchy(args: argparse.Namespace) -> int:
     from nbdt.hierarchy import Hierarchy
     from nbdt.wordnet import UnresolvedClassWarning
 
-    for option, target in (("--output", args.output), ("--html", args.html)):
-        if target and not Path(target).resolve().parent.is_dir():
-            raise ValueError(f"{option} {target}: the folder {Path(target).parent} does not exist")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnresolvedClassWarning)
         classes = _hierarchy_classes(args)

@@ -88,7 +88,7 @@ def compress(
     import torch
 
     from nbdt import data
-    from nbdt._io import write_text
+    from nbdt._io import new_folder, write_text
     from nbdt.deploy.export import export_onnx
     from nbdt.deploy.measure import evaluate_onnx, parameters_and_macs
     from nbdt.deploy.prune import IMPORTANCES
@@ -124,42 +124,42 @@ def compress(
         calibration_images = transform(train.images[:calibration]).numpy()
     batches = [calibration_images[i : i + 32] for i in range(0, len(calibration_images), 32)]
 
-    output.mkdir(parents=True, exist_ok=True)
-    files = {"uncompressed": export_onnx(model, output / "uncompressed.onnx")}
-    networks = {"uncompressed": model}
-    compressed = model
-    if prune is not None:
-        compressed = prune_network(
-            model,
-            prune,
-            importance=importance,
-            global_pruning=global_pruning,
-            round_to=round_to or None,
-        )
-        compressed.save(output / "pruned.pt")
-        if finetune_epochs:
-            teacher = None if reinduce else model  # a new tree has no teacher's decisions
-            config = _finetune_config(settings, model, output)
-            compressed, _ = finetune(config, teacher=teacher, distill=distill)
+    with new_folder(output):  # a first write that fails leaves no empty folder
+        files = {"uncompressed": export_onnx(model, output / "uncompressed.onnx")}
+        networks = {"uncompressed": model}
+        compressed = model
+        if prune is not None:
+            compressed = prune_network(
+                model,
+                prune,
+                importance=importance,
+                global_pruning=global_pruning,
+                round_to=round_to or None,
+            )
             compressed.save(output / "pruned.pt")
-        files["pruned"] = export_onnx(compressed, output / "pruned.onnx")
-        networks["pruned"] = compressed
-    for kind in dict.fromkeys(quantize or ()):
-        name = f"pruned_{kind}" if "pruned" in files else kind
-        source = files.get("pruned", files["uncompressed"])
-        quantizer = QUANTIZATIONS[kind]
-        files[name] = quantizer(source, output / f"{name}.onnx", batches, activations)
-        networks[name] = compressed
-    rows = evaluate_onnx(files, inputs, labels, reference="uncompressed")
-    for name, row in rows.items():
-        row["params"], row["macs"] = parameters_and_macs(networks[name])
-    report = {
-        "checkpoint": str(checkpoint),
-        "settings": settings,
-        "test_images": len(labels),
-        "variants": rows,
-    }
-    write_text(output / "compress.json", json.dumps(report, indent=1) + "\n")
+            if finetune_epochs:
+                teacher = None if reinduce else model  # a new tree has no teacher's decisions
+                config = _finetune_config(settings, model, output)
+                compressed, _ = finetune(config, teacher=teacher, distill=distill)
+                compressed.save(output / "pruned.pt")
+            files["pruned"] = export_onnx(compressed, output / "pruned.onnx")
+            networks["pruned"] = compressed
+        for kind in dict.fromkeys(quantize or ()):
+            name = f"pruned_{kind}" if "pruned" in files else kind
+            source = files.get("pruned", files["uncompressed"])
+            quantizer = QUANTIZATIONS[kind]
+            files[name] = quantizer(source, output / f"{name}.onnx", batches, activations)
+            networks[name] = compressed
+        rows = evaluate_onnx(files, inputs, labels, reference="uncompressed")
+        for name, row in rows.items():
+            row["params"], row["macs"] = parameters_and_macs(networks[name])
+        report = {
+            "checkpoint": str(checkpoint),
+            "settings": settings,
+            "test_images": len(labels),
+            "variants": rows,
+        }
+        write_text(output / "compress.json", json.dumps(report, indent=1) + "\n")
     return Compressed(output, files, rows)
 
 

@@ -29,6 +29,7 @@ from nbdt.explanation import Example
 from nbdt.heads import logits_and_features, model_input
 from nbdt.hierarchy import Hierarchy
 from nbdt.networks import eval_mode
+from nbdt.rules import check_finite
 
 FORMAT_NAME = "nbdt-node-examples"
 
@@ -274,6 +275,7 @@ class _Collector:
         model, rules = self.model, self.model.rules
         with torch.no_grad():
             logits, features = logits_and_features(model.model, model_input(model, images))
+            check_finite(logits)  # NaN would route every image to child 0: no examples
             log_probs = rules.node_log_probs(logits).cpu()  # (B, N, K), padding -inf
         probs = log_probs.exp().float()
         slot = self.slot_of[labels][..., None]  # (B, N, 1)
