@@ -30,15 +30,31 @@ _WRITE_HINTS = {
 _TEMPORARY = re.compile(r"^\..+\.((\d+)\.[0-9a-f]{8}\.tmp)$")
 
 
+_ENFORCE = re.compile(r"\[enforce fail at [^\]]*\]")
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has under 1 MiB left for this user."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 2**20
+
+
 def write_error(path: str | os.PathLike[str], error: BaseException) -> OSError:
     """An ``OSError`` for a failed write of ``path``: the user's path (never a temporary name),
     the cause without ``[Errno N]``, and what to do. Torch's writer reports a full disk as a
-    ``RuntimeError`` ("basic_ios::clear: iostream error"); it is worded the same way."""
+    ``RuntimeError`` ("[enforce fail at inline_container.cc:672]"): on a file system left with
+    under 1 MiB it says "No space left on device", as the system does."""
     if isinstance(error, OSError) and error.strerror:
         cause = error.strerror
         hint = _WRITE_HINTS.get(error.errno or 0, "")
-    else:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    elif _nearly_full(Path(path).parent):
+        cause, hint = "No space left on device", _WRITE_HINTS[errno.ENOSPC]
+    else:  # torch's "[enforce fail at inline_container.cc:672] . unexpected pos ..."
+        lines = [_ENFORCE.sub("", line).strip(" .") for line in str(error).splitlines()]
+        lines = [line for line in lines if line]
         cause = lines[-1] if lines else type(error).__name__
         hint = "is the disk full? free some space and run again"
     wrapped = OSError(f"{path}: not written ({cause}){'; ' + hint if hint else ''}")

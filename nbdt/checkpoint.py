@@ -46,14 +46,15 @@ def read_torch_file(
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except pickle.UnpicklingError as e:  # the weights-only unpickler names what it refused
-        code = re.search(r"GLOBAL ((?:\w+\.)*\w+) was not an allowed global", str(e))
+        # Match the kind, not torch's wording (which changes): a GLOBAL is pickled code.
+        code = re.search(r"GLOBAL ((?:\w+\.)*\w+)", str(e))
         if code:
             raise ValueError(
                 f"{path}: refused: loading it would run pickled Python code ({code.group(1)});"
                 " nbdt model files hold only tensors and plain data"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-        reason = detail.group(1).strip() if detail else one_line(e)
+        reason = detail.group(1).strip() if detail else "it holds more than tensors and plain data"
         raise ValueError(f"{path}: not {kind} ({reason})") from None
     except Exception as e:  # arbitrary bytes make the unpickler raise almost any error type
         raise ValueError(f"{path}: not {kind} ({one_line(e)})") from None

@@ -118,3 +118,14 @@ def test_node_examples_of_a_nan_model_are_an_error(tmp_path):
     data = torch.utils.data.TensorDataset(images, torch.arange(6) % 4)
     with pytest.raises(NonFiniteLogits):
         node_examples(_model(nan=True), data, k=2)
+
+
+@pytest.mark.parametrize("bad", [-1, 4])
+def test_path_log_probs_refuses_a_class_index_out_of_range(bad):
+    from nbdt.rules import DecisionRules
+
+    rules = DecisionRules(Hierarchy.random(CLASSES, seed=0))
+    logits = torch.randn(2, len(CLASSES))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 4\)"):
+        rules.path_log_probs(logits, torch.tensor([0, bad]))
+    assert rules.path_log_probs(logits, torch.tensor([0, 3])).shape[0] == 2

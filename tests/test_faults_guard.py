@@ -291,3 +291,58 @@ def test_duplicate_folder_classes_are_refused_before_the_run_folder_is_made(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "listed twice" in err[-1], err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------- messages
+def test_error_messages_cannot_drive_the_terminal(capsys):
+    """Class and file names reach error messages from files anyone writes: every command's
+    error line shows ESC and bidi controls as escapes."""
+    import argparse
+
+    from nbdt.cli._common import run
+
+    def fails(args):
+        raise ValueError("classes: \x1b[2Jred, \u202egreen\x07 unknown")
+
+    assert run("nbdt-x", fails, argparse.ArgumentParser(), []) == 2
+    err = capsys.readouterr().err
+    assert err == "nbdt-x: error: classes: \\x1b[2Jred, \\u202egreen\\x07 unknown\n"
+
+
+def test_pickled_code_is_named_whatever_torch_calls_it(tmp_path):
+    import torch
+
+    from nbdt.checkpoint import read_checkpoint
+
+    class Code:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Code()}, path)
+    with pytest.raises(ValueError) as refused:
+        read_checkpoint(path)
+    message = str(refused.value)
+    assert "would run pickled Python code (posix.system)" in message
+    assert "weights_only" not in message
+
+
+def test_a_full_disk_says_so_not_torchs_enforce_fail(tmp_path, monkeypatch):
+    import torch
+
+    from nbdt.checkpoint import save_checkpoint
+
+    def torch_writer_on_a_full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    class Full:
+        f_bavail, f_frsize, f_flag = 0, 4096, 0
+
+    monkeypatch.setattr(torch, "save", torch_writer_on_a_full_disk)
+    monkeypatch.setattr("nbdt._io.os.statvfs", lambda path: Full)
+    with pytest.raises(OSError) as failed:
+        save_checkpoint({"x": 1}, tmp_path / "k.pt")
+    assert str(failed.value) == (
+        f"{tmp_path / 'k.pt'}: not written (No space left on device); free some space and run again"
+    )
+    assert "enforce" not in str(failed.value) and not list(tmp_path.iterdir())

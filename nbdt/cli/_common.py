@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbdt._messages import one_line
+from nbdt._messages import for_terminal, one_line
 
 if TYPE_CHECKING:
     from nbdt.model import NBDT
@@ -32,7 +32,8 @@ def run(
 ) -> int:
     """Parse arguments and run ``main``; bad input becomes one stderr line and exit 2, a
     diverging loss (:class:`~nbdt.training.loop.LossDiverged`) one line and exit 1, Ctrl-C
-    exit 130 with what was kept."""
+    exit 130 with what was kept. Messages are printed through
+    :func:`nbdt._messages.for_terminal`: a class or file name cannot drive the terminal."""
     args = parser.parse_args(argv)
     try:
         check_paths(parser, args)
@@ -42,14 +43,14 @@ def run(
         return 130
     except ArithmeticError as e:  # the loss diverged: the input was fine, the run was not
         if os.environ.get("RANK", "0") == "0":
-            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            print(f"{prog}: error: {for_terminal(one_line(e))}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `nbdt-... | head`: the reader left, which is no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ValueError, OSError) as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike
-            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            print(f"{prog}: error: {for_terminal(one_line(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
