@@ -129,3 +129,109 @@ def test_path_log_probs_refuses_a_class_index_out_of_range(bad):
     with pytest.raises(ValueError, match=r"class indices in \[0, 4\)"):
         rules.path_log_probs(logits, torch.tensor([0, bad]))
     assert rules.path_log_probs(logits, torch.tensor([0, 3])).shape[0] == 2
+
+
+# ------------------------------------------------------------- readers: one line, bounded
+def _tree_json() -> dict:
+    return Hierarchy.random(CLASSES, seed=0).to_node_link()
+
+
+BAD_TREES = {
+    "graph a string": lambda d: {**d, "graph": "x"},
+    "wnid a number": lambda d: {**d, "nodes": [{**d["nodes"][0], "wnid": 5}, *d["nodes"][1:]]},
+    "nodes not a list": lambda d: {**d, "nodes": "abc"},
+    "a link without target": lambda d: {**d, "links": [{"source": "x"}]},
+}
+
+
+@pytest.mark.parametrize("case", [*BAD_TREES, "nested 100000 deep"])
+def test_a_damaged_hierarchy_is_one_error_in_every_reader(
+    case, onnx_files, image, tmp_path, capsys
+):
+    from nbdt.cli.explain import main as explain_main
+    from nbdt.cli.hierarchy import main as hierarchy_main
+
+    if case in BAD_TREES:
+        text = json.dumps(BAD_TREES[case](_tree_json()))
+        with pytest.raises(ValueError, match="node-link JSON"):
+            Hierarchy.from_node_link(json.loads(text))
+    else:
+        text = "[" * 100_000
+    path = tmp_path / "tree.json"
+    path.write_text(text)
+    assert hierarchy_main(["show", str(path)]) == 2
+    assert str(path) in _one_error(capsys, "nbdt-hierarchy")
+    onnx_path = _with_metadata(onnx_files["good"], tmp_path / "bad.onnx", hierarchy=text)
+    assert explain_main(["--onnx", str(onnx_path), str(image)]) == 2
+    assert "damaged nbdt metadata" in _one_error(capsys, "nbdt-explain")
+
+
+@pytest.fixture(scope="module")
+def examples_file(tmp_path_factory) -> Path:
+    from nbdt.evidence.examples import node_examples
+
+    images = torch.randint(0, 255, (12, 3, 28, 28), dtype=torch.uint8)
+    data = torch.utils.data.TensorDataset(images, torch.arange(12) % 4)
+    found = node_examples(_model(), data, k=2, sample=6)
+    return found.save(tmp_path_factory.mktemp("ex") / "ex.npz")
+
+
+def _rewritten(source: Path, target: Path, **arrays) -> Path:
+    import numpy as np
+
+    with np.load(source) as data:
+        contents = {name: data[name] for name in data.files}
+    contents.update(arrays)
+    np.savez(target, **contents)
+    return target
+
+
+def test_node_examples_files_that_lie_are_refused_by_name(examples_file, tmp_path, monkeypatch):
+    import zipfile
+
+    import numpy as np
+
+    from nbdt.evidence.examples import NodeExamples
+
+    with np.load(examples_file) as data:
+        offsets = data["thumbnail_offsets"]
+    short = _rewritten(examples_file, tmp_path / "short.npz", thumbnail_offsets=offsets[:2])
+    with pytest.raises(ValueError, match=f"{short}: .*thumbnail offsets"):
+        NodeExamples.load(short)
+
+    huge = tmp_path / "huge.npz"  # a header claiming 10^12 elements over 80 bytes
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(10))
+    header["shape"] = (10**12,)
+    with zipfile.ZipFile(huge, "w") as archive, archive.open("index.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(np.zeros(10).tobytes())
+    with pytest.raises(ValueError, match=r"claims 8,000,000,000,000 bytes"):
+        NodeExamples.load(huge)
+
+    bomb = tmp_path / "bomb.npz"  # 4 KiB deflated asking 4 MiB, against a limit of 1 MiB
+    monkeypatch.setattr("nbdt.evidence.examples.MAX_FILE_ARRAYS", 2**20)
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("index.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"shape": (2**20,), "fortran_order": False, "descr": "<f4"}
+            )
+            f.write(bytes(2**22))
+    assert bomb.stat().st_size < 2**13
+    with pytest.raises(ValueError, match=r"4 MiB; node examples need at most 1 MiB"):
+        NodeExamples.load(bomb)
+    assert NodeExamples.load(examples_file).k == 2
+
+
+def test_node_examples_k_is_bounded_by_what_it_can_need():
+    from nbdt.evidence.examples import node_examples
+
+    images = torch.zeros(8, 3, 28, 28, dtype=torch.uint8)
+    data = torch.utils.data.TensorDataset(images, torch.arange(8) % 4)
+    assert node_examples(_model(), data, k=100_000_000).k == 8  # no more than the images
+
+    class Many(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10**12
+
+    with pytest.raises(ValueError, match=r"k 100000000: the example tables would take"):
+        node_examples(_model(), Many(), k=100_000_000)

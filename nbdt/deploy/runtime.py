@@ -260,7 +260,7 @@ def read_metadata(props: Mapping[str, str], source: str) -> dict[str, Any]:
         data_config = json.loads(props["nbdt.data_config"])
         classes = json.loads(props["nbdt.classes"])
         mode, node_score = props["nbdt.mode"], props["nbdt.node_score"]
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise ValueError(f"{source}: damaged nbdt metadata ({reason})") from None
     if list(hierarchy.classes) != classes or mode not in ("soft", "hard"):
