@@ -235,3 +235,23 @@ def test_node_examples_k_is_bounded_by_what_it_can_need():
 
     with pytest.raises(ValueError, match=r"k 100000000: the example tables would take"):
         node_examples(_model(), Many(), k=100_000_000)
+
+
+# ---------------------------------------------------------------- pruning says what it did
+def test_a_pruning_that_removes_nothing_is_refused_and_the_achieved_share_is_reported():
+    pytest.importorskip("torch_pruning")
+    from nbdt.deploy.prune import prune, removed_share
+
+    model = _model()
+    with pytest.raises(ValueError, match="ratio 0.99: removes no channel .* multiples of 8"):
+        prune(model, 0.99, round_to=8)  # rounding to 8 channels: nothing left to remove
+    tiny = prune(model, 1e-9, round_to=8)
+    assert 0 < removed_share(model, tiny) < 0.05  # what was achieved, not what was asked
+
+
+def test_compress_refuses_a_negative_round_to_before_reading_anything(tmp_path):
+    from nbdt.deploy.compress import compress
+
+    with pytest.raises(ValueError, match="--round-to: a channel multiple >= 1"):
+        compress(tmp_path / "missing.pt", tmp_path / "out", prune=0.5, round_to=-5)
+    assert not (tmp_path / "out").exists()

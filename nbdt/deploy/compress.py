@@ -26,12 +26,14 @@ class Compressed:
     """What :func:`compress` wrote and measured.
 
     ``files`` maps each variant ("uncompressed", "pruned", "int8", "pruned_int8", ...) to its
-    ONNX file; ``rows`` holds each variant's measurements, as ``compress.json``'s "variants".
+    ONNX file; ``rows`` holds each variant's measurements, as ``compress.json``'s "variants";
+    ``notes`` what the user must know about them (the share pruning achieved).
     """
 
     output: Path
     files: dict[str, Path]
     rows: dict[str, dict[str, Any]]
+    notes: tuple[str, ...] = ()
 
     def table(self) -> str:
         """The comparison as a fixed-width text table, one line per variant."""
@@ -48,7 +50,7 @@ class Compressed:
                 f"{r['nbdt_soft_top1']:>7.2f}{r['nbdt_hard_top1']:>7.2f}"
                 f"{r['agreement']['path'] * 100:>8.2f}"
             )
-        return "\n".join(lines)
+        return "\n".join([*lines, *self.notes])
 
 
 def compress(
@@ -91,7 +93,7 @@ def compress(
     from nbdt._io import new_folder, write_text
     from nbdt.deploy.export import export_onnx
     from nbdt.deploy.measure import evaluate_onnx, parameters_and_macs
-    from nbdt.deploy.prune import IMPORTANCES
+    from nbdt.deploy.prune import IMPORTANCES, removed_share
     from nbdt.deploy.prune import prune as prune_network
     from nbdt.deploy.quantize import ACTIVATION_TYPES, QUANTIZATIONS
     from nbdt.model import load
@@ -125,6 +127,7 @@ def compress(
     batches = [calibration_images[i : i + 32] for i in range(0, len(calibration_images), 32)]
 
     with new_folder(output):  # a first write that fails leaves no empty folder
+        notes: list[str] = []
         files = {"uncompressed": export_onnx(model, output / "uncompressed.onnx")}
         networks = {"uncompressed": model}
         compressed = model
@@ -137,6 +140,11 @@ def compress(
                 round_to=round_to or None,
             )
             compressed.save(output / "pruned.pt")
+            share = removed_share(model, compressed)
+            notes.append(
+                f"pruned: {share:.1%} of the network's parameters removed (--prune {prune} asked)"
+                + ("" if finetune_epochs else "; not fine-tuned: add --finetune-epochs N")
+            )
             if finetune_epochs:
                 teacher = None if reinduce else model  # a new tree has no teacher's decisions
                 config = _finetune_config(settings, model, output)
@@ -158,9 +166,10 @@ def compress(
             "settings": settings,
             "test_images": len(labels),
             "variants": rows,
+            "notes": notes,
         }
         write_text(output / "compress.json", json.dumps(report, indent=1) + "\n")
-    return Compressed(output, files, rows)
+    return Compressed(output, files, rows, tuple(notes))
 
 
 def _check(settings: dict[str, Any]) -> None:
@@ -170,6 +179,10 @@ def _check(settings: dict[str, Any]) -> None:
         raise ValueError("nothing to do: pass --prune RATIO and/or --quantize KIND")
     if ratio is not None and not 0 < ratio < 1:
         raise ValueError(f"--prune: the ratio must be between 0 and 1, got {ratio}")
+    if settings["round_to"] is not None and settings["round_to"] < 0:
+        raise ValueError(
+            f"--round-to: a channel multiple >= 1 (0: none), got {settings['round_to']}"
+        )
     epochs = settings["finetune_epochs"]
     if epochs < 0:
         raise ValueError(f"--finetune-epochs: must be >= 0, got {epochs}")
