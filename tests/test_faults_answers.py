@@ -255,3 +255,17 @@ def test_compress_refuses_a_negative_round_to_before_reading_anything(tmp_path):
     with pytest.raises(ValueError, match="--round-to: a channel multiple >= 1"):
         compress(tmp_path / "missing.pt", tmp_path / "out", prune=0.5, round_to=-5)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------- one class per WordNet concept
+def test_edits_never_give_one_wordnet_id_to_two_classes():
+    from nbdt.classes import dataset_classes
+    from nbdt.edits import add_leaf, rename
+    from nbdt.tree import Node
+
+    tree = Hierarchy.wordnet(dataset_classes("fashion-mnist"))
+    with pytest.raises(ValueError, match="n03057021 to two classes, 'Coat' and 'coat'"):
+        rename(tree, "Bag", "n03057021")
+    with pytest.raises(ValueError, match="n03057021 to two classes, 'Coat' and 'coats'"):
+        add_leaf(tree, Node("n03057021-2", "coats", "n03057021"), tree.root.id)
+    assert rename(tree, "Bag", "purse").classes[8] == "purse"  # other names still go
