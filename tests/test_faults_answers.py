@@ -269,3 +269,39 @@ def test_edits_never_give_one_wordnet_id_to_two_classes():
     with pytest.raises(ValueError, match="n03057021 to two classes, 'Coat' and 'coats'"):
         add_leaf(tree, Node("n03057021-2", "coats", "n03057021"), tree.root.id)
     assert rename(tree, "Bag", "purse").classes[8] == "purse"  # other names still go
+
+
+def test_an_added_class_placed_by_a_guessed_sense_is_noted(tmp_path, capsys):
+    import argparse
+
+    from nbdt.classes import dataset_classes
+    from nbdt.cli import fix
+
+    folder = tmp_path / "boots"
+    folder.mkdir()
+    Image.new("RGB", (28, 28)).save(folder / "a.png")
+    tree = Hierarchy.wordnet(dataset_classes("fashion-mnist"))
+    args = argparse.Namespace(add_class=[f"Ugly winter boot={folder}"])
+    assert [name for name, _ in fix._additions(args, tree)] == ["Ugly winter boot"]
+    err = capsys.readouterr().err
+    assert "note: --add-class 'Ugly winter boot' -> n02872752" in err
+    assert "by the rule 'last words'" in err
+
+
+def test_compress_measures_no_nan_model(onnx_files):
+    import numpy as np
+
+    from nbdt.deploy.measure import evaluate_onnx
+    from nbdt.rules import NonFiniteLogits
+
+    inputs = np.zeros((4, 3, 28, 28), dtype=np.float32)
+    files = {"uncompressed": onnx_files["nan"]}
+    with pytest.raises(NonFiniteLogits):  # no table of 6% and 14% read from NaN
+        evaluate_onnx(files, inputs, np.arange(4), reference="uncompressed")
+
+
+def test_compress_refuses_the_folder_dataset_by_name(tmp_path):
+    from nbdt.deploy.compress import compress
+
+    with pytest.raises(ValueError, match="--dataset folder: nbdt-compress measures on"):
+        compress(tmp_path / "m.pt", tmp_path / "out", prune=0.5, dataset="folder")

@@ -175,6 +175,8 @@ def compress(
 def _check(settings: dict[str, Any]) -> None:
     """Refuse settings that contradict each other, before anything is read or written."""
     ratio = settings["prune"]
+    if settings["dataset"] == "folder":  # measured on in-memory test tensors only, for now
+        raise ValueError("--dataset folder: nbdt-compress measures on fashion-mnist or cifar")
     if ratio is None and settings["quantize"] is None:
         raise ValueError("nothing to do: pass --prune RATIO and/or --quantize KIND")
     if ratio is not None and not 0 < ratio < 1:
