@@ -47,7 +47,7 @@ def read_torch_file(
         raise FileNotFoundError(f"{path}: no such file") from None
     except pickle.UnpicklingError as e:  # the weights-only unpickler names what it refused
         # Match the kind, not torch's wording (which changes): a GLOBAL is pickled code.
-        code = re.search(r"GLOBAL ((?:\w+\.)+\w+)", str(e))  # module.name, as pickle has it
+        code = re.search(r"GLOBAL ((?:\w+\.)*\w+)\s", str(e))  # a whole name ("at." is none)
         if code:
             raise ValueError(
                 f"{path}: refused: loading it would run pickled Python code ({code.group(1)});"

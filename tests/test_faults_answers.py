@@ -305,3 +305,35 @@ def test_compress_refuses_the_folder_dataset_by_name(tmp_path):
 
     with pytest.raises(ValueError, match="--dataset folder: nbdt-compress measures on"):
         compress(tmp_path / "m.pt", tmp_path / "out", prune=0.5, dataset="folder")
+
+
+# ------------------------------------------------- one class-matching rule (nbdt-eval's)
+def _fm_model(folder: Path, classes: list[str], holdout: list[str] | None = None) -> Path:
+    torch.manual_seed(0)
+    net = timm.create_model("test_efficientnet_gn", num_classes=len(classes))
+    tree = Hierarchy.wordnet(classes)
+    folder.mkdir()
+    if holdout is not None:
+        (folder / "args.json").write_text(json.dumps({"holdout_classes": holdout}))
+    return NBDT(net, tree, data_config=CONFIG).save(folder / "best.pt")
+
+
+def test_compress_matches_classes_as_eval_does(tmp_path, stripes_dir):
+    from nbdt.classes import dataset_classes
+    from nbdt.data import load_dataset
+    from nbdt.deploy.compress import compress
+
+    names = list(dataset_classes("fashion-mnist").names)
+    options = {"quantize": ["int8-weights"], "data_dir": str(stripes_dir), "test": 40}
+    five = _fm_model(tmp_path / "five", names[:5])
+    with pytest.raises(ValueError, match="not one of the model's classes"):
+        compress(five, tmp_path / "out5", calibration=8, **options)
+    assert not (tmp_path / "out5").exists()
+
+    held = _fm_model(tmp_path / "held", names[:9], holdout=["Ankle boot"])
+    result = compress(held, tmp_path / "out9", calibration=8, **options)
+    targets = load_dataset("fashion-mnist", "test", stripes_dir).targets
+    seen = int((targets != 9).sum())
+    report = json.loads((tmp_path / "out9" / "compress.json").read_text())
+    assert report["test_images"] == min(40, seen)  # the seen classes' images only
+    assert set(result.rows) == {"uncompressed", "int8-weights"}

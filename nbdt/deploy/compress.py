@@ -96,8 +96,10 @@ def compress(
     from nbdt.deploy.prune import IMPORTANCES, removed_share
     from nbdt.deploy.prune import prune as prune_network
     from nbdt.deploy.quantize import ACTIVATION_TYPES, QUANTIZATIONS
+    from nbdt.evaluation.evaluate import class_lookup
     from nbdt.model import load
     from nbdt.training.finetune import finetune
+    from nbdt.training.run_folder import RunFolder
 
     settings = {
         "prune": prune, "importance": importance, "round_to": round_to,
@@ -119,9 +121,15 @@ def compress(
     model = load(checkpoint)
     transform = data.BatchTransform(model.data_config)
     test_set = data.load_dataset(dataset, "test", data_dir)
+    # The training run's held-out classes: scored as nbdt-eval scores them (the seen ones only).
+    run = RunFolder(Path(checkpoint).parent, main=False).recorded_args() or {}
+    holdout = list(run.get("holdout_classes") or [])
+    lookup, _, _ = class_lookup(model.hierarchy, test_set, holdout)
+    targets = test_set.targets if lookup is None else lookup[test_set.targets]
+    seen = (targets >= 0).nonzero().flatten()[:test]
     with torch.no_grad():
-        inputs = transform(test_set.images[:test]).numpy()
-        labels = test_set.targets[:test].numpy()
+        inputs = transform(test_set.images[seen]).numpy()
+        labels = targets[seen].numpy()
         train = data.load_dataset(dataset, "train", data_dir)
         calibration_images = transform(train.images[:calibration]).numpy()
     batches = [calibration_images[i : i + 32] for i in range(0, len(calibration_images), 32)]
@@ -147,7 +155,7 @@ def compress(
             )
             if finetune_epochs:
                 teacher = None if reinduce else model  # a new tree has no teacher's decisions
-                config = _finetune_config(settings, model, output)
+                config = _finetune_config(settings, model, output, holdout)
                 compressed, _ = finetune(config, teacher=teacher, distill=distill)
                 compressed.save(output / "pruned.pt")
             files["pruned"] = export_onnx(compressed, output / "pruned.onnx")
@@ -201,8 +209,11 @@ def _check(settings: dict[str, Any]) -> None:
             raise ValueError(f"--{option}: needs at least one image")
 
 
-def _finetune_config(settings: dict[str, Any], model: NBDT, output: Path) -> TrainConfig:
-    """nbdt-train's settings for fine-tuning ``output``/pruned.pt into ``output``/finetune."""
+def _finetune_config(
+    settings: dict[str, Any], model: NBDT, output: Path, holdout: Sequence[str]
+) -> TrainConfig:
+    """nbdt-train's settings for fine-tuning ``output``/pruned.pt into ``output``/finetune
+    (without the classes the model's training run held out)."""
     from nbdt.training.config import TrainConfig
 
     size = model.data_config["input_size"]
@@ -222,4 +233,5 @@ def _finetune_config(settings: dict[str, Any], model: NBDT, output: Path) -> Tra
         lr=settings["lr"],
         image_size=size[-1] if dataset == "folder" and size[-1] == size[-2] else None,
         overwrite=True,
+        holdout_classes=list(holdout) or None,
     )
