@@ -337,3 +337,21 @@ def test_compress_matches_classes_as_eval_does(tmp_path, stripes_dir):
     report = json.loads((tmp_path / "out9" / "compress.json").read_text())
     assert report["test_images"] == min(40, seen)  # the seen classes' images only
     assert set(result.rows) == {"uncompressed", "int8-weights"}
+
+
+def test_examples_match_classes_as_eval_does(tmp_path, stripes_dir, capsys):
+    import numpy as np
+
+    from nbdt.classes import dataset_classes
+    from nbdt.cli.examples import main
+
+    names = list(dataset_classes("fashion-mnist").names)
+    argv = ["--dataset", "fashion-mnist", "--data-dir", str(stripes_dir), "--split", "test"]
+    held = _fm_model(tmp_path / "held", names[:9], holdout=["Ankle boot"])
+    out = tmp_path / "ex.npz"
+    assert main([str(held), *argv, "-k", "1", "--sample", "8", "-o", str(out)]) == 0
+    with np.load(out) as data:
+        assert int(data["sample_class"].max()) < 9
+    five = _fm_model(tmp_path / "five", names[:5])
+    assert main([str(five), *argv, "-o", str(tmp_path / "five.npz")]) == 2
+    assert "not one of the model's classes" in capsys.readouterr().err
