@@ -169,9 +169,9 @@ def check_writable(option: str, path: str | os.PathLike[str], folder: bool = Fal
     no run ends in "File exists" or "Read-only file system". A file output's folder must
     exist; a ``folder`` output is created later with its parents (:func:`new_folder`)."""
     target = Path(path).expanduser()
-    kind = "folder" if folder else "file"
     if target.is_dir() != folder and target.exists():
-        raise ValueError(f"{option} {path}: exists and is not a {kind}: choose another path")
+        kinds = ("a file, not a folder") if folder else "a folder, not a file"
+        raise ValueError(f"{option} {path}: is {kinds}: choose another path")
     place = target if folder and target.is_dir() else target.parent
     if not folder and not place.is_dir():
         raise ValueError(f"{option} {path}: the folder {place} does not exist")

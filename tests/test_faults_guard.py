@@ -244,7 +244,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, c
     taken = tmp_path / "eval"
     taken.write_text("a file where the folder should go")
     assert evaluate.main([str(checkpoint), "-o", str(taken)]) == 2
-    assert "exists and is not a folder" in capsys.readouterr().err  # not "[Errno 17]"
+    assert "is a file, not a folder" in capsys.readouterr().err  # not "[Errno 17]"
     assert evaluate.main([str(checkpoint), "-o", str(taken / "sub")]) == 2
     assert f"{taken} is a file, not a folder" in capsys.readouterr().err
     assert examples.main([str(checkpoint), "-o", str(tmp_path / "no" / "x.npz")]) == 2
