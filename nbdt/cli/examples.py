@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from nbdt.cli._common import (
     add_data_options,
     add_output,
+    model_classes_of,
     non_negative_int,
     positive_int,
     resolve_data,
@@ -61,11 +62,10 @@ def _examples(args: argparse.Namespace) -> int:
     resolve_data(args)
     model = nbdt.load(args.checkpoint)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
-    if list(dataset.classes) != list(model.hierarchy.classes):
-        raise ValueError(
-            f"{args.dataset}: its {len(dataset.classes)} classes are not the model's"
-            f" {model.hierarchy.num_classes} ({', '.join(model.hierarchy.classes[:3])}, ...)"
-        )
+    try:
+        dataset = model_classes_of(dataset, model, args.checkpoint)
+    except ValueError as e:
+        raise ValueError(f"{args.dataset}: {e}") from None
     found = node_examples(
         model,
         dataset,
