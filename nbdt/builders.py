@@ -17,6 +17,7 @@ import numpy as np
 
 from nbdt import wordnet as wn
 from nbdt.classes import DatasetClasses, check_unique, is_wordnet_id
+from nbdt.labels import named
 from nbdt.tree import Node, Tree
 
 LINKAGES = ("ward", "complete", "average", "single")
@@ -68,8 +69,11 @@ def unique_ids(preferred: Sequence[str]) -> list[str]:
     return out
 
 
-def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Tree:
-    """Name a tree shape and turn it into a Tree.
+def assemble(
+    shape: Shape, names: Sequence[str], wnids: Sequence[str], *, display: bool = True
+) -> Tree:
+    """Name a tree shape and turn it into a Tree; ``display`` also gives every node its display
+    name (:func:`nbdt.labels.named`).
 
     Each leaf's WordNet ancestors (over all hypernym paths) become one row of a boolean matrix
     whose columns are sorted deepest first (ties by id); a node's common hypernyms are the AND of
@@ -77,13 +81,7 @@ def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Tree:
     """
     num_classes = len(names)
     real = np.array([is_wordnet_id(w) for w in wnids])
-    ancestors = [wn.ancestors(w) if r else {} for w, r in zip(wnids, real, strict=True)]
-    depth = {s: d for a in ancestors for s, d in a.items()}
-    columns = sorted(depth, key=lambda s: (-depth[s], s))
-    column = {s: j for j, s in enumerate(columns)}
-    table = np.zeros((num_classes, len(columns)), dtype=bool)
-    rows = np.repeat(np.arange(num_classes), [len(a) for a in ancestors])
-    table[rows, [column[s] for a in ancestors for s in a]] = True
+    columns, table = wn.hypernym_table(wnids)
 
     # Row i: class i; row C + k: inner node k (children come before their parents).
     common = np.concatenate([table, np.zeros((len(shape), len(columns)), dtype=bool)])
@@ -127,7 +125,8 @@ def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Tree:
         )
         for k in inner_order
     ]
-    return Tree(nodes, [node_id[i] for i in range(num_classes)])
+    tree = Tree(nodes, [node_id[i] for i in range(num_classes)])
+    return named(tree) if display else tree
 
 
 # ------------------------------------------------------------------ weights

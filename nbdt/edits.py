@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdt.builders import assemble, unique_ids
+from nbdt.labels import named
 from nbdt.classes import is_wordnet_id
 from nbdt.tree import Node, Tree, TreeT
 
@@ -270,7 +271,7 @@ def _rebuild(before: TreeT, nodes: dict[str, Node], classes: Sequence[str]) -> T
         for i, n in list(nodes.items()):
             if _FRESH in n.children:
                 _set_children(nodes, i, [new_id if c == _FRESH else c for c in n.children])
-    return type(before)(nodes.values(), classes)
+    return named(type(before)(nodes.values(), classes))
 
 
 def _leaf_sets(nodes: Mapping[str, Node], root: str) -> dict[str, frozenset[str]]:
@@ -300,14 +301,16 @@ def _lowest_common_names(
     position.update((i, len(classes) + k) for k, i in enumerate(inner))
     shape = [[position[c] for c in nodes[i].children] for i in inner]
     leaves = [nodes[c] for c in classes]
-    named = assemble(shape, [n.label for n in leaves], [n.wnid or n.label for n in leaves])
+    built = assemble(
+        shape, [n.label for n in leaves], [n.wnid or n.label for n in leaves], display=False
+    )
     out: dict[str, tuple[str, str | None]] = {}
-    pairs = [(root, named.root)]
+    pairs = [(root, built.root)]
     for ours, theirs in pairs:
         if theirs.children:
             out[ours] = (theirs.label, theirs.wnid)
             pairs.extend(
-                (c, named[t]) for c, t in zip(nodes[ours].children, theirs.children, strict=True)
+                (c, built[t]) for c, t in zip(nodes[ours].children, theirs.children, strict=True)
             )
     return out
 
