@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from nbdt.builders import assemble, unique_ids
-from nbdt.labels import named
 from nbdt.classes import is_wordnet_id
+from nbdt.labels import named
 from nbdt.tree import Node, Tree, TreeT
 
 KINDS = ("leaf", "inner")

@@ -12,13 +12,13 @@ the user gave (``rename``) wins. docs/names.md explains the rules.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Sequence
 from typing import TypeVar
 
 import numpy as np
 
 from nbdt import wordnet as wn
+from nbdt.classes import is_wordnet_id
 from nbdt.tree import Node, Tree
 
 MAX_LISTED = 3  # classes named in a class-list name, and exceptions named after a concept
@@ -27,7 +27,7 @@ TreeT = TypeVar("TreeT", bound=Tree)
 
 
 def class_list(names: Sequence[str], max_listed: int = MAX_LISTED) -> str:
-    """"A or B", "A, B or C", or the first ``max_listed`` and a count: "A, B, C +12 more"."""
+    """ "A or B", "A, B or C", or the first ``max_listed`` and a count: "A, B, C +12 more"."""
     if len(names) <= max_listed:
         return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     return f"{', '.join(names[:max_listed])} +{len(names) - max_listed} more"
@@ -63,26 +63,32 @@ def name_nodes(tree: Tree) -> dict[str, tuple[str, float | None]]:
     fit = 2 * inside / (size[:, None] + table.sum(0))
     ranking = np.argsort(-fit, axis=1, kind="stable")  # ties: the deeper concept
     concept_label = [wn.label(c) for c in columns]
+    columns_named: dict[str, list[int]] = {}
+    for k, text in enumerate(concept_label):
+        columns_named.setdefault(text, []).append(k)
+    class_names = [_class_name(leaf) for leaf in tree.leaves]
 
     def choose(node: Node, used: set[str]) -> tuple[int, ...]:
         """The columns of the concepts that name the node (none: no concept covers any)."""
         r = row[node.id]
         if given(node):
             return (columns.index(node.wnid),) if node.wnid in columns else ()
-        free = list(
-            itertools.islice(
-                (k for k in ranking[r] if inside[r, k] and concept_label[k] not in used),
-                _CANDIDATES,
-            )
-        )
+        taken = np.zeros(len(columns), dtype=bool)
+        taken[[k for text in used for k in columns_named.get(text, ())]] = True
+        ranked = ranking[r]
+        free = ranked[(inside[r, ranked] > 0) & ~taken[ranked]][:_CANDIDATES].tolist()
         if not free or fit[r, free[0]] >= 1 or size[r] <= MAX_LISTED:
             return tuple(free[:1])
         pairs = _best_pair(member[r], table[:, free])
-        return (free[pairs[0]], free[pairs[1]]) if pairs[2] > fit[r, free[0]] + _PAIR_GAIN else (free[0],)
+        return (
+            (free[pairs[0]], free[pairs[1]])
+            if pairs[2] > fit[r, free[0]] + _PAIR_GAIN
+            else (free[0],)
+        )
 
     def display(node: Node, chosen: tuple[int, ...], used: set[str]) -> tuple[str, float | None]:
         classes = list(tree.leaf_indices(node.id))
-        names = [tree.classes[i] for i in classes]
+        names = [class_names[i] for i in classes]
         covered = table[:, list(chosen)].any(1)
         hits, everywhere = int(covered[classes].sum()), int(covered.sum())
         fits = 2 * hits / (len(classes) + everywhere)
@@ -101,7 +107,9 @@ def name_nodes(tree: Tree) -> dict[str, tuple[str, float | None]]:
         extras = [n for i, n in zip(classes, names, strict=True) if not covered[i]]
         return _concept_name(text, hits, everywhere, extras), fits
 
-    out: dict[str, tuple[str, float | None]] = {leaf.id: (leaf.label, 1.0) for leaf in tree.leaves}
+    out: dict[str, tuple[str, float | None]] = {
+        leaf.id: (name, 1.0) for leaf, name in zip(tree.leaves, class_names, strict=True)
+    }
     root = tree.root
     chosen = choose(root, set())
     out[root.id] = display(root, chosen, set())
@@ -121,6 +129,14 @@ def name_nodes(tree: Tree) -> dict[str, tuple[str, float | None]]:
 
 _CANDIDATES = 24  # concepts (best single fits first) among which a pair name is sought
 _PAIR_GAIN = 0.05  # how much better two concepts must fit than the best one to be named
+
+
+def _class_name(leaf: Node) -> str:
+    """A class's name: its label, or its synset's name where the label is only its WordNet id
+    (the reference implementation's files name leaves by id alone)."""
+    if leaf.wnid is not None and leaf.label == leaf.wnid and is_wordnet_id(leaf.wnid):
+        return wn.label(leaf.wnid)
+    return leaf.label
 
 
 def given(node: Node) -> bool:
@@ -145,7 +161,12 @@ def named(tree: TreeT) -> TreeT:
     """The same tree with every node's display name and fit stored (``Node.display``/``fit``),
     as the builders and edits return trees and ``nbdt-hierarchy name`` writes them."""
     names = name_nodes(tree)
-    nodes = [dataclasses.replace(n, display=names[n.id][0], fit=names[n.id][1]) for n in tree.nodes]
+    nodes = [
+        dataclasses.replace(n, display=names[n.id][0], fit=names[n.id][1])
+        if not n.is_leaf
+        else dataclasses.replace(n, display=None if names[n.id][0] == n.label else names[n.id][0])
+        for n in tree.nodes
+    ]
     return type(tree)(nodes, tree.class_ids)
 
 

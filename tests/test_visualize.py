@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nbdt.labels import display_names
 from nbdt import visualize
+from nbdt.labels import display_names
 from nbdt.visualize import embed_json, explanation_html, hierarchy_html
 
 EVIL = "<img src=x onerror=alert(1)>"

@@ -14,8 +14,8 @@ from nbdt import builders
 from nbdt import wordnet as wn
 from nbdt.classes import CLASS_LISTS, dataset_classes
 from nbdt.hierarchy import Hierarchy
-from nbdt.tree import Tree
 from nbdt.pretrained import shipped_hierarchies, shipped_hierarchy
+from nbdt.tree import Tree
 
 CIFAR100 = dataset_classes("cifar100")
 
