@@ -28,6 +28,13 @@ _OPTION_FLAGS: dict[str, dict[str, Any]] = {
     "normalize": {"action": "store_true", "help": "L2-normalise weight rows"},
     "seed": {"type": non_negative_int, "default": 0, "help": "the same seed, the same tree (0)"},
     "branching": {"type": int, "default": 2, "help": "children per node, at most"},
+    "wordnet_weight": {
+        "type": float,
+        "default": 0.0,
+        "metavar": "W",
+        "help": "blend the WordNet distance into the weights' distance: 0 (default) the weights"
+        " alone, 1 WordNet's grouping (docs/names.md)",
+    },
 }
 
 
@@ -93,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
     common(random)
     for kind, sub in (("induced", induced), ("wordnet", wordnet), ("random", random)):
         for option in _builder_options(kind):  # the options the builder takes, its flags
-            sub.add_argument(f"--{option}", **_OPTION_FLAGS[option])
+            sub.add_argument(f"--{option.replace('_', '-')}", **_OPTION_FLAGS[option])
 
     show = commands.add_parser("show", help="print a hierarchy file or a shipped hierarchy")
     show.add_argument(
@@ -201,7 +208,10 @@ def _hierarchy_name(args: argparse.Namespace) -> int:
         print(tree.render(max_depth=args.max_depth), flush=True)
     fits = [n.fit for n in tree.inner_nodes if n.fit is not None]
     mean = f", mean name fit {sum(fits) / len(fits):.2f}" if fits else ""
-    print(f"wrote {args.output}: {len(tree.inner_nodes)} inner nodes named{mean}", file=sys.stderr)
+    print(
+        f"nbdt-hierarchy: wrote {args.output}: {len(tree.inner_nodes)} inner nodes named{mean}",
+        file=sys.stderr,
+    )
     return 0
 
 
