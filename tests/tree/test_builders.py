@@ -204,7 +204,13 @@ def test_weight_errors(tmp_path):
 def test_build_dispatches_by_name_and_refuses_options_the_builder_does_not_take():
     classes = ["cat", "dog", "ship", "truck"]
     weights = torch.randn(4, 6)
-    assert builders.options("induced") == ("linkage", "normalize", "branching", "wnids")
+    assert builders.options("induced") == (
+        "linkage",
+        "normalize",
+        "branching",
+        "wordnet_weight",
+        "wnids",
+    )
     assert builders.options("wordnet") == ("wnids",)
     assert builders.options("random") == ("seed", "branching", "wnids")
     assert builders.build("random", classes, seed=2) == builders.random(classes, seed=2)
