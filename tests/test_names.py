@@ -15,11 +15,15 @@ from nbdt import builders
 from nbdt.classes import dataset_classes
 from nbdt.cli.hierarchy import main as hierarchy_main
 from nbdt.cli.train import parser as train_parser
+from nbdt.explanation import format_probability
 from nbdt.hierarchy import Hierarchy
 from nbdt.labels import display_names, name_nodes, named
 from nbdt.pretrained import shipped_hierarchy
 from nbdt.training.config import TrainConfig
 from nbdt.tree import Tree
+from nbdt.visualize import explanation_html
+
+from helpers.patch_models import patch_model
 
 FM = dataset_classes("fashion-mnist")
 # Class indices: 0 T-shirt/top, 1 Trouser, 2 Pullover, 3 Dress, 4 Coat, 5 Sandal, 6 Shirt,
@@ -184,3 +188,22 @@ def test_wordnet_weight_is_a_flag_of_nbdt_hierarchy_and_nbdt_train(tmp_path, cap
     assert train_parser().parse_args(["-o", "x", "--wordnet-weight", "0.5"]).wordnet_weight == 0.5
     with pytest.raises(ValueError, match="--wordnet-weight must be from 0 to 1"):
         TrainConfig(output=str(tmp_path / "run"), wordnet_weight=-1.0, report=False).validate()
+
+
+# --------------------------------------------------------- one rendering of a decision path
+def test_terminal_json_and_page_show_the_same_decisions_with_the_same_numbers(tmp_path):
+    model = patch_model()
+    model.model.fc.weight.data[3] = torch.tensor([0.0, 6.0])  # path root -> b -> bb -> c3
+    batch = torch.zeros(1, 1, 16, 24)
+    batch[0, :, 8:14, 2:5] = -30.0
+    (exp,) = model.explain(batch)
+    record = exp.to_dict()
+    shown = [
+        f"{step['child_display']} ({format_probability(step['probability'])})"
+        for step in record["path"]
+    ]
+    assert str(exp) == f"Prediction: {exp.label} // Decisions: {' -> '.join(shown)}"
+    assert len(shown) == len(exp.path) == 3  # nothing merged, as on the page
+    page = explanation_html([exp], [None], tmp_path / "e.html", hierarchy=model.hierarchy)
+    embedded = re.search(r'<script[^>]*id="nbdt-data"[^>]*>(.*?)</script>', page.read_text(), re.S)
+    assert json.loads(embedded.group(1))["items"][0]["explanation"]["path"] == record["path"]
