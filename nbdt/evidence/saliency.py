@@ -371,12 +371,8 @@ def decision_saliency(
                     steps.node[rows], steps.taken[rows], steps.runner_up[rows], steps.valid[rows]
                 )
             )
-            blank = _blank_activations(model, module, x)
             wrapper = _StepMargins(model, module, depth, chunk_steps)
-            cam = _relative(make_cam)(
-                wrapper, [module], reshape_transform=_TokensToMap(model.model)
-            )
-            cam.blank = None if blank is None else blank.repeat_interleave(depth, 0)
+            cam = make_cam(wrapper, [module], reshape_transform=_TokensToMap(model.model))
             try:
                 maps.append(_run_cam(cam, x, depth))
                 valid.append(wrapper.last_steps.valid.cpu())
@@ -388,46 +384,6 @@ def decision_saliency(
     return [
         [flat[b * depth + d] for d in range(depth) if mask[b][d]] for b in range(batch.shape[0])
     ]
-
-
-def _blank_activations(model: nn.Module, module: nn.Module, x: Tensor) -> Tensor | None:
-    """The layer's output (as the CAM reads it) for plain images of each image's background
-    colour, the median of its border pixels per channel.
-
-    What a network computes for an empty image is no evidence about this one, yet it is not
-    zero: zero padding meets a normalised background that is not zero (Fashion-MNIST's black is
-    about -2), so every convolution answers at the borders, strongest in the corners. Maps made
-    of the activations themselves peaked in the empty corner for most steps; maps of their
-    change from the empty image's (:func:`_relative`) lie on the object. Token maps (ViT) have
-    no padding: None, their activations are read as they are.
-    """
-    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
-    blank = border.median(dim=-1).values[..., None, None].expand_as(x).contiguous()
-    seen: list[Tensor] = []
-    hook = module.register_forward_hook(lambda _m, _a, out: seen.append(out.detach()))
-    try:
-        with torch.no_grad():
-            model.model(blank)
-    finally:
-        hook.remove()
-    return seen[0].cpu() if seen[0].dim() == 4 else None
-
-
-def _relative(make_cam: type) -> type:
-    """The CAM class ``make_cam`` reading the layer's activations as their change from those of
-    the blank image (``cam.blank``, one row per CAM row; None: as they are): see
-    :func:`_blank_activations`."""
-
-    class Relative(make_cam):  # type: ignore[misc, valid-type]
-        blank: Tensor | None
-
-        def compute_cam_per_layer(self, input_tensor: Tensor, targets: Any, eigen_smooth: bool):
-            store = self.activations_and_grads
-            if self.blank is not None:
-                store.activations = [a - self.blank.to(a) for a in store.activations]
-            return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)
-
-    return Relative
 
 
 def _run_cam(cam: Any, x: Tensor, depth: int) -> np.ndarray:
