@@ -17,6 +17,7 @@ import numpy as np
 
 from nbdt import wordnet as wn
 from nbdt.classes import DatasetClasses, check_unique, is_wordnet_id
+from nbdt.labels import named
 from nbdt.tree import Node, Tree
 
 LINKAGES = ("ward", "complete", "average", "single")
@@ -68,8 +69,11 @@ def unique_ids(preferred: Sequence[str]) -> list[str]:
     return out
 
 
-def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Tree:
-    """Name a tree shape and turn it into a Tree.
+def assemble(
+    shape: Shape, names: Sequence[str], wnids: Sequence[str], *, display: bool = True
+) -> Tree:
+    """Name a tree shape and turn it into a Tree; ``display`` also gives every node its display
+    name (:func:`nbdt.labels.named`).
 
     Each leaf's WordNet ancestors (over all hypernym paths) become one row of a boolean matrix
     whose columns are sorted deepest first (ties by id); a node's common hypernyms are the AND of
@@ -77,13 +81,7 @@ def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Tree:
     """
     num_classes = len(names)
     real = np.array([is_wordnet_id(w) for w in wnids])
-    ancestors = [wn.ancestors(w) if r else {} for w, r in zip(wnids, real, strict=True)]
-    depth = {s: d for a in ancestors for s, d in a.items()}
-    columns = sorted(depth, key=lambda s: (-depth[s], s))
-    column = {s: j for j, s in enumerate(columns)}
-    table = np.zeros((num_classes, len(columns)), dtype=bool)
-    rows = np.repeat(np.arange(num_classes), [len(a) for a in ancestors])
-    table[rows, [column[s] for a in ancestors for s in a]] = True
+    columns, table = wn.hypernym_table(wnids)
 
     # Row i: class i; row C + k: inner node k (children come before their parents).
     common = np.concatenate([table, np.zeros((len(shape), len(columns)), dtype=bool)])
@@ -127,7 +125,8 @@ def assemble(shape: Shape, names: Sequence[str], wnids: Sequence[str]) -> Tree:
         )
         for k in inner_order
     ]
-    return Tree(nodes, [node_id[i] for i in range(num_classes)])
+    tree = Tree(nodes, [node_id[i] for i in range(num_classes)])
+    return named(tree) if display else tree
 
 
 # ------------------------------------------------------------------ weights
@@ -280,19 +279,26 @@ def induced(
     linkage: str = "ward",
     normalize: bool = False,
     branching: int = 2,
+    wordnet_weight: float = 0.0,
     wnids: Sequence[str] | None = None,
 ) -> Tree:
     """Agglomerative clustering of the classifier's weight rows, one row per class.
 
     ``weights_or_model``: a (C, D) tensor or array, a state dict, a checkpoint path or a timm model.
     ``normalize`` L2-normalises the rows first (clustering by direction); ``branching`` caps the
-    children per node; ``wnids`` skips resolving the class names.
+    children per node; ``wordnet_weight`` (0 to 1) blends in the WordNet distance
+    (:func:`blend_wordnet`): 0 clusters the weights alone, 1 WordNet alone; ``wnids`` skips
+    resolving the class names.
     """
     from sklearn.cluster import AgglomerativeClustering
 
     if linkage not in LINKAGES:
         raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}, got {linkage!r}")
     branching = _check_branching(branching)
+    if isinstance(wordnet_weight, bool) or not (
+        isinstance(wordnet_weight, int | float) and 0 <= wordnet_weight <= 1
+    ):
+        raise ValueError(f"wordnet_weight must be a number from 0 to 1, got {wordnet_weight!r}")
     names, ids = _classes(classes, wnids)
     source = _read_checkpoint(weights_or_model)
     _check_model_file_classes(source, names, ids, where=str(weights_or_model))
@@ -304,9 +310,36 @@ def induced(
     if normalize:
         norms = np.linalg.norm(weight, axis=1, keepdims=True)
         weight = weight / np.where(norms > 0, norms, 1.0)
+    if wordnet_weight:
+        weight = blend_wordnet(weight, ids, wordnet_weight)
     clustering = AgglomerativeClustering(n_clusters=1, linkage=linkage, compute_distances=True)
     clustering.fit(weight)
     return assemble(_collapse(clustering.children_, clustering.distances_, branching), names, ids)
+
+
+def blend_wordnet(weight: np.ndarray, wnids: Sequence[str], wordnet_weight: float) -> np.ndarray:
+    """Rows whose squared distances are ``(1 - w)`` times the weight rows' and ``w`` times
+    WordNet's, each scaled to a mean squared distance of 1, so Ward's linkage still applies.
+
+    WordNet's distance between two classes is the size of the symmetric difference of their
+    hypernym sets (the squared distance between their rows of :func:`nbdt.wordnet.hypernym_table`):
+    the concepts above one class and not the other, a tree distance. Classes without a synset
+    share no concept with any other class.
+    """
+    _, table = wn.hypernym_table(wnids)
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        centred = rows - rows.mean(0)
+        mean_square = 2 * (centred**2).sum(1).mean()  # the mean squared pairwise distance
+        return rows / np.sqrt(mean_square) if mean_square > 0 else rows
+
+    return np.concatenate(
+        [
+            np.sqrt(1 - wordnet_weight) * unit(weight),
+            np.sqrt(wordnet_weight) * unit(table.astype(np.float64)),
+        ],
+        axis=1,
+    )
 
 
 def wordnet(classes: Sequence[str], *, wnids: Sequence[str] | None = None) -> Tree:

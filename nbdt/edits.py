@@ -20,6 +20,7 @@ from typing import Any
 
 from nbdt.builders import assemble, unique_ids
 from nbdt.classes import is_wordnet_id
+from nbdt.labels import named
 from nbdt.tree import Node, Tree, TreeT
 
 KINDS = ("leaf", "inner")
@@ -271,7 +272,7 @@ def _rebuild(before: TreeT, nodes: dict[str, Node], classes: Sequence[str]) -> T
             if _FRESH in n.children:
                 _set_children(nodes, i, [new_id if c == _FRESH else c for c in n.children])
     _check_one_class_per_synset(before, [nodes[c] for c in classes])
-    return type(before)(nodes.values(), classes)
+    return named(type(before)(nodes.values(), classes))
 
 
 def _check_one_class_per_synset(before: Tree, leaves: Sequence[Node]) -> None:
@@ -317,14 +318,16 @@ def _lowest_common_names(
     position.update((i, len(classes) + k) for k, i in enumerate(inner))
     shape = [[position[c] for c in nodes[i].children] for i in inner]
     leaves = [nodes[c] for c in classes]
-    named = assemble(shape, [n.label for n in leaves], [n.wnid or n.label for n in leaves])
+    built = assemble(
+        shape, [n.label for n in leaves], [n.wnid or n.label for n in leaves], display=False
+    )
     out: dict[str, tuple[str, str | None]] = {}
-    pairs = [(root, named.root)]
+    pairs = [(root, built.root)]
     for ours, theirs in pairs:
         if theirs.children:
             out[ours] = (theirs.label, theirs.wnid)
             pairs.extend(
-                (c, named[t]) for c, t in zip(nodes[ours].children, theirs.children, strict=True)
+                (c, built[t]) for c, t in zip(nodes[ours].children, theirs.children, strict=True)
             )
     return out
 

@@ -74,8 +74,8 @@ class Step:
     runner_up_id: str
     runner_up_label: str
     runner_up_probability: float
-    # What sets a label that repeats an ancestor's apart ("garment: Pullover, Coat, Shirt"),
-    # else the label itself (nbdt.labels.distinct_label); "" in records made before it existed.
+    # The names every output shows (nbdt.labels.display_names: "footwear + Bag", "Sandal or
+    # Sneaker"); "" in records made before they existed, which then show the labels.
     display: str = _optional("", "")
     child_display: str = _optional("", "")
     runner_up_display: str = _optional("", "")
@@ -116,19 +116,13 @@ class Explanation:
     path: tuple[Step, ...]
 
     def __str__(self) -> str:
-        """One line. Consecutive steps into children of one label (an induced tree's nodes may
-        share their lowest common hypernym) read as one decision: their probabilities multiply,
-        the probability of reaching the last of them. ``path`` keeps every step. Labels are
-        escaped for the terminal (:func:`nbdt._messages.for_terminal`)."""
-        merged: list[list[Any]] = []
-        for step in self.path:
-            shown = step.child_display or step.child_label
-            if merged and merged[-1][0] == step.child_label:
-                merged[-1][1:] = [merged[-1][1] * step.probability, shown]
-            else:
-                merged.append([step.child_label, step.probability, shown])
+        """One line: every step of ``path``, as the page and the JSON show it (the child's display
+        name and branch probability), nothing merged. Names are escaped for the terminal
+        (:func:`nbdt._messages.for_terminal`)."""
         decisions = " -> ".join(
-            f"{for_terminal(shown)} ({format_probability(p)})" for _, p, shown in merged
+            f"{for_terminal(step.child_display or step.child_label)}"
+            f" ({format_probability(step.probability)})"
+            for step in self.path
         )
         return f"Prediction: {for_terminal(self.label)} // Decisions: {decisions}"
 
@@ -295,13 +289,13 @@ def explanations_from_arrays(
     ``node_log_probs`` (B, N, K) holds each inner node's child log-probabilities (padding -inf),
     ``class_log_probs`` (B, C) soft inference's, ``predicted`` (B,) the classes to explain; the
     arithmetic stays in their dtype (float32 from a model), vectorised over the batch.
-    ``display`` maps node ids to their labels as a path shows them (default:
-    :func:`nbdt.labels.distinct_label` of every node).
+    ``display`` maps node ids to their names as every output shows them (default:
+    :func:`nbdt.labels.display_names`).
     """
     if display is None:
-        from nbdt.labels import distinct_label
+        from nbdt.labels import display_names
 
-        display = {node.id: distinct_label(hierarchy, node.id) for node in hierarchy.nodes}
+        display = display_names(hierarchy)
     nodes_of, slots_of, length_of = class_paths(hierarchy)
     predicted = np.asarray(predicted, dtype=np.int64)
     node_log_probs = np.asarray(node_log_probs)

@@ -22,7 +22,7 @@ from nbdt.choices import check_choice
 from nbdt.explanation import Explanation, explanations_from_arrays
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
-from nbdt.labels import distinct_label
+from nbdt.labels import display_names
 from nbdt.networks import eval_mode, input_channels, network_from_checkpoint, rebuild_errors
 from nbdt.rules import NODE_SCORES, DecisionRules, check_finite
 from nbdt.tree import Tree
@@ -88,10 +88,8 @@ class NBDT(nn.Module):
             else {"num_classes": hierarchy.num_classes, "in_chans": in_chans}
         )
         self.data_config = dict(data_config or networks.data_config(model, in_chans))
-        self.display_labels = {
-            node.id: distinct_label(hierarchy, node.id) for node in hierarchy.nodes
-        }
-        """Each node's label as a path shows it: with its classes where it repeats an ancestor's."""
+        self.display_labels = display_names(hierarchy)
+        """Each node's name as every output shows it (:func:`nbdt.labels.display_names`)."""
 
         self.pruned: dict[str, dict[str, Any]] | None = None  # see nbdt.deploy
         self._rebuildable = False  # checked by the first checkpoint()

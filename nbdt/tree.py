@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +31,10 @@ class Node:
     """One node: a unique ``id``, a display ``label``, a WordNet id or None, child ids in order.
 
     ``user_label`` marks a label the user set (see :func:`nbdt.edits.rename`): tree edits keep it
-    instead of recomputing the lowest common hypernym.
+    instead of recomputing the lowest common hypernym. ``display`` is the name every output
+    shows and ``fit`` how well it fits the node's classes (:mod:`nbdt.labels`); None where not
+    computed yet (files written before names existed). They do not take part in equality: the
+    same tree is the same value, named or not.
     """
 
     id: str
@@ -39,6 +42,8 @@ class Node:
     wnid: str | None = None
     children: tuple[str, ...] = ()
     user_label: bool = False
+    display: str | None = field(default=None, compare=False)
+    fit: float | None = field(default=None, compare=False)
 
     @property
     def is_leaf(self) -> bool:
@@ -249,18 +254,20 @@ class Tree:
         )
 
     def render(self, max_depth: int | None = None) -> str:
-        """An indented text tree; labels shared by several nodes are told apart by their ids.
-        Control and bidi characters in labels are escaped (:func:`nbdt._messages.for_terminal`)."""
+        """An indented text tree of display names (labels where a node has none); names shared by
+        several nodes are told apart by their ids. Control and bidi characters in names are
+        escaped (:func:`nbdt._messages.for_terminal`)."""
+        shown = {i: n.label if n.display is None else n.display for i, n in self._nodes.items()}
         counts: dict[str, int] = {}
-        for node in self._nodes.values():
-            counts[node.label] = counts.get(node.label, 0) + 1
+        for text in shown.values():
+            counts[text] = counts.get(text, 0) + 1
         lines: list[str] = []
         stack: list[tuple[str, int]] = [(self._order[0], 0)]
         while stack:
             node_id, level = stack.pop()
             node = self._nodes[node_id]
-            text = for_terminal(node.label)
-            if counts[node.label] > 1 and node.id != node.label:
+            text = for_terminal(shown[node_id])
+            if counts[shown[node_id]] > 1 and node.id != shown[node_id]:
                 text += f" [{for_terminal(node.id)}]"
             if node.is_leaf:
                 text += f"  (class {self._leaves_under[node_id][0]})"
@@ -283,6 +290,10 @@ class Tree:
                 entry["wnid"] = node.wnid
             if node.user_label:
                 entry["user_label"] = True
+            if node.display is not None:
+                entry["display"] = node.display
+            if node.fit is not None:
+                entry["fit"] = round(node.fit, 4)
             nodes.append(entry)
         links = [
             {"source": node.id, "target": child} for node in self.nodes for child in node.children
@@ -341,7 +352,10 @@ class Tree:
                 wnid = node_id  # the reference's files use WordNet ids as node ids
             label = entry.get("label") or entry.get("name") or node_id
             user_label = entry.get("user_label") is True
-            nodes.append(Node(node_id, str(label), wnid, tuple(children[node_id]), user_label))
+            display, fit = _display_fields(node_id, entry)
+            nodes.append(
+                Node(node_id, str(label), wnid, tuple(children[node_id]), user_label, display, fit)
+            )
 
         graph = data.get("graph") or {}
         if not isinstance(graph, Mapping) or not isinstance(graph.get("classes") or [], list):
@@ -384,6 +398,18 @@ class Tree:
         import networkx as nx
 
         return nx.node_link_graph(self.to_node_link(), edges="links")
+
+
+def _display_fields(node_id: str, entry: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """A node entry's display name and fit (both optional), checked."""
+    display, fit = entry.get("display"), entry.get("fit")
+    if display is not None and (not isinstance(display, str) or not display.strip()):
+        raise ValueError(f"node-link JSON: node {node_id!r} has a display that is not text")
+    if fit is not None:
+        if isinstance(fit, bool) or not isinstance(fit, int | float) or not 0 <= fit <= 1:
+            raise ValueError(f"node-link JSON: node {node_id!r} has a fit outside [0, 1]")
+        fit = float(fit)
+    return display, fit
 
 
 def _match_leaves(nodes: Sequence[Node], order: Sequence[str]) -> list[str]:

@@ -24,7 +24,7 @@ from nbdt._io import write_text
 from nbdt.classes import is_wordnet_id
 from nbdt.explanation import Explanation, png_data_uri
 from nbdt.hierarchy import Hierarchy
-from nbdt.labels import distinct_label
+from nbdt.labels import display_names, with_names
 from nbdt.tree import Tree
 
 IMAGE_MAX_SIDE = 320
@@ -170,6 +170,7 @@ def tree_data(h: Hierarchy) -> dict[str, Any]:
     index = {node.id: i for i, node in enumerate(nodes)}
     class_index = {leaf: i for i, leaf in enumerate(h.class_ids)}
     parents = [h.parent(node.id) for node in nodes]
+    named = with_names(h)
     return {
         "id": [node.id for node in nodes],
         "label": [node.label for node in nodes],
@@ -178,7 +179,8 @@ def tree_data(h: Hierarchy) -> dict[str, Any]:
         "parent": [-1 if p is None else index[p.id] for p in parents],
         "leaves": [len(h.leaf_indices(node.id)) for node in nodes],
         "class": [class_index.get(node.id, -1) for node in nodes],
-        "display": [distinct_label(h, node.id) for node in nodes],
+        "display": [named[node.id].display or node.label for node in nodes],
+        "fit": [named[node.id].fit for node in nodes],
     }
 
 
@@ -282,7 +284,8 @@ def _explanation_record(exp: Any, i: int) -> dict[str, Any]:
 
 
 def _path_context(h: Hierarchy, record: Mapping[str, Any], i: int) -> list[list[dict[str, Any]]]:
-    """For each step, the node's children in order: label, leaf count, taken or runner-up."""
+    """For each step, the node's children in order: name, leaf count, taken or runner-up."""
+    shown = display_names(h)
     context = []
     for s, step in enumerate(record["path"]):
         if step["node_id"] not in h:
@@ -299,9 +302,8 @@ def _path_context(h: Hierarchy, record: Mapping[str, Any], i: int) -> list[list[
                 if child_id == step["runner_up_id"]
                 else "other"
             )
-            child = h[child_id]
             children.append(
-                {"label": child.label, "leaves": len(h.leaf_indices(child_id)), "role": role}
+                {"label": shown[child_id], "leaves": len(h.leaf_indices(child_id)), "role": role}
             )
         context.append(children)
     return context

@@ -230,6 +230,27 @@ def ancestors(wordnet_id: str) -> dict[str, int]:
     return depth
 
 
+def hypernym_table(wnids: Sequence[str]) -> tuple[list[str], Any]:
+    """Every WordNet concept above the classes, and which classes it covers.
+
+    Returns the concepts' ids, deepest first (ties by id), and a (C, K) boolean matrix whose row
+    i marks the concepts above class i (its own synset included, over all hypernym paths).
+    Classes without a synset (synthetic ids) have an empty row. The builders name nodes by its
+    AND over a node's rows; :mod:`nbdt.labels` scores concepts by its column sums.
+    """
+    import numpy as np
+
+    real = [is_wordnet_id(w) for w in wnids]
+    above = [ancestors(w) if r else {} for w, r in zip(wnids, real, strict=True)]
+    depth = {s: d for a in above for s, d in a.items()}
+    columns = sorted(depth, key=lambda s: (-depth[s], s))
+    column = {s: j for j, s in enumerate(columns)}
+    table = np.zeros((len(wnids), len(columns)), dtype=bool)
+    rows = np.repeat(np.arange(len(wnids)), [len(a) for a in above])
+    table[rows, [column[s] for a in above for s in a]] = True
+    return columns, table
+
+
 def is_synthetic(class_id: str) -> bool:
     """Whether an id from :func:`resolve` is a marked synthetic id (no synset was found)."""
     return class_id.startswith(SYNTHETIC_PREFIX)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from nbdt import visualize
+from nbdt.labels import display_names
 from nbdt.visualize import embed_json, explanation_html, hierarchy_html
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -154,13 +155,14 @@ def test_explanation_page_embeds_validated_records_and_context(
     assert_self_contained(text)
     assert EVIL not in text
     items = page_data(text)["items"]
+    shown = display_names(h)  # the children are named as every output names them
     assert [item["explanation"] for item in items] == exps
     assert [item["image"] for item in items] == [None, None]
     for item, exp in zip(items, exps, strict=True):
         assert len(item["context"]) == len(exp["path"])
         for step, children in zip(exp["path"], item["context"], strict=True):
             node = h[step["node_id"]]
-            assert [c["label"] for c in children] == [h[c].label for c in node.children]
+            assert [c["label"] for c in children] == [shown[c] for c in node.children]
             assert [c["leaves"] for c in children] == [
                 len(h.leaf_indices(c)) for c in node.children
             ]

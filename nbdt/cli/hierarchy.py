@@ -28,6 +28,13 @@ _OPTION_FLAGS: dict[str, dict[str, Any]] = {
     "normalize": {"action": "store_true", "help": "L2-normalise weight rows"},
     "seed": {"type": non_negative_int, "default": 0, "help": "the same seed, the same tree (0)"},
     "branching": {"type": int, "default": 2, "help": "children per node, at most"},
+    "wordnet_weight": {
+        "type": float,
+        "default": 0.0,
+        "metavar": "W",
+        "help": "blend the WordNet distance into the weights' distance: 0 (default) the weights"
+        " alone, 1 WordNet's grouping (docs/names.md)",
+    },
 }
 
 
@@ -93,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
     common(random)
     for kind, sub in (("induced", induced), ("wordnet", wordnet), ("random", random)):
         for option in _builder_options(kind):  # the options the builder takes, its flags
-            sub.add_argument(f"--{option}", **_OPTION_FLAGS[option])
+            sub.add_argument(f"--{option.replace('_', '-')}", **_OPTION_FLAGS[option])
 
     show = commands.add_parser("show", help="print a hierarchy file or a shipped hierarchy")
     show.add_argument(
@@ -110,6 +117,21 @@ def parser() -> argparse.ArgumentParser:
     )
     html.add_argument("--title", help="the page title (default: root label and class count)")
     order = html.add_mutually_exclusive_group()
+    order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
+    order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
+
+    name = commands.add_parser(
+        "name",
+        help="give every node of a tree file the name that best describes its classes"
+        " (docs/names.md)",
+    )
+    name.add_argument(
+        "tree", metavar="TREE", help="a JSON file (e.g. the reference implementation's)"
+    )
+    add_output(name, metavar="NAMED.json", help="the tree with display names and their fit")
+    name.add_argument("--max-depth", type=non_negative_int, metavar="N", help="print N levels")
+    name.add_argument("--quiet", action="store_true", help="do not print the tree")
+    order = name.add_mutually_exclusive_group()
     order.add_argument("--dataset", choices=CLASS_LISTS, help="class order for files without one")
     order.add_argument("--classes", metavar="FILE", help="class order, one name per line")
 
@@ -163,9 +185,36 @@ def _hierarchy_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hierarchy_name(args: argparse.Namespace) -> int:
+    """`nbdt-hierarchy name`: store every node's display name and fit (nbdt.labels.named)."""
+    from pathlib import Path
+
+    from nbdt._io import check_not_an_input
+    from nbdt.labels import named
+
+    check_not_an_input("--output", args.output, [args.tree, args.classes])
+    if not Path(args.output).resolve().parent.is_dir():
+        raise ValueError(
+            f"--output {args.output}: the folder {Path(args.output).parent} does not exist"
+        )
+    tree = named(_load_tree(args.tree, _hierarchy_classes(args)))
+    tree.save(Path(args.output))
+    if not args.quiet:
+        print(tree.render(max_depth=args.max_depth), flush=True)
+    fits = [n.fit for n in tree.inner_nodes if n.fit is not None]
+    mean = f", mean name fit {sum(fits) / len(fits):.2f}" if fits else ""
+    print(
+        f"nbdt-hierarchy: wrote {args.output}: {len(tree.inner_nodes)} inner nodes named{mean}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _hierarchy(args: argparse.Namespace) -> int:
     if args.command == "html":
         return _hierarchy_html(args)
+    if args.command == "name":
+        return _hierarchy_name(args)
     if args.command == "edit":
         return _hierarchy_edit(args)
     import warnings
@@ -178,7 +227,9 @@ def _hierarchy(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", UnresolvedClassWarning)
         classes = _hierarchy_classes(args)
         if args.command == "show":
-            tree = _load_tree(args.tree, classes)
+            from nbdt.labels import with_names
+
+            tree = with_names(_load_tree(args.tree, classes))
         else:
             weights = _weights_source(args) if args.command == "induced" else None
             options = {k: getattr(args, k) for k in _builder_options(args.command)}

@@ -59,6 +59,14 @@ def parser() -> argparse.ArgumentParser:
         help=f"{', '.join(builders.BUILDERS)}, a hierarchy JSON file or a shipped name such as"
         " fashion-mnist-wordnet (default: induced, or the checkpoint's)",
     )
+    model.add_argument(
+        "--wordnet-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="induced trees: blend in the WordNet distance, 0 (default) the weights alone to 1"
+        " WordNet's grouping",
+    )
     model.add_argument("--node-score", choices=NODE_SCORES, help=default.strip())
     model.add_argument(
         "--wnids",

@@ -34,6 +34,7 @@ from nbdt.deploy.runtime import (
     OUTPUT_NAMES,
     import_deploy,
 )
+from nbdt.labels import with_names
 from nbdt.networks import eval_mode
 
 DEFAULT_OPSET = 18
@@ -68,7 +69,7 @@ def onnx_metadata(model: nn.Module) -> dict[str, str]:
         "nbdt.mode": model.mode,
         "nbdt.node_score": model.node_score,
         "nbdt.classes": json.dumps(list(model.hierarchy.classes)),
-        "nbdt.hierarchy": json.dumps(model.hierarchy.to_node_link()),
+        "nbdt.hierarchy": json.dumps(with_names(model.hierarchy).to_node_link()),
         "nbdt.data_config": json.dumps(dict(model.data_config)),
     }
 

@@ -32,7 +32,7 @@
   const maxDepth = depth.reduce((a, b) => Math.max(a, b), 0);
   const innerCount = kids.filter((k) => k.length > 0).length;
   const lowerLabel = data.label.map((s) => s.toLowerCase());
-  // A label that repeats an ancestor's is shown with what sets the node apart (its classes).
+  // The display name (nbdt.labels): the concept that best fits the node's classes.
   const shown = data.display || data.label;
   const shortLabel = shown.map((s) => (s.length > MAX_LABEL ? s.slice(0, MAX_LABEL - 1) + "…" : s));
 
@@ -295,7 +295,7 @@
       }
       const crumb = document.createElement("span");
       crumb.className = "crumb";
-      crumb.textContent = data.label[j];
+      crumb.textContent = shown[j];
       parts.push(crumb);
     });
     crumbs.replaceChildren(...parts);
@@ -519,6 +519,8 @@
     const head = document.createElement("div");
     head.className = "t-label";
     head.textContent = shown[i];
+    if (shown[i] !== data.label[i]) row("lowest common hypernym", data.label[i]);
+    if (data.fit && data.fit[i] !== null && data.class[i] < 0) row("name fit", data.fit[i].toFixed(2));
     if (data.wnid[i]) row("WordNet id", data.wnid[i]);
     row("name", data.wordnet[i] ? "from WordNet" : "synthetic (no WordNet synset)");
     if (data.id[i] !== data.label[i] && data.id[i] !== data.wnid[i]) row("node id", data.id[i]);

@@ -56,6 +56,7 @@ class TrainConfig:
     pretrained_file: str | None = None
     checkpoint: str | None = None
     hierarchy: str | None = None
+    wordnet_weight: float = 0.0  # induced trees: 0 the weights alone, 1 WordNet (docs/names.md)
     loss: str = "soft"
     soft_variant: str = "nll"
     tree_weight: float = 4.0  # measured: scripts/bench_accuracy.py, README's Results
@@ -139,6 +140,10 @@ class TrainConfig:
         if self.pretrained_file and not Path(self.pretrained_file).is_file():
             raise FileNotFoundError(
                 f"{self.pretrained_file}: no such weights file (--pretrained-file)"
+            )
+        if not 0 <= self.wordnet_weight <= 1:
+            raise ValueError(
+                f"{option_name('wordnet_weight')} must be from 0 to 1, got {self.wordnet_weight}"
             )
         if self.hierarchy == "checkpoint" and not self.checkpoint:
             raise ValueError("--hierarchy checkpoint needs --checkpoint FILE")

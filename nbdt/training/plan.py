@@ -118,7 +118,8 @@ class Plan:
 
     def induce(self, model: nn.Module) -> Hierarchy:
         """The hierarchy induced from the head's weights as they are now."""
-        return Hierarchy.build("induced", self.classes, weights=model)
+        weight = self.config.wordnet_weight
+        return Hierarchy.build("induced", self.classes, weights=model, wordnet_weight=weight)
 
     def criterion(self, epoch: int, hierarchy: Hierarchy | None, device: torch.device) -> nn.Module:
         """Cross-entropy while warming up, then the tree-supervision loss at this epoch."""

@@ -47,7 +47,8 @@ def test_each_builder_command_has_the_flags_of_the_options_its_builder_takes(kin
     commands = next(a for a in parser()._actions if a.dest == "command").choices
     flags = {o for a in commands[kind]._actions for o in a.option_strings}
     for option in _OPTION_FLAGS:
-        assert (f"--{option}" in flags) == (option in builders.options(kind)), option
+        flag = "--" + option.replace("_", "-")
+        assert (flag in flags) == (option in builders.options(kind)), option
     assert set(builders.options(kind)) - {"wnids"} <= set(_OPTION_FLAGS)  # --wnids: a file
 
 

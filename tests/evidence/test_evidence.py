@@ -15,7 +15,6 @@ from nbdt.evidence.faithfulness import deletion_test
 from nbdt.evidence.saliency import decision_margins, decision_saliency, find_layer
 from nbdt.heads import logits_and_features, model_input
 from nbdt.hierarchy import Hierarchy, Node
-from nbdt.labels import distinct_label, repeats_ancestor
 from nbdt.model import NBDT
 
 from helpers.patch_models import (
@@ -221,18 +220,6 @@ def test_bad_examples_files_and_inputs(tmp_path):
         node_examples(model, [(data.images[:2], torch.tensor([0, 7]))])
     with pytest.raises(ValueError, match="k must be a positive integer"):
         node_examples(model, data, k=0)
-
-
-# ------------------------------------------------------------------------------- labels
-def test_distinct_label_tells_repeated_labels_apart():
-    h = patch_tree()
-    assert repeats_ancestor(h, "bb") and not repeats_ancestor(h, "b")
-    assert distinct_label(h, "b") == "right"
-    assert distinct_label(h, "bb") == "right: c3, c4"
-    assert distinct_label(h, "bb", max_listed=1) == "right: c3 +1 more"
-    assert (
-        distinct_label(h, "bb", class_counts=[0, 0, 0, 1, 5], max_listed=1) == "right: c4 +1 more"
-    )
 
 
 # --------------------------------------------------------------------------- faithfulness

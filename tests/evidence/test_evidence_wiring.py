@@ -86,12 +86,12 @@ def test_repeated_labels_read_with_their_classes_in_text_and_json():
     exp = _deep_model().explain(_patches()[1] * 30)
     assert [s.child_id for s in exp.path] == ["b", "bb", "c3"]
     assert exp.path[1].child_label == "right"
-    assert exp.path[1].child_display == "right: c3, c4"
-    assert exp.path[2].display == "right: c3, c4" and exp.path[0].child_display == "right"
-    assert exp.to_dict()["path"][1]["child_display"] == "right: c3, c4"
-    # "right" twice reads as one decision, shown with what sets the second node apart.
-    assert str(exp).startswith("Prediction: c3 // Decisions: right: c3, c4 (")
-    assert str(exp).count("->") == 1
+    assert exp.path[1].child_display == "right: c3 or c4"
+    assert exp.path[2].display == "right: c3 or c4" and exp.path[0].child_display == "right"
+    assert exp.to_dict()["path"][1]["child_display"] == "right: c3 or c4"
+    # Every step is shown, as on the page and in the JSON: nothing merged.
+    assert str(exp).startswith("Prediction: c3 // Decisions: right (")
+    assert str(exp).count("->") == 2
 
 
 def test_examples_attach_to_every_step():

@@ -157,13 +157,14 @@ def test_text_and_json_forms(net, batch):
     assert data["top_k"][0]["class_index"] == data["class_index"]
 
 
-def test_text_form_merges_consecutive_children_of_one_label():
+def test_text_form_shows_every_step_as_the_data_does():
     def step(child: str, p: float) -> Step:
         return Step("n", "node", None, 0.5, child, child, p, "r", "other", 1 - p)
 
     path = (step("whole", 0.9), step("whole", 0.5), step("cat", 0.8), step("whole", 0.6))
     exp = Explanation(3, "cat", None, 0.216, "soft", "mean", (), path)
-    assert str(exp) == "Prediction: cat // Decisions: whole (45.0%) -> cat (80.0%) -> whole (60.0%)"
+    decisions = "whole (90.0%) -> whole (50.0%) -> cat (80.0%) -> whole (60.0%)"
+    assert str(exp) == f"Prediction: cat // Decisions: {decisions}"  # one rule: nothing merged
     assert len(exp.to_dict()["path"]) == 4  # the data keeps every step
 
 

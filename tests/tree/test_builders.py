@@ -3,6 +3,8 @@ random trees, truthful WordNet naming, the shipped hierarchies and the offline p
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from nbdt import wordnet as wn
 from nbdt.classes import CLASS_LISTS, dataset_classes
 from nbdt.hierarchy import Hierarchy
 from nbdt.pretrained import shipped_hierarchies, shipped_hierarchy
+from nbdt.tree import Tree
 
 CIFAR100 = dataset_classes("cifar100")
 
@@ -201,7 +204,13 @@ def test_weight_errors(tmp_path):
 def test_build_dispatches_by_name_and_refuses_options_the_builder_does_not_take():
     classes = ["cat", "dog", "ship", "truck"]
     weights = torch.randn(4, 6)
-    assert builders.options("induced") == ("linkage", "normalize", "branching", "wnids")
+    assert builders.options("induced") == (
+        "linkage",
+        "normalize",
+        "branching",
+        "wordnet_weight",
+        "wnids",
+    )
     assert builders.options("wordnet") == ("wnids",)
     assert builders.options("random") == ("seed", "branching", "wnids")
     assert builders.build("random", classes, seed=2) == builders.random(classes, seed=2)
@@ -241,7 +250,8 @@ def test_shared_labels_keep_unique_ids():
     ids = [n.id for n in tree.inner_nodes if n.label == repeated]
     wnid = tree[ids[0]].wnid
     assert ids[0] == wnid and ids[1] == f"{wnid}-2"
-    assert f"{repeated} [{ids[1]}]" in tree.render()
+    unnamed = Tree([dataclasses.replace(n, display=None) for n in tree.nodes], tree.class_ids)
+    assert f"{repeated} [{ids[1]}]" in unnamed.render()  # a file without display names
 
 
 def test_synthetic_names_where_leaves_lack_synsets():
