@@ -189,14 +189,8 @@ def _hierarchy_name(args: argparse.Namespace) -> int:
     """`nbdt-hierarchy name`: store every node's display name and fit (nbdt.labels.named)."""
     from pathlib import Path
 
-    from nbdt._io import check_not_an_input
     from nbdt.labels import named
 
-    check_not_an_input("--output", args.output, [args.tree, args.classes])
-    if not Path(args.output).resolve().parent.is_dir():
-        raise ValueError(
-            f"--output {args.output}: the folder {Path(args.output).parent} does not exist"
-        )
     tree = named(_load_tree(args.tree, _hierarchy_classes(args)))
     tree.save(Path(args.output))
     if not args.quiet:
