@@ -64,7 +64,7 @@ def hierarchy_html(
     if examples is not None:
         examples.check(hierarchy, source="examples")
         data["examples"] = _examples_data(hierarchy, examples)
-    data["highlight"] = None if highlight is None else _node_index(hierarchy, highlight)
+    data["highlight"] = None if highlight is None else node_index(hierarchy, highlight)
     if title is None:
         title = f"{hierarchy.root.label}: {hierarchy.num_classes} classes"
     data["title"] = title
@@ -234,7 +234,7 @@ def _overlay_uri(saliency: Any) -> str | None:
     return png_data_uri(buffer.getvalue())
 
 
-def _node_index(h: Hierarchy, highlight: str | int) -> int:
+def node_index(h: Hierarchy, highlight: str | int) -> int:
     """Position in ``h.nodes`` of a node id, a label naming exactly one node, or a class index."""
     ids = [node.id for node in h.nodes]
     if isinstance(highlight, str):

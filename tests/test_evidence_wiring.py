@@ -20,10 +20,10 @@ from nbdt.evidence.examples import NodeExamples, node_examples
 from nbdt.explanation import Explanation
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
+from nbdt.progress import Progress
 from nbdt.training import outputs
 from nbdt.training.config import TrainConfig
 from nbdt.training.outputs import RunResult, write_outputs
-from nbdt.training.progress import Progress
 from nbdt.training.run_folder import RunFolder
 from nbdt.visualize import explanation_html, hierarchy_html
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nbdt._messages import for_terminal
-from nbdt.cli._common import EXIT_BAD_INPUT, add_output, load_model, non_negative_int, run
+from nbdt.cli._common import EXIT_BAD_INPUT, Parser, add_output, load_model, non_negative_int, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,11 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """nbdt-explain's options; --mode, --node-score and --method read their tables."""
-    from nbdt.evidence.saliency import CAM_METHODS, DEFAULT_METHOD
+    from nbdt.evidence.saliency import CAM_METHODS, DEFAULT_METHOD, method_name
     from nbdt.model import MODES
     from nbdt.rules import NODE_SCORES
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nbdt-explain",
         description="Predict images with an NBDT and print the decisions that led to each class."
         " Without --checkpoint it runs the offline ImageNet example: efficientnet_lite0 with"
@@ -74,7 +74,11 @@ def parser() -> argparse.ArgumentParser:
         " rather than the runner-up (in --json and -o)",
     )
     evidence.add_argument(
-        "--method", choices=CAM_METHODS, default=DEFAULT_METHOD, help="CAM method (%(default)s)"
+        "--method",
+        choices=CAM_METHODS,
+        type=method_name,
+        default=DEFAULT_METHOD,
+        help="CAM method, as grad-cam names it (default: %(default)s)",
     )
     evidence.add_argument(
         "--layer", metavar="NAME", help="backbone module to explain (default: found automatically)"
