@@ -15,7 +15,7 @@ import json
 import operator
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ def explanation_html(
     hierarchy: Hierarchy | None = None,
     title: str | None = None,
     crop_pct: float = 1.0,
+    true_labels: Sequence[str | None] | None = None,
 ) -> Path:
     """Write explanations as one HTML page, a section per image: prediction, path, bars, context.
 
@@ -88,7 +89,8 @@ def explanation_html(
     (``explain(..., evidence=True, examples=...)``) show the image under their heatmap (a toggle)
     and the training images behind the decision; ``crop_pct`` is the centred share of the image's
     shorter side that the model saw (timm's ``crop_pct``), so the map lies where it belongs.
-    Written atomically.
+    ``true_labels`` (one class name or None per explanation) shows each image's true class
+    beside the prediction. Written atomically.
     """
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
@@ -104,13 +106,19 @@ def explanation_html(
             f"explanation_html: {len(exps)} explanations but {len(imgs)} images (give one image,"
             " or None, per explanation)"
         )
+    truths = [None] * len(exps) if true_labels is None else list(true_labels)
+    if len(truths) != len(exps):
+        raise ValueError(
+            f"explanation_html: {len(exps)} explanations but {len(truths)} true labels"
+        )
     if hierarchy is not None and not isinstance(hierarchy, Tree):
         raise TypeError(f"hierarchy must be a Hierarchy or None, got {type(hierarchy).__name__}")
     items = []
-    for i, (exp, image) in enumerate(zip(exps, imgs, strict=True)):
+    for i, (exp, image, truth) in enumerate(zip(exps, imgs, truths, strict=True)):
         record = _explanation_record(exp, i)
         item = {
             "explanation": record,
+            "true_label": None if truth is None else str(truth),
             "image": None if image is None else _image_data_uri(image),
             "context": None if hierarchy is None else _path_context(hierarchy, record, i),
         }

@@ -76,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
     )
     common(induced)
     weights = induced.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--model", "--arch", metavar="NAME", help="a timm architecture")
+    weights.add_argument("--model", metavar="NAME", help="a timm architecture")
+    weights.add_argument("--arch", dest="model", help=argparse.SUPPRESS)  # nbdt-train's name
     weights.add_argument(
         "--checkpoint", metavar="PATH", help="a torch checkpoint or state dict file"
     )

@@ -104,6 +104,7 @@ def explanations(folder: RunFolder, result: RunResult) -> None:
         folder.path / "explanations.html",
         hierarchy=result.model.hierarchy,
         title=f"{result.config.arch} on {result.config.dataset}",
+        true_labels=[record["true_label"] for record in records],
     )
 
 
