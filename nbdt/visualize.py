@@ -118,10 +118,11 @@ def explanation_html(
         record = _explanation_record(exp, i)
         item = {
             "explanation": record,
-            "true_label": None if truth is None else str(truth),
             "image": None if image is None else _image_data_uri(image),
             "context": None if hierarchy is None else _path_context(hierarchy, record, i),
         }
+        if truth is not None:
+            item["true_label"] = str(truth)
         if any(step["saliency"] for step in record["path"]):
             item["overlays"] = [_overlay_uri(step["saliency"]) for step in record["path"]]
         items.append(item)

@@ -4,6 +4,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,30 @@ def write_idx():
 def stripes_dir(tmp_path_factory):
     """A Fashion-MNIST folder (IDX .gz files) of 320 train and 160 test learnable 28x28 images."""
     return _stripes_fashion_mnist(tmp_path_factory.mktemp("stripes"))
+
+
+# ---- a real browser for the HTML pages
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Playwright (never a download), for the page tests."""
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: install Debian's chromium (make setup does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (test extra)")
+    # Playwright gives each launch a fresh, temporary profile (--user-data-dir).
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield chromium
+        chromium.close()

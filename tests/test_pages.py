@@ -14,10 +14,6 @@ import torch
 import nbdt
 from nbdt import data
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update",
-         "--disable-sync"]  # fmt: skip
 WIDTHS = [1400, 500]
 
 
@@ -75,17 +71,6 @@ def pages(model_and_data, tmp_path_factory):
         ),
         "report": folder / "report.html",
     }
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: install Debian's chromium (make setup does)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (test extra)")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -214,7 +199,7 @@ def test_explanations_show_the_true_class(pages, model_and_data, open_at, width)
 
 @pytest.mark.browser
 @pytest.mark.parametrize("width", WIDTHS)
-def test_eight_thumbnails_stay_on_one_row(pages, open_at, width):
+def test_eight_thumbnails_to_a_row_under_a_whole_caption(pages, open_at, width):
     tab = open_at(pages["explanations"], width)
     rows = tab.evaluate(
         "[...document.querySelectorAll('.thumbs')].map(t => new Set([...t.children]"
@@ -225,12 +210,6 @@ def test_eight_thumbnails_stay_on_one_row(pages, open_at, width):
     )
     assert 8 in counts
     assert all(r == 1 for r, n in zip(rows, counts, strict=True) if n <= 8), rows
-
-
-@pytest.mark.browser
-@pytest.mark.parametrize("width", WIDTHS)
-def test_captions_of_the_training_images_are_whole(pages, open_at, width):
-    tab = open_at(pages["explanations"], width)
     cut = tab.evaluate(
         "[...document.querySelectorAll('.ex-title')].filter(e => e.scrollWidth > e.clientWidth"
         " + 1).map(e => e.textContent)"
