@@ -138,17 +138,18 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a finished make demo folder (runs/demo)")
+    parser.add_argument("--report", type=Path, help="an evaluation report to photograph")
+    parser.add_argument("--pages", type=Path, help="a run folder: its pages at both widths")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"needs {CHROMIUM} (Debian's chromium; make setup installs it)", file=sys.stderr)
         return 2
-    if sys.argv[1:2] == ["--pages"] and len(sys.argv) == 3:
-        run = Path(sys.argv[2]).resolve()
+    if args.pages:
         for name in ("hierarchy", "explanations", "report"):
-            photograph_widths(run / f"{name}.html", name)
+            photograph_widths(args.pages.resolve() / f"{name}.html", name)
         return 0
-    if sys.argv[1:2] == ["--report"] and len(sys.argv) == 3:
-        photograph(Path(sys.argv[2]).resolve(), DOCS / "report.png", height=1400)
+    if args.report:
+        photograph(args.report.resolve(), DOCS / "report.png", height=1400)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         tree_page, explain_page = write_pages(Path(tmp))

@@ -121,7 +121,7 @@ class _Bar:
         self.progress, self.total, self.description, self.unit = progress, total, description, unit
         self.n = 0
         self.postfix = ""
-        self.start = self.last = time.monotonic()
+        self.start = self.last = self.first = time.monotonic()
         self.logged = False
         self.tqdm: Any = None
         if progress.bars:
@@ -140,13 +140,17 @@ class _Bar:
         elif not self.logged or now - self.last >= self.progress.interval:
             self.progress.status(self._status(now))
             self.last, self.logged = now, True
+        if self.n == 1:
+            self.first = now  # the first step also pays for start-up: timed apart
         forecast = self.progress.forecast
-        if forecast is not None and self.n >= min(ESTIMATE_STEPS, self.total or ESTIMATE_STEPS):
+        measured = self.n - 1 if self.total > ESTIMATE_STEPS + 1 else self.n
+        if forecast is not None and (measured >= ESTIMATE_STEPS or self.n >= self.total):
             self.progress.forecast = None
             epochs, what = forecast
-            one = (now - self.start) / self.n * (self.total or self.n)
+            since = self.first if measured < self.n else self.start
+            one = (now - since) / measured * (self.total or self.n)
             self.progress.line(
-                f"measured on the first {self.n} {_plural(self.unit)}: one {what} takes about"
+                f"measured on {measured} {_plural(self.unit)}: one {what} takes about"
                 f" {duration(one)} ({self.total} {_plural(self.unit)}), all {epochs} about"
                 f" {duration(one * epochs)} plus evaluation"
             )

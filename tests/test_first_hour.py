@@ -95,7 +95,7 @@ def test_estimate_is_printed_once_after_the_first_steps(monkeypatch, capsys):
             bar.update()
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        "measured on the first 5 steps: one training epoch takes about 1 min 40 s (100 steps),"
+        "measured on 5 steps: one training epoch takes about 1 min 40 s (100 steps),"
         " all 15 about 25 min 0 s plus evaluation"
     ]
     assert duration(3 * 3600 + 125) == "3 h 2 min"
@@ -137,7 +137,7 @@ def test_train_says_what_it_will_do_and_how_long_an_epoch_takes(capsys, stripes_
     lines = out.splitlines()
     assert lines[0].startswith(f"training {ARCH} on 320 fashion-mnist images, 1 warm-up + 0 tree")
     assert "evaluating 32 test images per epoch" in lines[0]
-    assert lines[1].startswith("measured on the first 5 steps: one training epoch takes about")
+    assert lines[1].startswith("measured on 5 steps: one training epoch takes about")
     assert lines[2].startswith("epoch 1/1 warmup")  # the estimate came before the epoch ended
     assert LEFT.search(err)
 

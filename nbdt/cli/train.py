@@ -113,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
     run.add_argument("--no-amp", dest="amp", action="store_false", help="no CUDA autocast")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     run.add_argument("--explain", type=int, metavar="N", help="explain N test images at the end")
     run.add_argument(
         "--no-report",
