@@ -142,6 +142,20 @@ def test_train_says_what_it_will_do_and_how_long_an_epoch_takes(capsys, stripes_
     assert LEFT.search(err)
 
 
+def test_explain_of_many_images_logs_progress_and_keeps_json_clean(
+    capsys, tiny_model, stripes_dir, tmp_path
+):
+    test_set = data.load_dataset("fashion-mnist", "test", stripes_dir)
+    files = []
+    for i in range(20):  # two batches of nbdt-explain
+        files.append(tmp_path / f"{i}.png")
+        data.to_pil(test_set[i][0]).save(files[-1])
+    assert explain_cli.main([*map(str, files), "--checkpoint", str(tiny_model), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)) == 20
+    assert "explain: 1/2 batches (50%)" in err and "explain: 2 batches in" in err
+
+
 # ---------------------------------------------------------------------------- nbdt-fix
 def test_fix_prints_a_summary_and_json_on_request(capsys, tiny_model, stripes_dir, tmp_path):
     folders = tmp_path / "corrections"

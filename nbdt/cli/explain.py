@@ -108,6 +108,7 @@ def _explain(args: argparse.Namespace) -> int:
     from nbdt._io import check_not_an_input
     from nbdt.explanation import format_probability
     from nbdt.images import load_image
+    from nbdt.progress import Progress
     from nbdt.rules import NonFiniteLogits
 
     check_not_an_input("--output", args.output, [*args.images, args.checkpoint, args.hierarchy])
@@ -130,7 +131,10 @@ def _explain(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr if args.json else sys.stdout)
     explained: list[tuple[str, object]] = []
     failed = 0
-    for start in range(0, len(args.images), _EXPLAIN_BATCH):
+    starts = range(0, len(args.images), _EXPLAIN_BATCH)
+    if len(starts) > 1:  # more than one batch: a pass worth a progress display
+        starts = Progress().track(starts, len(starts), "explain")
+    for start in starts:
         loaded: list[tuple[str, Any]] = []
         for name in args.images[start : start + _EXPLAIN_BATCH]:
             try:
