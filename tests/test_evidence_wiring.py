@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from test_browser import browser, open_page  # noqa: F401  (the browser fixtures)
+from test_browser import open_page  # noqa: F401  (the browser fixture)
 from test_evidence import CONFIG, FlatNet, _data, _model, _tree
 
 from nbdt.classes import DatasetClasses
@@ -321,7 +321,7 @@ def test_pages_show_heatmaps_and_examples_in_a_browser(tmp_path, open_page):  # 
 
     tree = open_page(tree_file)
     assert tree.js("document.getElementById('examples').hidden") is True
-    tree.page.click("g.node[data-id='b'] circle")
+    tree.page.click("g.node[data-id='b'] text")  # a node's name shows its examples
     assert tree.js("document.getElementById('examples').hidden") is False
     shown = tree.page.eval_on_selector_all("#examples img.thumb", visible)
     expected = sum(

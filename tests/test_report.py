@@ -7,7 +7,7 @@ import sys
 import pytest
 import reference_loops as ref
 import torch
-from test_browser import EVIL, assert_not_blank, browser, open_page  # noqa: F401 (fixtures)
+from test_browser import EVIL, assert_not_blank, open_page  # noqa: F401 (fixtures)
 
 from nbdt.evaluation.evaluate import EvalResult
 from nbdt.evaluation.metrics import TreeMetrics
