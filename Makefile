@@ -8,7 +8,7 @@ STAMP := $(VENV)/.nbdt-setup
 DEMO_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup system-deps demo test test-fast lint format bench clean
+.PHONY: setup system-deps demo test test-fast docs lint format bench clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[test,report,evidence,deploy]'
+	$(PIP) install -q -e '.[test,report,evidence,deploy,docs]'
 	touch $(STAMP)
 
 # resnet18 from scratch on Fashion-MNIST (CPU: about 10 minutes on 2 cores): cross-entropy
@@ -52,6 +52,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not browser" --timeout 120
 
+# The documentation site (mkdocs.yml), offline, into site/; warnings are errors.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
@@ -62,4 +66,4 @@ bench: setup
 	$(PY) scripts/bench_rules.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from nbdt import networks, wordnet
 from nbdt._io import cache_dir
-from nbdt.classes import dataset_classes
+from nbdt.classes import check_unique, dataset_classes
 from nbdt.images import load_image
 
 SPLITS = ("train", "test")
@@ -148,6 +148,7 @@ class FolderImages(torch.utils.data.Dataset):
         self.wnids = tuple(r.wnid for r in self.resolutions)
         if all(r.rule == "given" and r.name == r.wnid for r in self.resolutions):
             self.classes = tuple(wordnet.label(r.wnid) for r in self.resolutions)
+        check_unique(self.classes, f"{root}: class folders", self.wnids)  # before any write
         self.size = (int(size[0]), int(size[1]))
 
     @property

@@ -270,7 +270,24 @@ def _rebuild(before: TreeT, nodes: dict[str, Node], classes: Sequence[str]) -> T
         for i, n in list(nodes.items()):
             if _FRESH in n.children:
                 _set_children(nodes, i, [new_id if c == _FRESH else c for c in n.children])
+    _check_one_class_per_synset(before, [nodes[c] for c in classes])
     return type(before)(nodes.values(), classes)
+
+
+def _check_one_class_per_synset(before: Tree, leaves: Sequence[Node]) -> None:
+    """Refuse an edit that gives a WordNet id to a second class (``rename Bag -> n03057021``
+    beside Coat, an added class "coats"): two leaves would answer for one concept."""
+    had = {leaf.id: leaf.wnid for leaf in before.leaves}  # a file's own repeats stay its own
+    owner: dict[str, Node] = {}
+    for leaf in leaves:
+        if leaf.wnid is None:
+            continue
+        first = owner.setdefault(leaf.wnid, leaf)
+        if first is not leaf and not had.get(leaf.id) == had.get(first.id) == leaf.wnid:
+            raise ValueError(
+                f"the edit would give {leaf.wnid} to two classes, {first.label!r} and"
+                f" {leaf.label!r}: name the class after another concept"
+            )
 
 
 def _leaf_sets(nodes: Mapping[str, Node], root: str) -> dict[str, frozenset[str]]:

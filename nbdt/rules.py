@@ -281,6 +281,14 @@ class DecisionRules(nn.Module):
             raise ValueError(
                 f"classes must be a tensor of shape ({logits.shape[0]},) to match the logits"
             )
+        in_range = ((classes >= 0) & (classes < self.num_classes)).all()
+        if classes.device.type == "cpu":
+            if not bool(in_range):  # a negative index would read another class's path
+                raise ValueError(f"classes must be class indices in [0, {self.num_classes})")
+        else:  # no host synchronisation in the training step: the device checks it
+            torch._assert_async(
+                in_range, f"classes must be class indices in [0, {self.num_classes})"
+            )
         scores = self._path_scores(logits, self.path_node[classes])  # (B, K, D)
         taken = torch.log_softmax(scores, dim=1).gather(1, self.path_slot[classes][:, None])
         return taken[:, 0].masked_fill(~self.path_mask[classes], 0.0)

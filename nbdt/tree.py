@@ -309,20 +309,27 @@ class Tree:
         for instance a dataset's, and takes precedence over the file's own ``graph.classes``;
         without it the file's order is used. The reference implementation's files carry none.
         """
-        if not isinstance(data, Mapping) or "nodes" not in data:
+        if not isinstance(data, Mapping) or not isinstance(data.get("nodes"), list):
             raise ValueError("not node-link JSON: no 'nodes' list")
         link_key = "links" if "links" in data else "edges" if "edges" in data else None
-        if link_key is None:
+        if link_key is None or not isinstance(data[link_key], list):
             raise ValueError("not node-link JSON: no 'links' or 'edges' list")
         children: dict[str, list[str]] = {}
         raw_nodes = []
         for entry in data["nodes"]:
-            if not isinstance(entry, Mapping) or "id" not in entry:
-                raise ValueError("node-link JSON: every node needs an 'id'")
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), (str, int)):
+                raise ValueError("node-link JSON: every node needs an 'id' (a string)")
             node_id = str(entry["id"])
+            for key in ("wnid", "label", "name"):
+                if entry.get(key) is not None and not isinstance(entry[key], str):
+                    raise ValueError(
+                        f"node-link JSON: node {node_id!r}: {key} {entry[key]!r} is not a string"
+                    )
             raw_nodes.append((node_id, entry))
             children[node_id] = []
         for link in data[link_key]:
+            if not isinstance(link, Mapping) or not {"source", "target"} <= link.keys():
+                raise ValueError("node-link JSON: every link needs a 'source' and a 'target'")
             source, target = str(link["source"]), str(link["target"])
             if source not in children or target not in children:
                 raise ValueError(f"node-link JSON: link {source!r} -> {target!r} names no node")
@@ -337,6 +344,8 @@ class Tree:
             nodes.append(Node(node_id, str(label), wnid, tuple(children[node_id]), user_label))
 
         graph = data.get("graph") or {}
+        if not isinstance(graph, Mapping) or not isinstance(graph.get("classes") or [], list):
+            raise ValueError("node-link JSON: 'graph' must be an object, its 'classes' a list")
         if graph.get("classes") is not None:
             check_unique([str(c) for c in graph["classes"]], "graph.classes")
         order = classes if classes is not None else graph.get("classes")
@@ -363,6 +372,8 @@ class Tree:
             raise FileNotFoundError(f"{path}: no such hierarchy file") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a JSON hierarchy file ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: not a hierarchy file (JSON nested too deeply)") from None
         try:
             return cls.from_node_link(data, classes)
         except (ValueError, KeyError, TypeError) as e:

@@ -8,7 +8,7 @@ missing; the JSON says which) and the shipped WordNet ImageNet tree (wide nodes)
 
 Each time is the median over repeats, in ms: process CPU time on CPU (on a shared machine wall
 time mostly measures waiting for other processes), wall time on CUDA. The loop reference is
-tests/reference_loops.py.
+tests/helpers/reference_loops.py.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import reference_loops as ref  # noqa: E402
-
 from nbdt.hierarchy import Hierarchy  # noqa: E402
 from nbdt.loss import HardTreeSupLoss, SoftTreeSupLoss  # noqa: E402
 from nbdt.model import NBDT  # noqa: E402
 from nbdt.rules import DecisionRules  # noqa: E402
+
+from helpers import reference_loops as ref  # noqa: E402
 
 BATCH = 256
 TARGET_SOFT_LOSS_X_CE = 10.0

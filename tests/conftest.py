@@ -1,12 +1,14 @@
-"""Shared test set-up: no network, and a private cache folder for the whole session."""
+"""Shared test set-up: no network, a private cache folder for the whole session, and the
+fixtures tests in several folders use (trees, small models, Fashion-MNIST stand-ins, browser)."""
 
 import atexit
 import os
 import shutil
 import tempfile
-from pathlib import Path
 
 import pytest
+
+from helpers.pages import CHROMIUM, FLAGS, Page
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # nbdt's user cache (the WordNet copy, datasets) goes to a folder of this test session alone,
@@ -179,23 +181,80 @@ def stripes_dir(tmp_path_factory):
     return _stripes_fashion_mnist(tmp_path_factory.mktemp("stripes"))
 
 
-# ---- a real browser for the HTML pages
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
+# ---- small untrained models
+@pytest.fixture(scope="session")
+def tiny_nbdt():
+    """``tiny_nbdt(hierarchy, *, size=(28, 28), channels=3, seed=0) -> NBDT``: an untrained
+    timm test_resnet (seeded, eval mode) over the hierarchy's classes, that reads ``size``
+    images whole (``size=None``: timm's own data config); ``channels=1`` reads grayscale as is."""
+    import timm
+    import torch
+
+    from nbdt.data import data_config
+    from nbdt.model import NBDT
+
+    def build(hierarchy, *, size=(28, 28), channels: int = 3, seed: int = 0) -> NBDT:
+        torch.manual_seed(seed)
+        kwargs = {"num_classes": hierarchy.num_classes, "in_chans": channels}
+        net = timm.create_model("test_resnet", **kwargs).eval()
+        config = None if size is None else data_config(net, size, channels=channels)
+        return NBDT(net, hierarchy, arch="test_resnet", model_kwargs=kwargs, data_config=config)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def varied_resnet():
+    """``varied_resnet(classes, *, size, scale, seed=0) -> nn.Module``: timm's test_resnet (seeded,
+    eval mode) with its head re-centred on random ``size`` x ``size`` inputs, ``scale`` over the
+    features' spread, so that random inputs get varied classes."""
+    import timm
+    import torch
+
+    def build(classes: int, *, size: int, scale: float, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        net = timm.create_model("test_resnet", num_classes=classes).eval()
+        with torch.no_grad():
+            x = torch.randn(64, 3, size, size)
+            features = net.forward_head(net.forward_features(x), True)
+            head = net.get_classifier()
+            spread = features.std(0).clamp_min(1e-3)
+            head.weight.copy_(scale * torch.randn_like(head.weight) / spread)
+            head.bias.copy_(-head.weight @ features.mean(0))
+        return net
+
+    return build
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium through Playwright (never a download), for the page tests."""
+def stripes_checkpoint(stripes_dir, tmp_path_factory):
+    """The path of an untrained tiny NBDT (test_efficientnet_gn, the tree induced from its head)
+    over the stripes classes, built from the trainer's parts and saved."""
+    import torch
+
+    from nbdt.model import NBDT
+    from nbdt.training.config import TrainConfig
+    from nbdt.training.plan import make_plan
+
+    arch = "test_efficientnet_gn"
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)  # the same untrained network whichever tests ran before
+    config = TrainConfig(
+        output=str(folder / "run"), arch=arch, data_dir=str(stripes_dir), batch_size=32
+    )
+    plan = make_plan(config, torch.device("cpu"))
+    network, kwargs = plan.network()
+    model = NBDT(
+        network, plan.induce(network), arch=arch, model_kwargs=kwargs,
+        data_config=plan.data_config(network, kwargs),
+    )  # fmt: skip
+    return model.save(folder / "tiny.pt")
+
+
+# ---- HTML pages in chromium (helpers/pages.py)
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Debian's chromium, launched once per test module; skips where it or playwright is missing."""
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium: install Debian's chromium (make setup does)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (test extra)")
@@ -204,3 +263,17 @@ def browser():
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """``open_page(path, color_scheme="light") -> Page``, each page closed after the test."""
+    pages = []
+
+    def open_(path, **kwargs):
+        pages.append(Page(browser, path, **kwargs))
+        return pages[-1]
+
+    yield open_
+    for page in pages:
+        page.close()

@@ -70,6 +70,22 @@ def test_ruff_clean(args):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_test_files_have_unique_names_and_import_no_test_module():
+    """pytest imports test files by their names, so two alike would clash; what tests share is
+    a fixture (conftest.py) or a plain module (tests/helpers), never another test file."""
+    import ast
+
+    files = sorted((ROOT / "tests").rglob("*.py"))
+    tests = [f for f in files if f.name.startswith("test_")]
+    assert len({f.name for f in tests}) == len(tests)
+    forbidden = {f.stem for f in tests} | {"conftest"}
+    for file in files:
+        nodes = list(ast.walk(ast.parse(file.read_text(encoding="utf-8"))))
+        imported = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in nodes if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {name.split(".")[0] for name in imported} & forbidden, file
+
+
 def test_a_reader_that_leaves_early_is_no_error():
     pipe = subprocess.Popen(
         [BIN / "nbdt-hierarchy", "show", "imagenet-induced"],  # 100 kB: more than a pipe holds
@@ -171,38 +187,29 @@ def test_the_choice_checker_names_the_option_and_the_table():
     check_choice("mode", "hard", MODES)
 
 
-def _untrained_fashion_model(folder: Path) -> Path:
-    """An untrained test_resnet NBDT over Fashion-MNIST's classes, saved by NBDT.save."""
-    import torch
-
-    from nbdt.classes import dataset_classes
-    from nbdt.data import data_config
-    from nbdt.model import NBDT
-
-    torch.manual_seed(0)
-    tree = nbdt.Hierarchy.random(list(dataset_classes("fashion-mnist").names), seed=0)
-    net = NBDT.from_arch("test_resnet", tree).model
-    model = NBDT.from_arch("test_resnet", tree, data_config=data_config(net, (28, 28)))
-    folder.mkdir(parents=True, exist_ok=True)
-    return model.save(folder / "best.pt")
-
-
-def test_eval_takes_the_dataset_its_checkpoint_records(stripes_dir, tmp_path, capsys):
+def test_eval_takes_the_dataset_its_checkpoint_records(stripes_dir, tiny_nbdt, tmp_path, capsys):
     import json
 
     import torch
 
     from nbdt.checkpoint import read_checkpoint
+    from nbdt.classes import dataset_classes
     from nbdt.cli._common import recorded_data
     from nbdt.cli.evaluate import main as eval_main
 
-    saved = _untrained_fashion_model(tmp_path / "saved")
+    def untrained_fashion_model(folder: Path) -> Path:
+        """An untrained test_resnet NBDT over Fashion-MNIST's classes, saved by NBDT.save."""
+        tree = nbdt.Hierarchy.random(list(dataset_classes("fashion-mnist").names), seed=0)
+        folder.mkdir(parents=True, exist_ok=True)
+        return tiny_nbdt(tree).save(folder / "best.pt")
+
+    saved = untrained_fashion_model(tmp_path / "saved")
     argv = ["--subset", "20", "--no-report", "--out", str(tmp_path / "eval")]  # the old spelling
     assert eval_main([str(saved), *argv]) == 2  # NBDT.save records no run
     err = capsys.readouterr().err
     assert "records no dataset" in err and "pass --dataset" in err and err.count("\n") == 1
 
-    run = _untrained_fashion_model(tmp_path / "run")
+    run = untrained_fashion_model(tmp_path / "run")
     recorded = {"dataset": "fashion-mnist", "data_dir": str(stripes_dir)}
     (run.parent / "args.json").write_text(json.dumps({**recorded, "epochs": 1}))
     assert eval_main([str(run), *argv]) == 0

@@ -14,12 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbdt._messages import one_line
+from nbdt._messages import for_terminal, one_line
 
 if TYPE_CHECKING:
     from nbdt.model import NBDT
 
 EXIT_BAD_INPUT = 2
+# The options through which commands write files; every other path argument is read.
+OUTPUT_OPTIONS = ("output", "html")
 
 
 def run(
@@ -30,23 +32,25 @@ def run(
 ) -> int:
     """Parse arguments and run ``main``; bad input becomes one stderr line and exit 2, a
     diverging loss (:class:`~nbdt.training.loop.LossDiverged`) one line and exit 1, Ctrl-C
-    exit 130 with what was kept."""
+    exit 130 with what was kept. Messages are printed through
+    :func:`nbdt._messages.for_terminal`: a class or file name cannot drive the terminal."""
     args = parser.parse_args(argv)
     try:
+        check_paths(parser, args)
         return int(main(args) or 0)
     except KeyboardInterrupt as e:
         print(f"{prog}: interrupted{f' {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     except ArithmeticError as e:  # the loss diverged: the input was fine, the run was not
         if os.environ.get("RANK", "0") == "0":
-            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            print(f"{prog}: error: {for_terminal(one_line(e))}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `nbdt-... | head`: the reader left, which is no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ValueError, OSError) as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike
-            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            print(f"{prog}: error: {for_terminal(one_line(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -76,6 +80,49 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _ShowDefaults)
         super().__init__(allow_abbrev=False, **kwargs)
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The rule every command keeps, before any work: no output replaces an input
+    (:func:`nbdt._io.check_outputs`). Outputs are the :data:`OUTPUT_OPTIONS`; inputs, every
+    other path a free-text argument names (arguments with choices name no path)."""
+    from nbdt._io import check_outputs, check_writable
+
+    outputs = {f"--{dest}": getattr(args, dest, None) for dest in OUTPUT_OPTIONS}
+    folders = {a.dest for a in _actions(parser) if getattr(a, "folder", False)}
+    for option, path in outputs.items():
+        if path:
+            check_writable(option, path, folder=option[2:] in folders)
+    inputs: list[str] = []
+    for dest in _path_arguments(parser):
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item:
+                inputs.append(item)
+    check_outputs(outputs, inputs)
+
+
+def _path_arguments(parser: argparse.ArgumentParser) -> set[str]:
+    """The destinations of ``parser``'s (and its sub-commands') free-text arguments, outputs
+    excepted."""
+    dests = {
+        a.dest
+        for a in _actions(parser)
+        if a.choices is None and a.type in (None, str) and a.nargs != 0
+    }
+    return dests - set(OUTPUT_OPTIONS)
+
+
+def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """``parser``'s arguments and its sub-commands'."""
+    actions = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                actions += _actions(sub)
+        else:
+            actions.append(action)
+    return actions
 
 
 # ------------------------------------------------------------------------- argument types
@@ -112,16 +159,20 @@ def add_output(
     help: str,
     required: bool = True,
     aliases: Sequence[str] = (),
+    folder: bool = False,
 ) -> None:
     """``-o/--output``: what a command writes, the same flag in every command (``args.output``).
 
     ``container`` is a parser or an argument group. ``aliases`` are a command's former spellings
-    (``--out``): still accepted, hidden from ``--help``, for one release.
+    (``--out``): still accepted, hidden from ``--help``, for one release. ``folder``: the
+    output is a folder the command creates (else a file in an existing folder); :func:`run`
+    checks either can be written before any work.
     """
     group = container.add_mutually_exclusive_group(required=required)
-    group.add_argument("-o", "--output", metavar=metavar, help=help)
+    group.add_argument("-o", "--output", metavar=metavar, help=help).folder = folder
     for alias in aliases:
-        group.add_argument(alias, dest="output", metavar=metavar, help=argparse.SUPPRESS)
+        action = group.add_argument(alias, dest="output", metavar=metavar, help=argparse.SUPPRESS)
+        action.folder = folder
 
 
 def add_data_options(
@@ -196,6 +247,26 @@ def recorded_data(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
     if not settings.get("dataset"):
         return {}
     return {"dataset": settings["dataset"], "data_dir": settings.get("data_dir")}
+
+
+def model_classes_of(dataset: Any, model: Any, checkpoint: str) -> Any:
+    """``dataset`` as the model sees it, by nbdt-eval's rule
+    (:func:`nbdt.evaluation.evaluate.class_lookup`): without the classes the checkpoint's
+    training run held out (its args.json), and refused unless its classes are the model's."""
+    from nbdt.evaluation.evaluate import class_lookup
+    from nbdt.training.run_folder import RunFolder
+
+    run = RunFolder(Path(checkpoint).parent, main=False).recorded_args() or {}
+    holdout = list(run.get("holdout_classes") or [])
+    lookup, _, _ = class_lookup(model.hierarchy, dataset, holdout)
+    if holdout:
+        dataset = dataset.without_classes(holdout)
+    if lookup is not None and list(dataset.classes) != list(model.hierarchy.classes):
+        raise ValueError(
+            f"the dataset's classes are the model's in another order: {checkpoint} needs its"
+            " own dataset's class order"
+        )
+    return dataset
 
 
 # ---------------------------------------------------------------------------------- models

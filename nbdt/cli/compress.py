@@ -29,7 +29,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="an nbdt model file")
     add_output(
-        p, metavar="FOLDER", help="where the ONNX files, pruned.pt, finetune/ and compress.json go"
+        p,
+        metavar="FOLDER",
+        help="where the ONNX files, pruned.pt, finetune/ and compress.json go",
+        folder=True,
     )
     p.add_argument("--prune", type=float, metavar="RATIO", help="channel ratio in (0, 1)")
     p.add_argument(

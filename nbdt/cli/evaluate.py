@@ -44,7 +44,9 @@ def parser() -> argparse.ArgumentParser:
         help="classes the model never saw, routed through its tree (default: the run's, from"
         " args.json beside the checkpoint)",
     )
-    add_output(p, metavar="DIR", help="where eval.json and report.html go", aliases=("--out",))
+    add_output(
+        p, metavar="DIR", help="where eval.json and report.html go", aliases=("--out",), folder=True
+    )
     p.add_argument("--no-report", action="store_true", help="write eval.json only")
     p.add_argument("--subset", type=non_negative_int, metavar="N", help="first N images")
     p.add_argument(
@@ -62,6 +64,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from nbdt import data
+    from nbdt._io import new_folder
     from nbdt.distributed import start_process
     from nbdt.evaluation.evaluate import evaluate
     from nbdt.model import load
@@ -103,7 +106,8 @@ def _eval(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if not process.main:
         return 0
-    written = result.write(args.output, report=not args.no_report, history=run_folder.history())
+    with new_folder(args.output):
+        written = result.write(args.output, report=not args.no_report, history=run_folder.history())
     print(result.summary())
     for path in written:
         print(f"wrote {path}")

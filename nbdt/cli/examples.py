@@ -10,6 +10,7 @@ from nbdt.cli._common import (
     Parser,
     add_data_options,
     add_output,
+    model_classes_of,
     non_negative_int,
     positive_int,
     resolve_data,
@@ -68,11 +69,10 @@ def _examples(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
     if args.subset is not None:
         dataset = dataset.head(args.subset)
-    if list(dataset.classes) != list(model.hierarchy.classes):
-        raise ValueError(
-            f"{args.dataset}: its {len(dataset.classes)} classes are not the model's"
-            f" {model.hierarchy.num_classes} ({', '.join(model.hierarchy.classes[:3])}, ...)"
-        )
+    try:
+        dataset = model_classes_of(dataset, model, args.checkpoint)
+    except ValueError as e:
+        raise ValueError(f"{args.dataset}: {e}") from None
     found = node_examples(
         model,
         dataset,

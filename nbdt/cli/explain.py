@@ -105,13 +105,11 @@ def _explain(args: argparse.Namespace) -> int:
     """Explain every readable image; unreadable ones are reported and make the exit status 2."""
     import json
 
-    from nbdt._io import check_not_an_input
     from nbdt.explanation import format_probability
     from nbdt.images import load_image
     from nbdt.progress import Progress
     from nbdt.rules import NonFiniteLogits
 
-    check_not_an_input("--output", args.output, [*args.images, args.checkpoint, args.hierarchy])
     model, note = _explain_model(args)
     classes = model.hierarchy.num_classes
     if args.top_k is not None and args.top_k > classes:

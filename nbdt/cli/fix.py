@@ -125,6 +125,8 @@ def _images(folder: Path, option: str) -> list[Path]:
 
 def _additions(args: argparse.Namespace, hierarchy: Any) -> list[tuple[str, list[Path]]]:
     """``--add-class NAME=DIR`` entries: new names, folders with images."""
+    from nbdt import wordnet
+    from nbdt._messages import for_terminal
     from nbdt.intervene import check_new_class
 
     out: list[tuple[str, list[Path]]] = []
@@ -138,6 +140,13 @@ def _additions(args: argparse.Namespace, hierarchy: Any) -> list[tuple[str, list
             raise ValueError(f"--add-class {item!r}: {e}") from None
         if any(name.casefold() == done.casefold() for done, _ in out):
             raise ValueError(f"--add-class {item!r}: {name!r} is given twice")
+        guess = wordnet.resolutions([name])[0]
+        if guess.fallback:  # a guessed sense places the class: the user must see it
+            print(
+                f"nbdt-fix: note: --add-class {for_terminal(str(guess))}; name the class by its"
+                " WordNet id (--add-class nXXXXXXXX=DIR) to place it otherwise",
+                file=sys.stderr,
+            )
         out.append((name, _images(Path(folder), "--add-class")))
     return out
 

@@ -133,10 +133,8 @@ def parser() -> argparse.ArgumentParser:
 
 def _hierarchy_html(args: argparse.Namespace) -> int:
     """`nbdt-hierarchy html`: load a tree file or shipped name and write its page."""
-    from nbdt._io import check_not_an_input
     from nbdt.visualize import hierarchy_html, node_index
 
-    check_not_an_input("--output", args.output, [args.tree, args.classes])
     tree = _load_tree(args.tree, _hierarchy_classes(args))
     highlight: str | int | None = args.highlight
     if highlight is not None and highlight not in tree and highlight.lstrip("-").isdigit():
@@ -156,9 +154,6 @@ def _hierarchy_edit(args: argparse.Namespace) -> int:
 
     from nbdt.edits import apply_edits, moved_nodes, read_edits
 
-    for option, target in (("--output", args.output), ("--html", args.html)):
-        if target and not Path(target).resolve().parent.is_dir():
-            raise ValueError(f"{option} {target}: the folder {Path(target).parent} does not exist")
     tree = _load_tree(args.tree, _hierarchy_classes(args))
     edited = apply_edits(tree, read_edits(args.edits))
     moved = moved_nodes(tree, edited)
@@ -182,15 +177,9 @@ def _hierarchy(args: argparse.Namespace) -> int:
     import warnings
     from pathlib import Path
 
-    from nbdt._io import check_not_an_input
     from nbdt.hierarchy import Hierarchy
     from nbdt.wordnet import UnresolvedClassWarning
 
-    inputs = [getattr(args, k, None) for k in ("tree", "classes", "checkpoint", "pretrained_file")]
-    for option, target in (("--output", args.output), ("--html", args.html)):
-        check_not_an_input(option, target, inputs)
-        if target and not Path(target).resolve().parent.is_dir():
-            raise ValueError(f"{option} {target}: the folder {Path(target).parent} does not exist")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnresolvedClassWarning)
         classes = _hierarchy_classes(args)

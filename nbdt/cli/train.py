@@ -107,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
     )
 
     run = p.add_argument_group("run")
-    add_output(run, metavar="DIR", help="checkpoints and metrics")
+    add_output(run, metavar="DIR", help="checkpoints and metrics", folder=True)
     run.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
     run.add_argument("--overwrite", action="store_true", help="replace the run already in DIR")
     run.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")

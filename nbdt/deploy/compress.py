@@ -26,12 +26,14 @@ class Compressed:
     """What :func:`compress` wrote and measured.
 
     ``files`` maps each variant ("uncompressed", "pruned", "int8", "pruned_int8", ...) to its
-    ONNX file; ``rows`` holds each variant's measurements, as ``compress.json``'s "variants".
+    ONNX file; ``rows`` holds each variant's measurements, as ``compress.json``'s "variants";
+    ``notes`` what the user must know about them (the share pruning achieved).
     """
 
     output: Path
     files: dict[str, Path]
     rows: dict[str, dict[str, Any]]
+    notes: tuple[str, ...] = ()
 
     def table(self) -> str:
         """The comparison as a fixed-width text table, one line per variant."""
@@ -48,7 +50,7 @@ class Compressed:
                 f"{r['nbdt_soft_top1']:>7.2f}{r['nbdt_hard_top1']:>7.2f}"
                 f"{r['agreement']['path'] * 100:>8.2f}"
             )
-        return "\n".join(lines)
+        return "\n".join([*lines, *self.notes])
 
     def unfinetuned_warning(self, finetune_epochs: int, tolerance: float = 1.0) -> str | None:
         """A loud note when pruning without fine-tuning (``finetune_epochs`` 0) lost more than
@@ -106,14 +108,16 @@ def compress(
     import torch
 
     from nbdt import data
-    from nbdt._io import write_text
+    from nbdt._io import new_folder, write_text
     from nbdt.deploy.export import export_onnx
     from nbdt.deploy.measure import evaluate_onnx, parameters_and_macs
-    from nbdt.deploy.prune import IMPORTANCES
+    from nbdt.deploy.prune import IMPORTANCES, removed_share
     from nbdt.deploy.prune import prune as prune_network
     from nbdt.deploy.quantize import ACTIVATION_TYPES, QUANTIZATIONS
+    from nbdt.evaluation.evaluate import class_lookup
     from nbdt.model import load
     from nbdt.training.finetune import finetune
+    from nbdt.training.run_folder import RunFolder
 
     settings = {
         "prune": prune, "importance": importance, "round_to": round_to,
@@ -135,59 +139,78 @@ def compress(
     model = load(checkpoint)
     transform = data.BatchTransform(model.data_config)
     test_set = data.load_dataset(dataset, "test", data_dir)
+    # The training run's held-out classes: scored as nbdt-eval scores them (the seen ones only).
+    run = RunFolder(Path(checkpoint).parent, main=False).recorded_args() or {}
+    holdout = list(run.get("holdout_classes") or [])
+    lookup, _, _ = class_lookup(model.hierarchy, test_set, holdout)
+    targets = test_set.targets if lookup is None else lookup[test_set.targets]
+    seen = (targets >= 0).nonzero().flatten()[:test]
     with torch.no_grad():
-        inputs = transform(test_set.images[:test]).numpy()
-        labels = test_set.targets[:test].numpy()
+        inputs = transform(test_set.images[seen]).numpy()
+        labels = targets[seen].numpy()
         train = data.load_dataset(dataset, "train", data_dir)
         calibration_images = transform(train.images[:calibration]).numpy()
     batches = [calibration_images[i : i + 32] for i in range(0, len(calibration_images), 32)]
 
-    output.mkdir(parents=True, exist_ok=True)
-    files = {"uncompressed": export_onnx(model, output / "uncompressed.onnx")}
-    networks = {"uncompressed": model}
-    compressed = model
-    if prune is not None:
-        compressed = prune_network(
-            model,
-            prune,
-            importance=importance,
-            global_pruning=global_pruning,
-            round_to=round_to or None,
-        )
-        compressed.save(output / "pruned.pt")
-        if finetune_epochs:
-            teacher = None if reinduce else model  # a new tree has no teacher's decisions
-            config = _finetune_config(settings, model, output)
-            compressed, _ = finetune(config, teacher=teacher, distill=distill)
+    with new_folder(output):  # a first write that fails leaves no empty folder
+        notes: list[str] = []
+        files = {"uncompressed": export_onnx(model, output / "uncompressed.onnx")}
+        networks = {"uncompressed": model}
+        compressed = model
+        if prune is not None:
+            compressed = prune_network(
+                model,
+                prune,
+                importance=importance,
+                global_pruning=global_pruning,
+                round_to=round_to or None,
+            )
             compressed.save(output / "pruned.pt")
-        files["pruned"] = export_onnx(compressed, output / "pruned.onnx")
-        networks["pruned"] = compressed
-    for kind in dict.fromkeys(quantize or ()):
-        name = f"pruned_{kind}" if "pruned" in files else kind
-        source = files.get("pruned", files["uncompressed"])
-        quantizer = QUANTIZATIONS[kind]
-        files[name] = quantizer(source, output / f"{name}.onnx", batches, activations)
-        networks[name] = compressed
-    rows = evaluate_onnx(files, inputs, labels, reference="uncompressed")
-    for name, row in rows.items():
-        row["params"], row["macs"] = parameters_and_macs(networks[name])
-    report = {
-        "checkpoint": str(checkpoint),
-        "settings": settings,
-        "test_images": len(labels),
-        "variants": rows,
-    }
-    write_text(output / "compress.json", json.dumps(report, indent=1) + "\n")
-    return Compressed(output, files, rows)
+            share = removed_share(model, compressed)
+            notes.append(
+                f"pruned: {share:.1%} of the network's parameters removed (--prune {prune} asked)"
+                + ("" if finetune_epochs else "; not fine-tuned: add --finetune-epochs N")
+            )
+            if finetune_epochs:
+                teacher = None if reinduce else model  # a new tree has no teacher's decisions
+                config = _finetune_config(settings, model, output, holdout)
+                compressed, _ = finetune(config, teacher=teacher, distill=distill)
+                compressed.save(output / "pruned.pt")
+            files["pruned"] = export_onnx(compressed, output / "pruned.onnx")
+            networks["pruned"] = compressed
+        for kind in dict.fromkeys(quantize or ()):
+            name = f"pruned_{kind}" if "pruned" in files else kind
+            source = files.get("pruned", files["uncompressed"])
+            quantizer = QUANTIZATIONS[kind]
+            files[name] = quantizer(source, output / f"{name}.onnx", batches, activations)
+            networks[name] = compressed
+        rows = evaluate_onnx(files, inputs, labels, reference="uncompressed")
+        for name, row in rows.items():
+            row["params"], row["macs"] = parameters_and_macs(networks[name])
+        report = {
+            "checkpoint": str(checkpoint),
+            "settings": settings,
+            "test_images": len(labels),
+            "variants": rows,
+            "notes": notes,
+        }
+        write_text(output / "compress.json", json.dumps(report, indent=1) + "\n")
+    return Compressed(output, files, rows, tuple(notes))
 
 
 def _check(settings: dict[str, Any]) -> None:
     """Refuse settings that contradict each other, before anything is read or written."""
     ratio = settings["prune"]
+    if settings["dataset"] == "folder":  # measured on in-memory test tensors only, for now
+        raise ValueError("--dataset folder: nbdt-compress measures on fashion-mnist or cifar")
     if ratio is None and settings["quantize"] is None:
         raise ValueError("nothing to do: pass --prune RATIO and/or --quantize KIND")
     if ratio is not None and not 0 < ratio < 1:
         raise ValueError(f"--prune: the ratio must be between 0 and 1, got {ratio}")
+    if settings["round_to"] is not None and settings["round_to"] < 0:
+        raise ValueError(
+            f"--round-to: a channel multiple >= 1 (0: none), got {settings['round_to']}"
+        )
     epochs = settings["finetune_epochs"]
     if epochs < 0:
         raise ValueError(f"--finetune-epochs: must be >= 0, got {epochs}")
@@ -204,8 +227,11 @@ def _check(settings: dict[str, Any]) -> None:
             raise ValueError(f"--{option}: needs at least one image")
 
 
-def _finetune_config(settings: dict[str, Any], model: NBDT, output: Path) -> TrainConfig:
-    """nbdt-train's settings for fine-tuning ``output``/pruned.pt into ``output``/finetune."""
+def _finetune_config(
+    settings: dict[str, Any], model: NBDT, output: Path, holdout: Sequence[str]
+) -> TrainConfig:
+    """nbdt-train's settings for fine-tuning ``output``/pruned.pt into ``output``/finetune
+    (without the classes the model's training run held out)."""
     from nbdt.training.config import TrainConfig
 
     size = model.data_config["input_size"]
@@ -225,4 +251,5 @@ def _finetune_config(settings: dict[str, Any], model: NBDT, output: Path) -> Tra
         lr=settings["lr"],
         image_size=size[-1] if dataset == "folder" and size[-1] == size[-2] else None,
         overwrite=True,
+        holdout_classes=list(holdout) or None,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,9 +21,6 @@ from nbdt.choices import check_choice
 from nbdt.deploy.runtime import import_deploy
 from nbdt.model import NBDT
 from nbdt.networks import architecture_changes
-
-if TYPE_CHECKING:
-    pass
 
 
 def _magnitude(tp: Any) -> Any:
@@ -53,7 +50,9 @@ def prune(
     ``importance`` is a key of :data:`IMPORTANCES`; "taylor" reads the gradients of the NBDT's
     soft-inference NLL on ``examples`` (batches of preprocessed images and labels). The head is
     kept whole. Save it and fine-tune the file with :func:`finetune` (the trainer's parts). An
-    architecture Torch-Pruning cannot handle is one ``ValueError`` naming it.
+    architecture Torch-Pruning cannot handle, and a ratio that removes nothing (``round_to``
+    rounds each layer's share; :func:`removed_share` says what was achieved), are one
+    ``ValueError`` naming it.
     """
     tp = import_deploy("torch_pruning")
     if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
@@ -94,8 +93,22 @@ def prune(
         ) from None
     if tuple(out.shape) != (2, model.hierarchy.num_classes):
         raise ValueError(f"torch-pruning cannot prune {arch}: the pruned network's output changed")
+    if removed_share(model, pruned) == 0:
+        raise ValueError(
+            f"ratio {ratio}: removes no channel of {arch}"
+            f"{f' once rounded to multiples of {round_to}' if round_to else ''}: choose"
+            " another ratio or lower round_to"
+        )
     pruned.pruned = architecture_changes(network, pruned.arch, pruned.model_kwargs)
     return pruned
+
+
+def removed_share(model: NBDT, pruned: NBDT) -> float:
+    """The share of ``model``'s network parameters that ``pruned`` no longer has: what a
+    pruning achieved, which rounding and dependencies make differ from the ratio asked."""
+    before = sum(p.numel() for p in model.model.parameters())
+    after = sum(p.numel() for p in pruned.model.parameters())
+    return 1 - after / before
 
 
 def _modules_feeding(tp: Any, network: nn.Module, head: nn.Module, example: torch.Tensor) -> list:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from nbdt.checkpoint import check_data_config
 from nbdt.explanation import Explanation, explanations_from_arrays
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
@@ -151,20 +152,34 @@ class OnnxNBDT:
         self.node_score: str = metadata["node_score"]
         self.arch: str | None = metadata["arch"]
         self.data_config: dict[str, Any] = metadata["data_config"]
-        outputs = {o.name for o in self.session.get_outputs()}
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
         missing = [name for name in OUTPUT_NAMES if name not in outputs]
         if missing:
             raise ValueError(f"{path}: not an nbdt ONNX model (no output {missing[0]!r})")
+        width = outputs["logits"][-1] if outputs["logits"] else None
+        if isinstance(width, int) and width != self.hierarchy.num_classes:
+            raise ValueError(
+                f"{path}: damaged nbdt metadata (a tree of {self.hierarchy.num_classes} classes"
+                f" for a graph of {width})"
+            )
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.hierarchy.classes
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """The graph's outputs for a preprocessed (B, C, H, W) batch, by output name."""
+        """The graph's outputs for a preprocessed (B, C, H, W) batch, by output name; NaN or
+        infinite logits raise :class:`nbdt.rules.NonFiniteLogits` naming the rows, as the
+        PyTorch model does."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        values = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-        return dict(zip(OUTPUT_NAMES, values, strict=True))
+        outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        values = dict(zip(OUTPUT_NAMES, outputs, strict=True))
+        finite = np.isfinite(values["logits"]).all(axis=1)
+        if not finite.all():  # any answer read from NaN would be made up
+            from nbdt.rules import NonFiniteLogits  # torch, on this error path only
+
+            raise NonFiniteLogits(np.flatnonzero(~finite).tolist())
+        return values
 
     def preprocess(self, image: Image.Image | str | os.PathLike[str]) -> np.ndarray:
         """A PIL image or image file as the model's (C, H, W) float32 input."""
@@ -245,13 +260,14 @@ def read_metadata(props: Mapping[str, str], source: str) -> dict[str, Any]:
         data_config = json.loads(props["nbdt.data_config"])
         classes = json.loads(props["nbdt.classes"])
         mode, node_score = props["nbdt.mode"], props["nbdt.node_score"]
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise ValueError(f"{source}: damaged nbdt metadata ({reason})") from None
     if list(hierarchy.classes) != classes or mode not in ("soft", "hard"):
         raise ValueError(f"{source}: damaged nbdt metadata (classes or mode disagree)")
     if node_score not in ("mean", "marginal") or not isinstance(data_config, dict):
         raise ValueError(f"{source}: damaged nbdt metadata (node score or data config)")
+    check_data_config(data_config, source)  # the checks a model file's config gets
     return {
         "hierarchy": hierarchy,
         "mode": mode,

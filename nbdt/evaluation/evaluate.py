@@ -133,7 +133,7 @@ def evaluate(
     hierarchy = model.hierarchy
     device = torch.device(device) if device is not None else network_device(model)[0]
     ref_hierarchy = _reference(hierarchy, reference)
-    lookup, names, wnids = _class_lookup(hierarchy, data, holdout)
+    lookup, names, wnids = class_lookup(hierarchy, data, holdout)
     metrics = TreeMetrics(hierarchy, ref_hierarchy, model.node_score, device)
     unseen = None
     if holdout:
@@ -230,10 +230,11 @@ def _dataset_of(data: Any) -> Any:
     return data
 
 
-def _class_lookup(
+def class_lookup(
     hierarchy: Hierarchy, data: Any, holdout: Sequence[str]
 ) -> tuple[Tensor | None, list[str], list[str]]:
-    """Map the dataset's class indices to the model's (held-out class h to -1 - h).
+    """Map the dataset's class indices to the model's (held-out class h to -1 - h): the one
+    rule by which every command matches a dataset to a model (eval, compress).
 
     Returns the lookup (None when the dataset's classes are the model's, in order), and the
     held-out classes' names and WordNet ids.

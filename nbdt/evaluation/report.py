@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdt._io import write_text
+from nbdt._messages import for_terminal
 from nbdt.evaluation.metrics import TOP1_KEYS, summary_columns
 from nbdt.hierarchy import Hierarchy
 from nbdt.tree import Tree
@@ -173,7 +174,8 @@ def _per_class_plot(plt: Any, metrics: Mapping[str, Any]) -> str:
     if many:
         ax.set_xlabel("classes, best first")
     else:
-        ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right")
+        shown = [for_terminal(c) for c in classes]  # a control character is no valid SVG
+        ax.set_xticks(range(len(classes)), shown, rotation=40, ha="right")
     ax.set_ylabel("top-1 (%)")
     ax.set_ylim(0, 105)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, ncols=3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
@@ -30,6 +31,7 @@ from nbdt.heads import logits_and_features, model_input
 from nbdt.hierarchy import Hierarchy
 from nbdt.networks import eval_mode
 from nbdt.progress import Progress
+from nbdt.rules import check_finite
 
 FORMAT_NAME = "nbdt-node-examples"
 
@@ -163,12 +165,20 @@ class NodeExamples:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such node-examples file")
         try:
+            _check_array_sizes(path)
             with np.load(path, allow_pickle=False) as data:
                 if str(data["format"]) != FORMAT_NAME or int(data["version"]) != FORMAT_VERSION:
                     raise ValueError(f"not format {FORMAT_NAME} version {FORMAT_VERSION}")
                 tree = Hierarchy.from_node_link(json.loads(str(data["hierarchy"])))
                 offsets = data["thumbnail_offsets"]
                 blob = data["thumbnail_bytes"].tobytes()
+                count = len(data["thumbnail_index"])
+                if (
+                    offsets.shape != (count + 1,)
+                    or np.any(np.diff(offsets) < 0)
+                    or (count and (offsets[0] < 0 or offsets[-1] > len(blob)))
+                ):
+                    raise ValueError("thumbnail offsets do not fit the thumbnails")
                 thumbs = {
                     int(i): blob[offsets[j] : offsets[j + 1]]
                     for j, i in enumerate(data["thumbnail_index"].tolist())
@@ -178,7 +188,10 @@ class NodeExamples:
             examples._validate()
         except FileNotFoundError:
             raise
-        except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
+        except (
+            ValueError, KeyError, TypeError, IndexError, OSError, EOFError, RecursionError,
+            zipfile.BadZipFile,
+        ) as e:  # fmt: skip
             raise ValueError(f"{path}: not a readable node-examples file ({one_line(e)})") from None
         if hierarchy is not None:
             examples.check(hierarchy, source=str(path))
@@ -221,6 +234,40 @@ class NodeExamples:
         referenced = set(self.index[self.index >= 0].tolist()) | set(self.sample_index.tolist())
         if not referenced <= set(self.thumbnails):
             raise ValueError("thumbnails missing")
+
+
+# The most a node-examples file can need: tables of a 1000-class tree and a 4096-image sample of
+# 2048 features take under 100 MB.
+MAX_FILE_ARRAYS = 2**30
+# The most the running example tables of node_examples may take (-k bounds them).
+MAX_TABLE_BYTES = 2**31
+
+
+def _check_array_sizes(path: Path) -> None:
+    """Refuse, before reading any array, an .npz whose arrays would take more memory than node
+    examples can need (:data:`MAX_FILE_ARRAYS`) or more than the file's members hold: a header
+    claiming 10^12 elements, a small deflated file asking gigabytes."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                header = np.lib.format.read_array_header_1_0
+                if version != (1, 0):
+                    header = np.lib.format.read_array_header_2_0
+                shape, _, dtype = header(f)
+                need = math.prod(shape) * dtype.itemsize
+                if need > member.file_size:
+                    raise ValueError(
+                        f"array {member.filename} claims {need:,} bytes; the file holds"
+                        f" {member.file_size:,}"
+                    )
+                total += need
+    if total > MAX_FILE_ARRAYS:
+        raise ValueError(
+            f"its arrays would take {total / 2**20:,.0f} MiB; node examples need at most"
+            f" {MAX_FILE_ARRAYS / 2**20:,.0f} MiB"
+        )
 
 
 _ARRAYS = (
@@ -275,6 +322,7 @@ class _Collector:
         model, rules = self.model, self.model.rules
         with torch.no_grad():
             logits, features = logits_and_features(model.model, model_input(model, images))
+            check_finite(logits)  # NaN would route every image to child 0: no examples
             log_probs = rules.node_log_probs(logits).cpu()  # (B, N, K), padding -inf
         probs = log_probs.exp().float()
         slot = self.slot_of[labels][..., None]  # (B, N, 1)
@@ -454,6 +502,15 @@ def node_examples(
     for name, value in (("k", k), ("sample", sample), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if hasattr(data, "__len__"):  # more than the dataset holds changes nothing but memory
+        k, sample = min(k, max(len(data), 1)), min(sample, max(len(data), 1))
+    rules = model.rules
+    need = 2 * rules.num_nodes * rules.max_children * k * 40  # scores, indices, classes, merge
+    if need > MAX_TABLE_BYTES:
+        raise ValueError(
+            f"k {k}: the example tables would take {need / 2**30:.1f} GiB (at most"
+            f" {MAX_TABLE_BYTES / 2**30:.0f} GiB): lower k"
+        )
     import torch.distributed as dist
 
     distributed = (

@@ -97,6 +97,7 @@ def finetune(
         if process.distributed:
             dist.barrier()  # rank 0 writes the output stages: leave the group together
     finally:
+        RunFolder(config.output, process.main).release()
         if process.distributed:
             dist.destroy_process_group()
     return model.eval(), history

@@ -13,7 +13,7 @@ from torch import nn
 
 from nbdt import data as datasets
 from nbdt._io import atomic_path
-from nbdt._messages import one_line
+from nbdt._messages import for_terminal, one_line
 from nbdt.classes import DatasetClasses
 from nbdt.model import NBDT
 from nbdt.progress import Progress
@@ -96,7 +96,7 @@ def explanations(folder: RunFolder, result: RunResult) -> None:
             picture.save(tmp, format="PNG")
         truth = result.classes.names[int(target)]
         records.append({"image": str(path), "true_label": truth, **explanation.to_dict()})
-        result.progress.line(f"{path.name} (true: {truth}) {explanation}")
+        result.progress.line(f"{path.name} (true: {for_terminal(truth)}) {explanation}")
     write_json(folder.path / "explanations.json", records)
     explanation_html(
         explained,

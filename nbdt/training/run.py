@@ -63,6 +63,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             dist.barrier()  # rank 0 still writes pages and explanations: leave the group together
         return summary
     finally:
+        RunFolder(config.output, process.main).release()
         if process.distributed:
             dist.destroy_process_group()
 

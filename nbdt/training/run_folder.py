@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +29,11 @@ class RunFolder:
     the end-of-run outputs (:mod:`nbdt.training.outputs`), and the rules for resuming or
     replacing it.
 
-    Only the main process (``main``) writes; every write is atomic.
+    Only the main process (``main``) writes; every write is atomic. One run at a time: the
+    main process holds ``.lock`` (an advisory ``flock``, which the system drops when the
+    process ends, ``kill -9`` included) from :meth:`start` to :meth:`release`, which removes
+    it. ``--overwrite`` moves the old run into ``.replaced/`` and deletes it only once the new
+    run has written its first checkpoint; a run that ends before that gets the old files back.
     """
 
     FILES = (
@@ -42,6 +48,9 @@ class RunFolder:
             "overwrite", "quiet", "explain", "report", "examples",
         }
     )  # fmt: skip
+
+    LOCK = ".lock"
+    REPLACED = ".replaced"
 
     def __init__(self, path: str | os.PathLike[str], main: bool = True):
         self.path = Path(path).expanduser().resolve()
@@ -79,19 +88,78 @@ class RunFolder:
         return checkpoint, f"resuming {path} after epoch {int(state['epoch'])}"
 
     def start(self, config: TrainConfig, notes: dict[str, Any] | None = None) -> None:
-        """Create the folder, drop a replaced run's files (--overwrite), write args.json
-        (the settings, and ``notes``: what the run guessed, e.g. class senses)."""
+        """Take the folder for this run (refused while another run holds it), set a replaced
+        run's files aside (--overwrite), write args.json (the settings, and ``notes``: what
+        the run guessed, e.g. class senses)."""
         if not self.main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        self._take()
+        self._settle_replaced()  # a run killed before its first checkpoint: the old run back
         if config.overwrite or config.resume:
             remove_stale_temporaries(self.path)
         if config.overwrite:
-            for name in self.FILES:
-                (self.path / name).unlink(missing_ok=True)
-            for image in self.path.glob("images/test-*.png"):
-                image.unlink()
+            aside = self.path / self.REPLACED
+            for path in self._run_files():
+                target = aside / path.relative_to(self.path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
         write_json(self.path / "args.json", {**dataclasses.asdict(config), **(notes or {})})
+
+    def release(self) -> None:
+        """End the run's hold on the folder: a replaced run comes back unless this one wrote a
+        checkpoint; the lock goes. Any ``RunFolder`` of the path may release it (the trainer
+        does, whatever way the run ended); safe to call more than once and without a start."""
+        lock = _HELD.pop(self.path, None)
+        if lock is None:
+            return
+        self._settle_replaced()
+        (self.path / self.LOCK).unlink(missing_ok=True)  # still locked: a waiter sees it go
+        os.close(lock)  # closing the descriptor drops the flock
+
+    def _take(self) -> None:
+        """Hold the folder's lock, or raise naming the process that holds it."""
+        if self.path in _HELD:  # this process holds it already (a run that never released)
+            return
+        path = self.path / self.LOCK
+        while True:
+            lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(lock, 32).decode(errors="replace").strip() or "another process"
+                os.close(lock)
+                raise ValueError(
+                    f"--output {self.path}: another run (process {holder}) is writing this"
+                    " folder: wait for it to end, or choose another --output"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(lock).st_ino:
+                    break  # else its holder removed the file meanwhile: lock the new one
+            os.close(lock)
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+        _HELD[self.path] = lock
+
+    def _run_files(self) -> list[Path]:
+        """The files of a run in the folder (what --overwrite replaces)."""
+        files = [self.path / name for name in self.FILES if (self.path / name).is_file()]
+        return files + sorted(self.path.glob("images/test-*.png"))
+
+    def _settle_replaced(self) -> None:
+        """Drop the run set aside by --overwrite once the new run has a checkpoint; before
+        that, put it back in place of whatever the new run wrote."""
+        aside = self.path / self.REPLACED
+        if not aside.is_dir():
+            return
+        if not (self.path / "last.pt").is_file():
+            for path in self._run_files():
+                path.unlink()
+            for path in sorted(p for p in aside.rglob("*") if p.is_file()):
+                target = self.path / path.relative_to(aside)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Put every file back to the state of ``checkpoint`` (the last.pt resumed from): a
@@ -150,6 +218,7 @@ class RunFolder:
         with _interrupts_deferred():
             self._save(checkpoint, "last.pt")
             self.saved_epoch = checkpoint["train"]["epoch"]
+            self._settle_replaced()  # the new run has a checkpoint: the old one can go
             if best:
                 self._save(checkpoint, "best.pt")
             _write_lines(self.path / "metrics.jsonl", history)
@@ -174,6 +243,9 @@ class RunFolder:
             " once fixed"
         )
 
+
+# The run folders this process holds, by path: the open lock file of each.
+_HELD: dict[Path, int] = {}
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `kill` send
 

@@ -5,14 +5,15 @@ import re
 import sys
 
 import pytest
-import reference_loops as ref
 import torch
-from test_browser import EVIL, assert_not_blank, open_page  # noqa: F401 (fixtures)
 
 from nbdt.evaluation.evaluate import EvalResult
 from nbdt.evaluation.metrics import TreeMetrics
 from nbdt.evaluation.report import report_html
 from nbdt.hierarchy import Hierarchy, Node
+
+from helpers import reference_loops as ref
+from helpers.pages import EVIL, assert_not_blank
 
 HISTORY = [
     {"epoch": 1, "top1": 50.0, "nbdt_soft_top1": 48.0, "train_loss": 1.2, "test_loss": 1.3},
@@ -76,11 +77,7 @@ def test_bad_input_is_refused(result, tmp_path):
 
 
 @pytest.mark.browser
-def test_report_in_chromium_colours_nodes_and_shows_confusion_on_click(
-    result,
-    tmp_path,
-    open_page,  # noqa: F811
-):
+def test_report_in_chromium_colours_nodes_and_shows_confusion_on_click(result, tmp_path, open_page):
     page = open_page(report_html(result, tmp_path / "report.html", history=HISTORY))
     h = result.hierarchy
     assert page.js("document.querySelectorAll('#summary tr').length") == 4  # header + 3 variants

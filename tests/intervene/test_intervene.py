@@ -8,7 +8,7 @@ import torch
 
 import nbdt
 from nbdt import intervene
-from nbdt.data import TensorImages, data_config
+from nbdt.data import TensorImages
 from nbdt.features import Features, cache_features, pooled_features
 from nbdt.heads import (
     apply_head,
@@ -21,20 +21,6 @@ from nbdt.heads import (
 from nbdt.hierarchy import Hierarchy
 
 CLASSES = ["cat", "dog", "horse", "ship", "truck", "airplane"]
-
-
-def tiny_model(hierarchy: Hierarchy, seed: int = 0) -> nbdt.NBDT:
-    """An untrained 1-channel test_resnet that reads 28x28 images as they are."""
-    torch.manual_seed(seed)
-    net = timm.create_model("test_resnet", num_classes=hierarchy.num_classes, in_chans=1)
-    config = data_config(net, (28, 28), channels=1)
-    return nbdt.NBDT(
-        net.eval(),
-        hierarchy,
-        arch="test_resnet",
-        model_kwargs={"num_classes": hierarchy.num_classes, "in_chans": 1},
-        data_config=config,
-    )
 
 
 def synthetic_images(classes: int, per_class: int, seed: int = 0) -> TensorImages:
@@ -92,8 +78,8 @@ def test_a_network_without_the_timm_contract_is_read_by_its_last_linear():
         find_head(torch.nn.Conv2d(1, 1, 1))
 
 
-def test_features_feed_the_head_as_the_network_does(tree, tmp_path):
-    model = tiny_model(tree)
+def test_features_feed_the_head_as_the_network_does(tree, tmp_path, tiny_nbdt):
+    model = tiny_nbdt(tree, channels=1)
     data = synthetic_images(6, 4)
     cached = cache_features(model, data, batch_size=7)
     assert cached.features.shape == (24, model.model.num_features)
@@ -110,8 +96,8 @@ def test_features_feed_the_head_as_the_network_does(tree, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "features.f32"]  # no temporary file left
 
 
-def test_with_hierarchy_equals_a_model_rebuilt_with_that_tree(tree):
-    model = tiny_model(tree)
+def test_with_hierarchy_equals_a_model_rebuilt_with_that_tree(tree, tiny_nbdt):
+    model = tiny_nbdt(tree, channels=1)
     x = torch.randn(5, 1, 28, 28)
     edited = tree.move("horse", nbdt.Hierarchy.wordnet(CLASSES).root.id)
     rebuilt = nbdt.NBDT(copy.deepcopy(model.model), edited)
@@ -127,8 +113,8 @@ def test_with_hierarchy_equals_a_model_rebuilt_with_that_tree(tree):
     assert all(ours[k] is theirs[k] for k in theirs if not k.startswith("fc."))  # same backbone
 
 
-def test_with_hierarchy_after_remove_class_drops_the_row(tree, tmp_path):
-    model = tiny_model(tree)
+def test_with_hierarchy_after_remove_class_drops_the_row(tree, tmp_path, tiny_nbdt):
+    model = tiny_nbdt(tree, channels=1)
     smaller = tree.remove_class("dog")
     fast = model.with_hierarchy(smaller)
     net = copy.deepcopy(model.model)
@@ -148,8 +134,8 @@ def test_with_hierarchy_after_remove_class_drops_the_row(tree, tmp_path):
         fast.with_hierarchy(Hierarchy.wordnet(["cat", "zebra"]))
 
 
-def test_head_only_refit_touches_no_backbone_weight(tree):
-    model = tiny_model(tree)
+def test_head_only_refit_touches_no_backbone_weight(tree, tiny_nbdt):
+    model = tiny_nbdt(tree, channels=1)
     model.train()  # batch norm in training mode would update its statistics if it ran
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
     features = cache_features(model, synthetic_images(6, 4))
@@ -164,8 +150,8 @@ def test_head_only_refit_touches_no_backbone_weight(tree):
         intervene.refit_head(model, features.features, features.targets, loss="focal")
 
 
-def test_correction_fixes_a_seeded_mistake(tree):
-    model = tiny_model(tree)
+def test_correction_fixes_a_seeded_mistake(tree, tiny_nbdt):
+    model = tiny_nbdt(tree, channels=1)
     data = synthetic_images(6, 12)
     features = trained(model, data)
     assert intervene.evaluate_features(model, features.features, features.targets)["top1"] == 100
@@ -197,9 +183,9 @@ def test_correction_fixes_a_seeded_mistake(tree):
         intervene.correct(model, data.images[:1], ["zebra"], features.features, features.targets)
 
 
-def test_added_class_is_predicted_and_the_file_reloads(tree, tmp_path):
+def test_added_class_is_predicted_and_the_file_reloads(tree, tmp_path, tiny_nbdt):
     five = Hierarchy.wordnet(CLASSES[:5])
-    model = tiny_model(five)
+    model = tiny_nbdt(five, channels=1)
     data = synthetic_images(6, 12)
     old = data.targets < 5
     features = trained(
@@ -236,11 +222,11 @@ def test_added_class_is_predicted_and_the_file_reloads(tree, tmp_path):
         intervene.add_class(model, "zebra", new_images[:2], place="nearby")
 
 
-def test_a_refit_step_is_every_sources_batch_with_its_mean_loss_weighted(tree):
+def test_a_refit_step_is_every_sources_batch_with_its_mean_loss_weighted(tree, tiny_nbdt):
     """The head refits of correct and add_class (through the one epoch loop): each step draws a
     batch of every source and minimises the sum of their mean losses times their weights, as
     a per-source loop by hand does."""
-    model = tiny_model(tree)
+    model = tiny_nbdt(tree, channels=1)
     by_hand = copy.deepcopy(model)
     g = torch.Generator().manual_seed(1)
     width = model.model.num_features

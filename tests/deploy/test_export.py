@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 
@@ -39,18 +38,6 @@ from nbdt.deploy.runtime import OnnxNBDT  # noqa: E402
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "hubble_deep_field")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-def tree_net(classes: int = 37, seed: int = 0) -> torch.nn.Module:
-    """timm's test_resnet with a head re-centred on random inputs, so they get varied classes."""
-    torch.manual_seed(seed)
-    net = timm.create_model("test_resnet", num_classes=classes).eval()
-    with torch.no_grad():
-        features = net.forward_head(net.forward_features(torch.randn(64, 3, 32, 32)), True)
-        head = net.get_classifier()
-        head.weight.copy_(0.5 * torch.randn_like(head.weight) / features.std(0).clamp_min(1e-3))
-        head.bias.copy_(-head.weight @ features.mean(0))
-    return net
 
 
 def flat(value, prefix=""):
@@ -95,12 +82,12 @@ def photos():
         {"input_size": (1, 32, 32), "interpolation": "nearest", "crop_pct": 0.95},
     ],
 )
-def test_eval_transform_is_timms(config, make_tree):
+def test_eval_transform_is_timms(config, make_tree, varied_resnet):
     """The numpy transform gives NBDT.transform's (timm's) input, on photos of several shapes
     and on an image smaller than the crop."""
     channels = config["input_size"][0]
     config = {"mean": (0.3,) * channels, "std": (0.2,) * channels, **config}
-    model = NBDT(tree_net(), make_tree(37), data_config=config)
+    model = NBDT(varied_resnet(37, size=32, scale=0.5), make_tree(37), data_config=config)
     images = photos()[:2] + [Image.new("RGB", (20, 13), (200, 10, 30))]
     for image in images:
         image = image.convert("RGB" if channels == 3 else "L")
@@ -126,11 +113,11 @@ def test_class_paths_are_the_rules_paths(make_tree):
 
 @pytest.mark.parametrize("mode", ["soft", "hard"])
 @pytest.mark.parametrize("node_score", ["mean", "marginal"])
-def test_explanations_from_arrays_are_nbdt_explain(mode, node_score, make_tree):
+def test_explanations_from_arrays_are_nbdt_explain(mode, node_score, make_tree, varied_resnet):
     """Built from the rules' arrays in numpy, the explanations are NBDT.explain's: same text,
     nodes, children, runner-ups and top-k; numbers equal up to float32 exp's last bit."""
     h = make_tree(37, branching=4, seed=1)
-    model = NBDT(tree_net(), h, mode, node_score).eval()
+    model = NBDT(varied_resnet(37, size=32, scale=0.5), h, mode, node_score).eval()
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     expected = model.explain(x, top_k=5)
     with torch.no_grad():
@@ -207,7 +194,7 @@ def test_missing_file_and_folder(tmp_path):
         OnnxNBDT(tmp_path)
 
 
-def test_a_missing_extra_is_one_line_naming_it(monkeypatch, make_tree):
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, make_tree, varied_resnet):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(
         ImportError, match=r"^onnxruntime is missing: pip install 'nbdt\[deploy\]'$"
@@ -217,19 +204,14 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, make_tree):
     with pytest.raises(
         ImportError, match=r"^torch-pruning is missing: pip install 'nbdt\[deploy\]'"
     ):
-        prune(NBDT(tree_net(), make_tree(37)), 0.5)
+        prune(NBDT(varied_resnet(37, size=32, scale=0.5), make_tree(37)), 0.5)
 
 
 # ----------------------------------------------------------------------------- pruning
 @pytest.fixture
-def small_resnet(make_tree) -> NBDT:
+def small_resnet(tiny_nbdt, make_tree) -> NBDT:
     """timm's test_resnet over a random 10-class tree, at 32 x 32 input."""
-    from nbdt.data import data_config
-
-    torch.manual_seed(0)
-    net = timm.create_model("test_resnet", num_classes=10)
-    config = data_config(net, (32, 32))
-    return NBDT(net, make_tree(10), arch="test_resnet", data_config=config).eval()
+    return tiny_nbdt(make_tree(10), size=(32, 32)).eval()
 
 
 @pytest.mark.parametrize("ratio", [0, 1, -0.5, 1.5, "half"])
@@ -573,19 +555,15 @@ def test_nbdt_compress_is_its_flags_over_the_api(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_the_compress_api_writes_what_the_cli_writes(stripes_dir, tmp_path, capsys):
+def test_the_compress_api_writes_what_the_cli_writes(stripes_dir, tiny_nbdt, tmp_path, capsys):
     """nbdt-compress is its flags over nbdt.deploy.compress.compress: the same files, the same
     compress.json and the same table, but for the timings."""
     from nbdt.classes import dataset_classes
     from nbdt.cli.compress import main as compress_main
-    from nbdt.data import data_config
     from nbdt.deploy.compress import compress
 
-    torch.manual_seed(0)
     tree = Hierarchy.random(list(dataset_classes("fashion-mnist").names), seed=0)
-    net = NBDT.from_arch("test_resnet", tree).model
-    model = NBDT.from_arch("test_resnet", tree, data_config=data_config(net, (28, 28)))
-    checkpoint = str(model.save(tmp_path / "m.pt"))
+    checkpoint = str(tiny_nbdt(tree).save(tmp_path / "m.pt"))
     result = compress(
         checkpoint, tmp_path / "api", prune=0.3, round_to=0, quantize=["int8-weights"],
         data_dir=str(stripes_dir), calibration=8, test=16,

@@ -1,11 +1,12 @@
 """DecisionRules against the loop reference: values, gradients, descent, dtypes, devices, errors."""
 
 import pytest
-import reference_loops as ref
 import torch
 
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.rules import DecisionRules
+
+from helpers import reference_loops as ref
 
 # (classes, seed, branching, chain): mixed, deep chain, binary, wide, the smallest tree
 TREES = [

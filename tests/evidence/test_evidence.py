@@ -18,76 +18,22 @@ from nbdt.hierarchy import Hierarchy, Node
 from nbdt.labels import distinct_label, repeats_ancestor
 from nbdt.model import NBDT
 
+from helpers.patch_models import (
+    PATCH_CLASSES,
+    FlatNet,
+    PatchNet,
+    patch_images,
+    patch_model,
+    patch_tree,
+)
+
 pytest.importorskip("pytorch_grad_cam")
-
-CLASSES = ("c0", "c1", "c2", "c3", "c4")
-
-
-def _tree(classes=CLASSES) -> Hierarchy:
-    """root -> {a -> {c0, c1}, b -> {c2, bb -> {c3, c4}}}."""
-    c = classes
-    nodes = [
-        Node("root", "thing", None, ("a", "b")),
-        Node("a", "left", None, (c[0], c[1])),
-        Node("b", "right", None, (c[2], "bb")),
-        Node("bb", "right", None, (c[3], c[4])),
-        *(Node(name, name) for name in c),
-    ]
-    return Hierarchy(nodes, c)
-
-
-class PatchNet(nn.Module):
-    """timm-like CNN: 1x1 conv features (ReLU of +x and -x), global average pool, linear head.
-
-    Only pixels whose features are non-zero can move the logits, so the evidence for a decision
-    lies where the image is non-zero."""
-
-    num_classes = len(CLASSES)
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv = nn.Conv2d(1, 2, 1, bias=False)
-        self.conv.weight.data = torch.tensor([1.0, -1.0]).view(2, 1, 1, 1)
-        self.fc = nn.Linear(2, self.num_classes)
-        self.fc.weight.data = torch.tensor([[3.0, 0], [2.0, 0], [0, 3.0], [0, 2.0], [0, 1.0]])
-        self.fc.bias.data.zero_()
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward_features(self, x):
-        return F.relu(self.conv(x))
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-
-class FlatNet(PatchNet):
-    """No spatial map: the features are pooled inside forward_features."""
-
-    def forward_features(self, x):
-        return F.relu(self.conv(x)).mean((2, 3))
-
-    def forward_head(self, x, pre_logits: bool = False):
-        return x if pre_logits else self.fc(x)
-
-
-CONFIG = {"input_size": (1, 16, 24), "mean": (0.0,), "std": (1.0,), "interpolation": "bilinear"}
-
-
-def _model(net: nn.Module | None = None) -> NBDT:
-    return NBDT(net or PatchNet(), _tree(), node_score="mean", data_config=CONFIG).eval()
 
 
 # ------------------------------------------------------------------------------ saliency
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam"])
 def test_heatmap_mass_lies_in_the_region_that_decides(method):
-    model = _model()
+    model = patch_model()
     batch = torch.zeros(2, 1, 16, 24)
     batch[0, :, 2:6, 14:22] = 1.0  # a wide patch in the top right: channel 0 -> child "a"
     batch[1, :, 9:15, 1:5] = -1.0  # a tall patch bottom left: channel 1 -> child "b"
@@ -111,7 +57,7 @@ def test_heatmap_mass_lies_in_the_region_that_decides(method):
 
 
 def test_saliency_of_given_explanations_equals_own_path_and_leaves_model_alone():
-    model = _model()
+    model = patch_model()
     model.model.fc.weight.grad = torch.ones_like(model.model.fc.weight)
     batch = torch.randn(3, 1, 16, 24)
     own = decision_saliency(model, batch)
@@ -125,7 +71,7 @@ def test_saliency_of_given_explanations_equals_own_path_and_leaves_model_alone()
 
 
 def test_margins_are_the_rule_score_differences():
-    model = _model()
+    model = patch_model()
     batch = torch.randn(4, 1, 16, 24)
     explanations = model.explain(batch)
     margins = decision_margins(model, batch, explanations)
@@ -145,7 +91,7 @@ def test_margins_are_the_rule_score_differences():
 
 
 def test_layer_choice_and_bad_layers():
-    model = _model()
+    model = patch_model()
     assert find_layer(model)[0] == "conv"  # forward_features ends with F.relu: same shape
     assert find_layer(model, "conv")[1] is model.model.conv
     assert find_layer(model, model.model.conv)[0] == "conv"
@@ -154,30 +100,12 @@ def test_layer_choice_and_bad_layers():
     with pytest.raises(ValueError, match="not part of"):
         find_layer(model, nn.Conv2d(1, 1, 1))
     with pytest.raises(ValueError, match="layer=NAME"):
-        decision_saliency(_model(FlatNet()), torch.zeros(1, 1, 16, 24))
+        decision_saliency(patch_model(FlatNet()), torch.zeros(1, 1, 16, 24))
     with pytest.raises(ValueError, match="method must be one of"):
         decision_saliency(model, torch.zeros(1, 1, 16, 24), method="scorecam")
 
 
 # ------------------------------------------------------------------------- node examples
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
-
-
-def _data(n=90, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    images = (torch.rand(n, 1, 16, 24, generator=generator) * 255).to(torch.uint8)
-    labels = torch.randint(0, len(CLASSES), (n,), generator=generator)
-    return _Images(images, labels)
-
-
 def _reference(model, data, k):
     """A plain loop: every (node, child, kind) list sorted by (-probability, index)."""
     probs = model.rules.node_log_probs(model.logits(model_input(model, data.images)))
@@ -209,7 +137,7 @@ def _same(a: NodeExamples, b: NodeExamples) -> None:
 
 
 def test_node_examples_match_a_plain_loop_and_lie_under_the_right_child():
-    model, data = _model(PatchNet(seed=3)), _data()
+    model, data = patch_model(PatchNet(seed=3)), patch_images()
     model.model.fc.weight.data += torch.randn(5, 2)  # less regular scores
     found = node_examples(model, data, k=4, sample=50, batch_size=16)
     expected = _reference(model, data, 4)
@@ -229,7 +157,7 @@ def test_node_examples_match_a_plain_loop_and_lie_under_the_right_child():
 
 
 def test_node_examples_depend_on_no_batch_order_and_merge_like_one_pass(tmp_path):
-    model, data = _model(PatchNet(seed=3)), _data()
+    model, data = patch_model(PatchNet(seed=3)), patch_images()
     whole = node_examples(model, data, k=3, sample=20, batch_size=10)
     order = list(range(len(data)))
     random.Random(0).shuffle(order)
@@ -254,7 +182,7 @@ def test_node_examples_depend_on_no_batch_order_and_merge_like_one_pass(tmp_path
 
 
 def test_nearest_examples_are_exact_and_routed_to_the_child():
-    model, data = _model(PatchNet(seed=3)), _data()
+    model, data = patch_model(PatchNet(seed=3)), patch_images()
     found = node_examples(model, data, k=3, sample=1000, batch_size=32)
     query_image = data.images[:1]
     _, query = logits_and_features(model.model, model_input(model, query_image))
@@ -268,7 +196,7 @@ def test_nearest_examples_are_exact_and_routed_to_the_child():
 
 
 def test_bad_examples_files_and_inputs(tmp_path):
-    model, data = _model(), _data(30)
+    model, data = patch_model(), patch_images(30)
     found = node_examples(model, data, k=2, sample=10)
     path = found.save(tmp_path / "ok.npz")
     damaged = tmp_path / "damaged.npz"
@@ -281,10 +209,12 @@ def test_bad_examples_files_and_inputs(tmp_path):
         NodeExamples.load(junk)
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         NodeExamples.load(tmp_path / "missing.npz")
-    other = _tree(("d0", "d1", "d2", "d3", "d4"))
+    other = patch_tree(("d0", "d1", "d2", "d3", "d4"))
     with pytest.raises(ValueError, match="ok.npz: examples of other classes"):
         NodeExamples.load(path, hierarchy=other)
-    flat = Hierarchy([Node("r", "r", None, CLASSES), *(Node(c, c) for c in CLASSES)], CLASSES)
+    flat = Hierarchy(
+        [Node("r", "r", None, PATCH_CLASSES), *(Node(c, c) for c in PATCH_CLASSES)], PATCH_CLASSES
+    )
     with pytest.raises(ValueError, match="another hierarchy"):
         NodeExamples.load(path, hierarchy=flat)
     with pytest.raises(ValueError, match="labels must be class indices"):
@@ -295,7 +225,7 @@ def test_bad_examples_files_and_inputs(tmp_path):
 
 # ------------------------------------------------------------------------------- labels
 def test_distinct_label_tells_repeated_labels_apart():
-    h = _tree()
+    h = patch_tree()
     assert repeats_ancestor(h, "bb") and not repeats_ancestor(h, "b")
     assert distinct_label(h, "b") == "right"
     assert distinct_label(h, "bb") == "right: c3, c4"
@@ -345,10 +275,15 @@ def test_token_models_are_read_as_a_grid_and_branch_layers_are_refused():
     from timm.models.vision_transformer import VisionTransformer
 
     net = VisionTransformer(
-        img_size=32, patch_size=8, num_classes=len(CLASSES), embed_dim=16, depth=2, num_heads=2
+        img_size=32,
+        patch_size=8,
+        num_classes=len(PATCH_CLASSES),
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
     ).eval()
     config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
-    model = NBDT(net, _tree(), data_config=config)
+    model = NBDT(net, patch_tree(), data_config=config)
     assert find_layer(model)[0] == "blocks.0"  # class-token pooling: last block's input
     batch = torch.randn(2, 3, 32, 32)
     maps = decision_saliency(model, batch)

@@ -1,12 +1,13 @@
 """Tree-supervision losses against the loop reference; schedules, targets, reductions, errors."""
 
 import pytest
-import reference_loops as ref
 import torch
 import torch.nn.functional as F
 
 from nbdt.loss import DecisionDistillLoss, HardTreeSupLoss, SoftTreeSupLoss, WeightSchedule
 from nbdt.rules import DecisionRules
+
+from helpers import reference_loops as ref
 
 TREES = [(23, 0, (2, 7), False), (14, 1, (2, 3), True), (32, 2, (2, 2), False)]
 

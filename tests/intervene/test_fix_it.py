@@ -21,14 +21,12 @@ from nbdt.cli.train import main as train_main
 from nbdt.features import cache_features
 from nbdt.heads import FeatureHead
 from nbdt.hierarchy import Hierarchy
-from nbdt.model import NBDT
 from nbdt.training.config import TrainConfig
 from nbdt.training.finetune import finetune
 from nbdt.training.loop import LossDiverged
-from nbdt.training.plan import Plan, make_plan
+from nbdt.training.plan import Plan
 from nbdt.training.run import train
 
-ARCH = "test_efficientnet_gn"
 BIN = Path(sys.executable).parent
 
 
@@ -42,23 +40,6 @@ def one_error_line(err: str, prog: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(stripes_dir, tmp_path_factory) -> Path:
-    """An untrained tiny NBDT over the stripes classes, built from the trainer's parts."""
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)  # the same untrained network whichever tests ran before
-    config = TrainConfig(
-        output=str(folder / "run"), arch=ARCH, data_dir=str(stripes_dir), batch_size=32
-    )
-    plan = make_plan(config, torch.device("cpu"))
-    network, kwargs = plan.network()
-    model = NBDT(
-        network, plan.induce(network), arch=ARCH, model_kwargs=kwargs,
-        data_config=plan.data_config(network, kwargs),
-    )  # fmt: skip
-    return model.save(folder / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +103,9 @@ def test_edit_bad_lines_name_their_line_and_write_nothing(capsys, tmp_path, text
 
 # ------------------------------------------------------------------ nbdt-train --head-only
 def test_head_only_refits_the_head_alone_and_writes_the_run_folder(
-    capsys, tiny_model, stripes_dir, tmp_path
+    capsys, stripes_checkpoint, stripes_dir, tmp_path
 ):
-    before = nbdt.load(tiny_model)
+    before = nbdt.load(stripes_checkpoint)
     rules = tmp_path / "edits.txt"
     rules.write_text(f"move Sandal -> {before.hierarchy.root.id}\n")
     tree = before.hierarchy.save(tmp_path / "tree.json")
@@ -133,9 +114,10 @@ def test_head_only_refits_the_head_alone_and_writes_the_run_folder(
     )
     assert edited[0] == 0, edited[2]
     code, out, err = cli(
-        capsys, train_main, "--checkpoint", tiny_model, "--hierarchy", tmp_path / "new.json",
-        "--head-only", "--data-dir", stripes_dir, "--output", tmp_path / "run", "--epochs", "2",
-        "--batch-size", "32", "--lr", "0.05", "--quiet", "--explain", "1",
+        capsys, train_main, "--checkpoint", stripes_checkpoint,
+        "--hierarchy", tmp_path / "new.json", "--head-only", "--data-dir", stripes_dir,
+        "--output", tmp_path / "run", "--epochs", "2", "--batch-size", "32", "--lr", "0.05",
+        "--quiet", "--explain", "1",
     )  # fmt: skip
     assert code == 0, err
     run = tmp_path / "run"
@@ -169,23 +151,25 @@ def read_rows(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_train_head_only_and_finetune_run_one_epoch_loop(capsys, tiny_model, stripes_dir, tmp_path):
+def test_train_head_only_and_finetune_run_one_epoch_loop(
+    capsys, stripes_checkpoint, stripes_dir, tmp_path
+):
     """nbdt-train, --head-only and fine-tuning (nbdt-compress's) run the one epoch loop: the
     same metrics.jsonl row keys, the same per-epoch line, best.pt and the history in last.pt."""
     common = ["--data-dir", stripes_dir, "--batch-size", "32", "--lr", "0.05", "--quiet",
               "--no-report", "--no-examples", "--epochs", "1"]  # fmt: skip
     for name, extra in {"train": ["--warmup-epochs", "0"], "head": ["--head-only"]}.items():
         code, out, err = cli(
-            capsys, train_main, "--checkpoint", tiny_model, "--hierarchy", "checkpoint",
+            capsys, train_main, "--checkpoint", stripes_checkpoint, "--hierarchy", "checkpoint",
             "--output", tmp_path / name, *common, *extra,
         )  # fmt: skip
         assert code == 0, err
         phase = "tree" if name == "train" else "head"
         assert f"epoch 1/1 {phase:<6} train loss" in out
     config = TrainConfig(
-        output=str(tmp_path / "finetune"), checkpoint=str(tiny_model), hierarchy="checkpoint",
-        data_dir=str(stripes_dir), warmup_epochs=0, epochs=1, batch_size=32, lr=0.05, quiet=True,
-        report=False, examples=False,
+        output=str(tmp_path / "finetune"), checkpoint=str(stripes_checkpoint),
+        hierarchy="checkpoint", data_dir=str(stripes_dir), warmup_epochs=0, epochs=1,
+        batch_size=32, lr=0.05, quiet=True, report=False, examples=False,
     )  # fmt: skip
     _, history = finetune(config)
     assert "epoch 1/1 finetune train loss" in capsys.readouterr().out
@@ -201,7 +185,7 @@ def test_train_head_only_and_finetune_run_one_epoch_loop(capsys, tiny_model, str
 
 @pytest.mark.parametrize("kind", ["head-only", "finetune"])
 def test_a_nan_loss_stops_head_only_and_finetune_keeping_the_last_good_epoch(
-    kind, monkeypatch, capsys, tiny_model, stripes_dir, tmp_path
+    kind, monkeypatch, capsys, stripes_checkpoint, stripes_dir, tmp_path
 ):
     original = Plan.criterion
 
@@ -214,7 +198,7 @@ def test_a_nan_loss_stops_head_only_and_finetune_keeping_the_last_good_epoch(
     monkeypatch.setattr(Plan, "criterion", criterion)
     run = tmp_path / "run"
     config = TrainConfig(
-        output=str(run), checkpoint=str(tiny_model), hierarchy="checkpoint",
+        output=str(run), checkpoint=str(stripes_checkpoint), hierarchy="checkpoint",
         data_dir=str(stripes_dir), warmup_epochs=0, epochs=2, batch_size=32, lr=0.05, quiet=True,
         head_only=kind == "head-only",
     )  # fmt: skip
@@ -238,29 +222,31 @@ def test_head_only_needs_a_checkpoint(capsys, stripes_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_head_only_under_torchrun(tiny_model, stripes_dir, tmp_path):
+def test_head_only_under_torchrun(stripes_checkpoint, stripes_dir, tmp_path):
     result = subprocess.run(
         [
             BIN / "torchrun", "--standalone", "--nproc_per_node", "2", BIN / "nbdt-train",
-            "--checkpoint", tiny_model, "--head-only", "--data-dir", stripes_dir,
+            "--checkpoint", stripes_checkpoint, "--head-only", "--data-dir", stripes_dir,
             "--output", tmp_path / "run", "--epochs", "1", "--batch-size", "32", "--quiet",
         ],
         capture_output=True, text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[2])},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert (row["train_images"], row["test_images"]) == (320, 160)
-    before, after = nbdt.load(tiny_model), nbdt.load(tmp_path / "run" / "best.pt")
+    before, after = nbdt.load(stripes_checkpoint), nbdt.load(tmp_path / "run" / "best.pt")
     head = before.model.pretrained_cfg["classifier"]
     old, new = before.model.state_dict(), after.model.state_dict()
     assert {k for k in old if not torch.equal(old[k], new[k])} == {f"{head}.weight", f"{head}.bias"}
 
 
 # ------------------------------------------------------------------------------ nbdt-fix
-def test_fix_corrections_end_to_end(capsys, tiny_model, stripes_dir, image_folders, tmp_path):
+def test_fix_corrections_end_to_end(
+    capsys, stripes_checkpoint, stripes_dir, image_folders, tmp_path
+):
     code, out, err = cli(
-        capsys, main, tiny_model, "--corrections", image_folders,
+        capsys, main, stripes_checkpoint, "--corrections", image_folders,
         "-o", tmp_path / "fixed.pt", "--data-dir", stripes_dir, "--epochs", "30",
         "--lr", "0.01", "--batch-size", "64", "--json",
     )  # fmt: skip
@@ -272,7 +258,7 @@ def test_fix_corrections_end_to_end(capsys, tiny_model, stripes_dir, image_folde
     fitted = report["after"]["corrections"]["top1"]
     assert fitted > report["before"]["corrections"]["top1"] + 20
     fixed = nbdt.load(tmp_path / "fixed.pt")
-    assert fixed.hierarchy == nbdt.load(tiny_model).hierarchy
+    assert fixed.hierarchy == nbdt.load(stripes_checkpoint).hierarchy
     test_set = data.load_dataset("fashion-mnist", "test", stripes_dir)
     features = cache_features(fixed, test_set)
     after = intervene.evaluate_features(fixed, features.features, features.targets)
@@ -280,9 +266,9 @@ def test_fix_corrections_end_to_end(capsys, tiny_model, stripes_dir, image_folde
 
 
 def test_fix_adds_a_class_that_reloads_and_explains(
-    capsys, tiny_model, stripes_dir, image_folders, tmp_path
+    capsys, stripes_checkpoint, stripes_dir, image_folders, tmp_path
 ):
-    model = nbdt.load(tiny_model)
+    model = nbdt.load(stripes_checkpoint)
     without = model.with_hierarchy(model.hierarchy.remove_class("Ankle boot"))
     without.save(tmp_path / "nine.pt")
     code, out, err = cli(
@@ -301,9 +287,9 @@ def test_fix_adds_a_class_that_reloads_and_explains(
     assert explanation.to_dict()["path"]
 
 
-def test_imprinted_class_does_not_swamp_the_old_ones(tiny_model, stripes_dir):
+def test_imprinted_class_does_not_swamp_the_old_ones(stripes_checkpoint, stripes_dir):
     """Without a refit, the calibrated bias keeps old classes' replay images on their class."""
-    model = nbdt.load(tiny_model)
+    model = nbdt.load(stripes_checkpoint)
     without = model.with_hierarchy(model.hierarchy.remove_class("Ankle boot"))
     train_set = data.load_dataset("fashion-mnist", "train", stripes_dir)
     replay = cache_features(without, intervene.known_classes(train_set, without.hierarchy))
@@ -340,7 +326,7 @@ def _bad_fix_cases(image_folders: Path, tmp: Path) -> dict[str, tuple[list[str],
 
 
 def test_fix_bad_input_is_one_line_exit_2_before_any_feature(
-    capsys, monkeypatch, tiny_model, stripes_dir, image_folders, tmp_path
+    capsys, monkeypatch, stripes_checkpoint, stripes_dir, image_folders, tmp_path
 ):
     def no_features(*args, **kwargs):
         raise AssertionError("the backbone ran before the input was checked")
@@ -349,7 +335,7 @@ def test_fix_bad_input_is_one_line_exit_2_before_any_feature(
     for case, (argv, message) in _bad_fix_cases(image_folders, tmp_path / "in").items():
         out_file = tmp_path / "new.pt"
         code, out, err = cli(
-            capsys, main, tiny_model, *argv, "-o", out_file, "--data-dir", stripes_dir
+            capsys, main, stripes_checkpoint, *argv, "-o", out_file, "--data-dir", stripes_dir
         )
         assert code == 2 and out == "", case
         assert message in one_error_line(err, "nbdt-fix"), case

@@ -32,21 +32,10 @@ def small_hierarchy() -> Hierarchy:
     return Hierarchy(inner + [Node(c, f"class {c}") for c in CLASSES], CLASSES)
 
 
-def tiny_net(seed: int = 0) -> torch.nn.Module:
-    """timm's test_resnet, its head re-centred on random inputs so they get varied classes."""
-    torch.manual_seed(seed)
-    net = timm.create_model("test_resnet", num_classes=len(CLASSES)).eval()
-    with torch.no_grad():
-        features = net.forward_head(net.forward_features(torch.randn(64, 3, 48, 48)), True)
-        head = net.get_classifier()
-        head.weight.copy_(0.3 * torch.randn_like(head.weight) / features.std(0).clamp_min(1e-3))
-        head.bias.copy_(-head.weight @ features.mean(0))
-    return net
-
-
 @pytest.fixture(scope="module")
-def net():
-    return tiny_net()
+def net(varied_resnet):
+    """timm's test_resnet whose head gives 48x48 random inputs varied classes."""
+    return varied_resnet(len(CLASSES), size=48, scale=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +183,8 @@ def test_input_kinds_give_the_same_explanations(net, tmp_path):
     assert [e.probability for e in mixed] == pytest.approx([e.probability for e in alone], rel=1e-4)
 
 
-def test_explain_uses_eval_mode_and_restores_training(net, batch):
-    model = NBDT(tiny_net(), small_hierarchy()).train()
+def test_explain_uses_eval_mode_and_restores_training(varied_resnet, batch):
+    model = NBDT(varied_resnet(len(CLASSES), size=48, scale=0.3), small_hierarchy()).train()
     model.model.train()
     first = model.explain(batch[:4])
     second = model.explain(batch[:4])
@@ -204,13 +193,14 @@ def test_explain_uses_eval_mode_and_restores_training(net, batch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_explain_follows_the_models_dtype(batch, dtype):
-    model = NBDT(tiny_net().to(dtype), small_hierarchy())
+def test_explain_follows_the_models_dtype(varied_resnet, batch, dtype):
+    model = NBDT(varied_resnet(len(CLASSES), size=48, scale=0.3).to(dtype), small_hierarchy())
     explanations = model.explain(batch[:6])  # float32 input, cast to the model's dtype
     for exp in explanations:
         check_path(model, exp)
     if dtype == torch.float64:
-        reference = NBDT(tiny_net(), small_hierarchy()).explain(batch[:6])
+        float32 = varied_resnet(len(CLASSES), size=48, scale=0.3)
+        reference = NBDT(float32, small_hierarchy()).explain(batch[:6])
         assert [e.class_index for e in explanations] == [e.class_index for e in reference]
 
 

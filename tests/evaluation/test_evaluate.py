@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-import reference_loops as ref
 import torch
 
 from nbdt.data import BatchTransform, TensorImages
@@ -19,7 +18,9 @@ from nbdt.evaluation.unseen import UnseenRouting, UnseenTarget, unseen_target
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.rules import DecisionRules
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+from helpers import reference_loops as ref
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 
 def four_classes() -> Hierarchy:
@@ -285,7 +286,7 @@ class MeanConfidence(Accumulator):
 
 
 def test_a_registered_metric_shows_in_eval_json_validation_and_the_report(
-    tiny_model, monkeypatch, tmp_path
+    four_class_model, monkeypatch, tmp_path
 ):
     from nbdt.distributed import start_process
     from nbdt.evaluation.report import report_html
@@ -293,21 +294,21 @@ def test_a_registered_metric_shows_in_eval_json_validation_and_the_report(
 
     monkeypatch.setattr(metrics_module, "METRICS", (*metrics_module.METRICS, MeanConfidence))
     data = images_of([0, 1, 2, 3, 3, 2, 1, 0], [f"c{i}" for i in range(4)])
-    transform = BatchTransform(tiny_model.data_config)
+    transform = BatchTransform(four_class_model.data_config)
     with torch.no_grad():
-        logits = tiny_model.logits(transform(data.images))
+        logits = four_class_model.logits(transform(data.images))
     expected = 100 * float(torch.softmax(logits.double(), 1).max(1).values.mean())
 
-    result = evaluate(tiny_model, data, batch_size=3)
+    result = evaluate(four_class_model, data, batch_size=3)
     assert result.metrics["mean_confidence"] == pytest.approx(expected, rel=1e-5)
     assert list(result.metrics)[-4:] == ["nodes", "mean_confidence", "unseen", "images_per_s"]
 
     loader = torch.utils.data.DataLoader(data, batch_size=3)
     row = validate(
-        tiny_model.model,
+        four_class_model.model,
         loader,
         torch.nn.CrossEntropyLoss(),
-        tiny_model.rules,
+        four_class_model.rules,
         lambda images, generator=None: transform(images),
         StepContext(start_process("cpu")),
     )
@@ -442,15 +443,9 @@ def test_unseen_target_of_ankle_boot_is_the_shoes():
 
 # ------------------------------------------------------------------------------- evaluate()
 @pytest.fixture(scope="module")
-def tiny_model():
-    import timm
-
-    from nbdt.data import data_config
-    from nbdt.model import NBDT
-
-    torch.manual_seed(0)
-    net = timm.create_model("test_resnet", num_classes=4).eval()
-    return NBDT(net, four_classes(), data_config=data_config(net, (28, 28)))
+def four_class_model(tiny_nbdt):
+    """An untrained test_resnet NBDT over :func:`four_classes`, reading 28x28 images."""
+    return tiny_nbdt(four_classes())
 
 
 def images_of(targets: list[int], classes, seed: int = 0) -> TensorImages:
@@ -459,12 +454,12 @@ def images_of(targets: list[int], classes, seed: int = 0) -> TensorImages:
     return TensorImages(images, torch.tensor(targets), classes, [f"x{i}" for i in classes])
 
 
-def test_evaluate_is_one_pass_of_the_metrics_over_the_models_logits(tiny_model, tmp_path):
+def test_evaluate_is_one_pass_of_the_metrics_over_the_models_logits(four_class_model, tmp_path):
     data = images_of([0, 1, 2, 3, 3, 2, 1, 0, 2, 2], [f"c{i}" for i in range(4)])
-    result = evaluate(tiny_model, data, batch_size=3)
+    result = evaluate(four_class_model, data, batch_size=3)
     with torch.no_grad():
-        logits = tiny_model.logits(BatchTransform(tiny_model.data_config)(data.images))
-    expected = TreeMetrics(tiny_model.hierarchy)
+        logits = four_class_model.logits(BatchTransform(four_class_model.data_config)(data.images))
+    expected = TreeMetrics(four_class_model.hierarchy)
     expected.update(logits, data.targets)
     metrics = dict(result.metrics)
     assert metrics.pop("images_per_s") > 0
@@ -476,21 +471,23 @@ def test_evaluate_is_one_pass_of_the_metrics_over_the_models_logits(tiny_model, 
     assert json.loads(path.read_text()) == result.metrics
 
 
-def test_evaluate_routes_held_out_classes(tiny_model, monkeypatch):
+def test_evaluate_routes_held_out_classes(four_class_model, monkeypatch):
     import nbdt.evaluation.evaluate as ev
 
     monkeypatch.setattr(ev, "unseen_target", lambda h, wnid: UnseenTarget(wnid, "B", ("c2", "c3")))
     classes = ["c0", "new", "c1", "c2", "c3"]
     data = images_of([0, 1, 1, 2, 3, 4, 1], classes, seed=1)
-    result = evaluate(tiny_model, data, holdout=["new"], batch_size=4)
+    result = evaluate(four_class_model, data, holdout=["new"], batch_size=4)
     assert result.metrics["images"] == 4
     assert result.metrics["class_images"] == [1, 1, 1, 1]
     unseen = result.metrics["unseen"]
     assert unseen["overall"]["images"] == 3
     assert unseen["classes"][0]["name"] == "new" and unseen["classes"][0]["wnid"] == "xnew"
     with torch.no_grad():
-        logits = tiny_model.logits(BatchTransform(tiny_model.data_config)(data.images[[1, 2, 6]]))
-    hard = tiny_model.rules.hard(logits)
+        logits = four_class_model.logits(
+            BatchTransform(four_class_model.data_config)(data.images[[1, 2, 6]])
+        )
+    hard = four_class_model.rules.hard(logits)
     assert unseen["overall"]["nbdt"] == pytest.approx(100 * float((hard >= 2).float().mean()))
     assert unseen["overall"]["network"] == pytest.approx(
         100 * float((logits.argmax(1) >= 2).float().mean())
@@ -506,33 +503,33 @@ def test_evaluate_routes_held_out_classes(tiny_model, monkeypatch):
         (["c0", "c1", "c2", "c3"], ["c1"], "held-out class 'c1' is one of the model's"),
     ],
 )
-def test_evaluate_refuses_mismatched_classes(tiny_model, classes, holdout, message):
+def test_evaluate_refuses_mismatched_classes(four_class_model, classes, holdout, message):
     data = images_of([0, 1, 2], classes)
     with pytest.raises(ValueError, match=message):
-        evaluate(tiny_model, data, holdout=holdout)
+        evaluate(four_class_model, data, holdout=holdout)
 
 
-def test_evaluate_refuses_empty_data_and_other_references(tiny_model, tmp_path):
+def test_evaluate_refuses_empty_data_and_other_references(four_class_model, tmp_path):
     empty = images_of([], [f"c{i}" for i in range(4)])
     with pytest.raises(ValueError, match="no images to evaluate"):
-        evaluate(tiny_model, empty)
+        evaluate(four_class_model, empty)
     data = images_of([0, 1], [f"c{i}" for i in range(4)])
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, []), batch_size=2)
     with pytest.raises(ValueError, match="no images to evaluate"):
-        evaluate(tiny_model, loader)
+        evaluate(four_class_model, loader)
     other = Hierarchy.random([f"c{i}" for i in range(5)], seed=0)
     path = other.save(tmp_path / "other.json")
     with pytest.raises(ValueError, match="other.json"):
-        evaluate(tiny_model, data, reference=path)
+        evaluate(four_class_model, data, reference=path)
     with pytest.raises(ValueError, match="reference hierarchy"):
-        evaluate(tiny_model, data, reference=other)
+        evaluate(four_class_model, data, reference=other)
     with pytest.raises(ValueError, match="no WordNet id"):
-        evaluate(tiny_model, data, reference="wordnet")
+        evaluate(four_class_model, data, reference="wordnet")
 
 
-def test_every_eval_json_key_is_documented(tiny_model):
+def test_every_eval_json_key_is_documented(four_class_model):
     data = images_of([0, 1, 2, 3], [f"c{i}" for i in range(4)])
-    metrics = evaluate(tiny_model, data).metrics
+    metrics = evaluate(four_class_model, data).metrics
     routing = UnseenRouting(four_classes(), ["x"], [UnseenTarget("n1", "A", ("c0",))])
     routing.update(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
     metrics["unseen"] = routing.compute()

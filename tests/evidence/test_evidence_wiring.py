@@ -6,11 +6,8 @@ import json
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
-from test_browser import open_page  # noqa: F401  (the browser fixture)
-from test_evidence import CONFIG, FlatNet, _data, _model, _tree
 
 from nbdt.classes import DatasetClasses
 from nbdt.cli.examples import main as examples_main
@@ -27,6 +24,8 @@ from nbdt.training.outputs import RunResult, write_outputs
 from nbdt.training.run_folder import RunFolder
 from nbdt.visualize import explanation_html, hierarchy_html
 
+from helpers.patch_models import PATCH_CONFIG, FlatNet, patch_images, patch_model, patch_tree
+
 REGIONS = [(slice(2, 6), slice(14, 22)), (slice(9, 15), slice(1, 5))]
 
 
@@ -41,14 +40,14 @@ def _patches() -> torch.Tensor:
 def _deep_model() -> NBDT:
     """The patch model with c3 the strongest class of channel 1: its path passes "bb", whose
     label "right" repeats its parent's."""
-    model = _model()
+    model = patch_model()
     model.model.fc.weight.data[3] = torch.tensor([0.0, 6.0])
     return model
 
 
 # --------------------------------------------------------------------------- the API
 def test_explain_with_evidence_puts_each_heatmap_on_the_region_that_decides():
-    model = _model()
+    model = patch_model()
     plain = model.explain(_patches())
     explained = model.explain(_patches(), evidence=True)
     for exp, before, (rows, cols) in zip(explained, plain, REGIONS, strict=True):
@@ -65,7 +64,7 @@ def test_explain_with_evidence_puts_each_heatmap_on_the_region_that_decides():
 
 
 def test_evidence_round_trips_through_json_and_old_records_still_load(explanation_dict):
-    exp = _model().explain(_patches()[0], evidence=True)
+    exp = patch_model().explain(_patches()[0], evidence=True)
     record = json.loads(json.dumps(exp.to_dict()))
     assert record["path"][0]["saliency"].startswith("data:image/png;base64,")
     back = Explanation.from_dict(record)
@@ -74,7 +73,7 @@ def test_evidence_round_trips_through_json_and_old_records_still_load(explanatio
     assert back == exp  # saliency takes no part in equality; every other field survives
     new = {"display", "child_display", "runner_up_display", "saliency", "child_examples"}
     new |= {"runner_up_examples", "nearest"}
-    old = explanation_dict(_tree(), 0)
+    old = explanation_dict(patch_tree(), 0)
     old["path"] = [{k: v for k, v in step.items() if k not in new} for step in old["path"]]
     loaded = Explanation.from_dict(old)
     assert loaded.path[0].saliency is None and loaded.path[0].child_examples == ()
@@ -97,7 +96,7 @@ def test_repeated_labels_read_with_their_classes_in_text_and_json():
 
 def test_examples_attach_to_every_step():
     model = _deep_model()
-    found = node_examples(model, _data(120), k=3, sample=64)
+    found = node_examples(model, patch_images(120), k=3, sample=64)
     x = _patches()
     explained = model.explain(x, examples=found)
     with torch.no_grad():
@@ -127,16 +126,16 @@ def test_examples_attach_to_every_step():
 
 
 def test_bad_evidence_options_are_one_line_errors():
-    model = _model()
+    model = patch_model()
     x = _patches()
     with pytest.raises(ValueError, match=r"^layer='nope': the model has no module of that name"):
         model.explain(x, evidence=True, layer="nope")
     with pytest.raises(ValueError, match="no spatial feature map .* pass layer=NAME"):
-        _model(FlatNet()).explain(x, evidence=True)
+        patch_model(FlatNet()).explain(x, evidence=True)
     with pytest.raises(ValueError, match="method must be one of"):
         model.explain(x, evidence=True, method="nope")
-    other = NBDT(model.model, _tree(("d0", "d1", "d2", "d3", "d4")), data_config=CONFIG)
-    found = node_examples(other, _data(30), k=2, sample=8)
+    other = NBDT(model.model, patch_tree(("d0", "d1", "d2", "d3", "d4")), data_config=PATCH_CONFIG)
+    found = node_examples(other, patch_images(30), k=2, sample=8)
     with pytest.raises(ValueError, match="examples: examples of other classes"):
         model.explain(x, examples=found)
     with pytest.raises(TypeError, match="examples must be a NodeExamples"):
@@ -144,20 +143,6 @@ def test_bad_evidence_options_are_one_line_errors():
 
 
 # ---------------------------------------------------------------------------- the CLIs
-FM_CONFIG = {"input_size": (3, 28, 28), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
-
-
-@pytest.fixture(scope="module")
-def fm_checkpoint(tmp_path_factory, stripes_dir):
-    """An untrained tiny timm model over Fashion-MNIST's classes, saved as a model file."""
-    classes = load_dataset("fashion-mnist", "test", stripes_dir).classes
-    torch.manual_seed(0)
-    net = timm.create_model("test_efficientnet_gn", num_classes=10)
-    tree = Hierarchy.random(classes, seed=0)
-    folder = tmp_path_factory.mktemp("fm")
-    return NBDT(net, tree, data_config=FM_CONFIG).save(folder / "tiny.pt")
-
-
 def _cli(capsys, main, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -165,15 +150,15 @@ def _cli(capsys, main, *argv):
 
 
 def test_examples_and_explain_evidence_html_end_to_end(
-    fm_checkpoint, stripes_dir, tmp_path, capsys
+    stripes_checkpoint, stripes_dir, tmp_path, capsys
 ):
     out = tmp_path / "examples.npz"
     code, _, err = _cli(
-        capsys, examples_main, fm_checkpoint, "--dataset", "fashion-mnist", "--data-dir",
+        capsys, examples_main, stripes_checkpoint, "--dataset", "fashion-mnist", "--data-dir",
         stripes_dir, "-o", out, "-k", "4", "--sample", "100",
     )  # fmt: skip
     assert code == 0 and err.strip().splitlines()[-1] == f"nbdt-examples: wrote {out}"
-    model = NBDT.from_checkpoint(torch.load(fm_checkpoint, weights_only=True))
+    model = NBDT.from_checkpoint(torch.load(stripes_checkpoint, weights_only=True))
     found = NodeExamples.load(out, model.hierarchy)
     assert found.k == 4 and len(found.sample_index) == 100
     train_set = load_dataset("fashion-mnist", "train", stripes_dir)
@@ -190,7 +175,7 @@ def test_examples_and_explain_evidence_html_end_to_end(
         Image.fromarray(test.images[i, 0].numpy()).save(images[-1])
     page = tmp_path / "page.html"
     code, stdout, err = _cli(
-        capsys, explain_main, *images, "--checkpoint", fm_checkpoint, "--evidence",
+        capsys, explain_main, *images, "--checkpoint", stripes_checkpoint, "--evidence",
         "--examples", out, "--html", page, "--json",
     )  # fmt: skip
     assert code == 0, err
@@ -206,7 +191,9 @@ def test_examples_and_explain_evidence_html_end_to_end(
     # Bad input: one line, exit 2, nothing written.
     other = tmp_path / "other.npz"
     other_model = NBDT(
-        model.model, Hierarchy.random(model.hierarchy.classes, seed=1), data_config=FM_CONFIG
+        model.model,
+        Hierarchy.random(model.hierarchy.classes, seed=1),
+        data_config=model.data_config,
     )
     node_examples(other_model, train_set.head(40), k=2, sample=8).save(other)
     damaged = tmp_path / "damaged.npz"
@@ -220,20 +207,27 @@ def test_examples_and_explain_evidence_html_end_to_end(
     for extra, message in cases:
         fresh = tmp_path / "fresh.html"
         code, stdout, err = _cli(
-            capsys, explain_main, images[0], "--checkpoint", fm_checkpoint, "--html", fresh, *extra
+            capsys,
+            explain_main,
+            images[0],
+            "--checkpoint",
+            stripes_checkpoint,
+            "--html",
+            fresh,
+            *extra,
         )
         assert code == 2 and stdout == "" and not fresh.exists()
         assert err.count("\n") == 1 and message in err and "Traceback" not in err
     code, _, err = _cli(
-        capsys, examples_main, fm_checkpoint, "--dataset", "fashion-mnist", "--data-dir",
+        capsys, examples_main, stripes_checkpoint, "--dataset", "fashion-mnist", "--data-dir",
         tmp_path, "-o", tmp_path / "x.npz",
     )  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "x.npz").exists()
 
 
 # --------------------------------------------------------------------------- the trainer
-def _run_result(folder, fm_checkpoint, stripes_dir, **settings) -> RunResult:
-    model = NBDT.from_checkpoint(torch.load(fm_checkpoint, weights_only=True))
+def _run_result(folder, checkpoint, stripes_dir, **settings) -> RunResult:
+    model = NBDT.from_checkpoint(torch.load(checkpoint, weights_only=True))
     config = TrainConfig(
         dataset="fashion-mnist", output=str(folder), explain=2, quiet=True, report=False, **settings
     )
@@ -250,13 +244,13 @@ def _run_result(folder, fm_checkpoint, stripes_dir, **settings) -> RunResult:
 
 
 def test_trainer_writes_node_examples_and_shows_them_on_both_pages(
-    fm_checkpoint, stripes_dir, tmp_path
+    stripes_checkpoint, stripes_dir, tmp_path
 ):
     assert outputs.OUTPUT_STAGES[0] is outputs.node_examples
     assert "node_examples.npz" in RunFolder.FILES
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()
-    result = _run_result(folder.path, fm_checkpoint, stripes_dir)
+    result = _run_result(folder.path, stripes_checkpoint, stripes_dir)
     result.classes = DatasetClasses("fashion-mnist", result.test_set.classes, ())
     write_outputs(folder, result)
     found = NodeExamples.load(folder.path / "node_examples.npz", result.model.hierarchy)
@@ -269,7 +263,7 @@ def test_trainer_writes_node_examples_and_shows_them_on_both_pages(
 
     plain = RunFolder(tmp_path / "plain")
     plain.path.mkdir()
-    result = _run_result(plain.path, fm_checkpoint, stripes_dir, examples=False)
+    result = _run_result(plain.path, stripes_checkpoint, stripes_dir, examples=False)
     result.classes = DatasetClasses("fashion-mnist", result.test_set.classes, ())
     write_outputs(plain, result)
     assert not (plain.path / "node_examples.npz").exists()
@@ -281,7 +275,7 @@ def test_trainer_writes_node_examples_and_shows_them_on_both_pages(
 # --------------------------------------------------------------------------- the pages
 def _pages(tmp_path):
     model = _deep_model()
-    found = node_examples(model, _data(120), k=3, sample=64)
+    found = node_examples(model, patch_images(120), k=3, sample=64)
     x = _patches() * 30
     explained = model.explain(x, evidence=True, examples=found)
     pictures = [Image.fromarray((x[i, 0].abs() * 8).byte().numpy()) for i in range(2)]
@@ -291,7 +285,7 @@ def _pages(tmp_path):
 
 
 @pytest.mark.browser
-def test_pages_show_heatmaps_and_examples_in_a_browser(tmp_path, open_page):  # noqa: F811
+def test_pages_show_heatmaps_and_examples_in_a_browser(tmp_path, open_page):
     explained, page_file, tree_file, found = _pages(tmp_path)
     page = open_page(page_file)
     steps = sum(len(e.path) for e in explained)
@@ -345,7 +339,7 @@ def test_default_method_meets_the_deletion_goal_and_gradcam_stays_available(caps
 
 
 def test_a_cam_method_added_to_the_table_is_a_method_everywhere(
-    monkeypatch, fm_checkpoint, stripes_dir, tmp_path, capsys
+    monkeypatch, stripes_checkpoint, stripes_dir, tmp_path, capsys
 ):
     from pytorch_grad_cam.base_cam import BaseCAM
 
@@ -358,7 +352,7 @@ def test_a_cam_method_added_to_the_table_is_a_method_everywhere(
             return np.maximum(grads, 0).mean(axis=(2, 3))
 
     monkeypatch.setitem(saliency.CAM_METHODS, "positive-gradcam", PositiveGradCAM)
-    model = _model()
+    model = patch_model()
     assert saliency.check_evidence_options(model, "positive-gradcam", None, None) == (
         "positive-gradcam"
     )
@@ -373,7 +367,7 @@ def test_a_cam_method_added_to_the_table_is_a_method_everywhere(
     test = load_dataset("fashion-mnist", "test", stripes_dir)
     Image.fromarray(test.images[0, 0].numpy()).save(image)
     code, stdout, err = _cli(
-        capsys, explain_main, image, "--checkpoint", fm_checkpoint, "--evidence",
+        capsys, explain_main, image, "--checkpoint", stripes_checkpoint, "--evidence",
         "--method", "positive-gradcam", "--json",
     )  # fmt: skip
     assert code == 0, err

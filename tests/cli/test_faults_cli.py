@@ -40,10 +40,8 @@ def run(main, capsys, *argv):
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    net = timm.create_model("test_resnet", num_classes=4)
-    return NBDT(net, tree(EVIL)).save(tmp_path_factory.mktemp("m") / "evil.pt")
+def model_file(tiny_nbdt, tmp_path_factory):
+    return tiny_nbdt(tree(EVIL), size=None).save(tmp_path_factory.mktemp("m") / "evil.pt")
 
 
 @pytest.fixture

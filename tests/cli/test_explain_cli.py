@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 
 from nbdt.cli.explain import main as explain_main
 from nbdt.explanation import Explanation, field_names
 from nbdt.hierarchy import Hierarchy, Node
-from nbdt.model import NBDT
 
 CLASSES = ["cat", "dog", "car", "ship"]
 FELINE = "n02120997"
@@ -35,11 +33,9 @@ def hierarchy(grouping: str) -> Hierarchy:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    net = timm.create_model("test_resnet", num_classes=len(CLASSES))
+def checkpoint(tiny_nbdt, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    return NBDT(net, hierarchy("pairs")).save(path)
+    return tiny_nbdt(hierarchy("pairs"), size=None).save(path)
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,17 @@ from nbdt.cli.evaluate import main as eval_main
 from nbdt.hierarchy import Hierarchy, Node
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tiny_nbdt, tmp_path_factory):
     """An untrained test_resnet NBDT over Fashion-MNIST without 'Ankle boot', saved."""
-    import torch
-
-    import nbdt
     from nbdt.classes import dataset_classes
-    from nbdt.data import data_config
-    from nbdt.model import NBDT
 
     info = dataset_classes("fashion-mnist")
     names, wnids = list(info.names[:9]), list(info.wnids[:9])  # class 9 is 'Ankle boot'
-    torch.manual_seed(0)
-    tree = nbdt.Hierarchy.wordnet(names, wnids=wnids)
-    net = NBDT.from_arch("test_resnet", tree).model
-    model = NBDT.from_arch("test_resnet", tree, data_config=data_config(net, (28, 28)))
+    model = tiny_nbdt(Hierarchy.wordnet(names, wnids=wnids))
     folder = tmp_path_factory.mktemp("run")
     (folder / "args.json").write_text(json.dumps({"holdout_classes": ["Ankle boot"]}))
     (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "top1": 10.0}) + "\n")

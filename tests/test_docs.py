@@ -1,0 +1,84 @@
+"""The README and the docs site: short, built strictly, every command working as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.doc_blocks import code_blocks, environment, link_venv, run_block
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = sorted((ROOT / "docs").glob("*.md"))
+
+# Notes that only make sense to whoever wrote them, and one machine's paths.
+_PRIVATE = re.compile(
+    r"not run yet|this session|the issue'?s?\b|when this was written|/work/|/home/", re.I
+)
+
+
+def test_readme_is_a_landing_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    for target in re.findall(r"\]\((docs/[^)#]+)", text):
+        assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+    for needed in ("make demo", "make test", "```python", "```bash"):
+        assert needed in text
+
+
+@pytest.mark.parametrize("page", [README, *PAGES], ids=lambda p: p.name)
+def test_no_private_notes(page):
+    for n, line in enumerate(page.read_text().splitlines(), 1):
+        assert not _PRIVATE.search(line), f"{page.name}:{n}: {line}"
+
+
+@pytest.mark.slow
+def test_docs_site_builds_strictly(tmp_path):
+    """mkdocs build --strict: a broken link, a missing page or API reference fails the build."""
+    site = tmp_path / "site"
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+        cwd=ROOT,
+        env=environment(PYTHONPATH=str(ROOT), NO_MKDOCS_2_WARNING="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-5000:]
+    assert "WARNING" not in r.stderr, r.stderr[-5000:]
+    cli = (site / "cli" / "index.html").read_text()
+    scripts = re.findall(r'^(nbdt-[\w-]+) = "', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert len(scripts) >= 8
+    for command in scripts:
+        assert f"usage: {command}" in cli, f"{command} is missing from the CLI reference"
+    api = (site / "api" / "index.html").read_text()
+    for name in (
+        "hierarchy.Hierarchy.induced",
+        "rules.DecisionRules.soft",
+        "loss.SoftTreeSupLoss",
+        "model.NBDT.explain",
+        "evaluation.evaluate.evaluate",
+        "deploy.runtime.OnnxNBDT",
+    ):
+        assert f'id="nbdt.{name}"' in api, f"nbdt.{name} is missing from the API reference"
+
+
+@pytest.mark.slow
+def test_readme_and_getting_started_run_as_written(tmp_path):
+    """Every bash and python block of the README, then of the getting-started page, in one
+    folder outside the repository, with `.venv` the environment running the tests. A block the
+    README already ran (the same text) is not run twice."""
+    link_venv(tmp_path, Path(sys.prefix))
+    env = environment(PYTHONPATH=str(ROOT))  # this checkout's nbdt, also in an un-installed tree
+    done: set[str] = set()
+    for page in (README, ROOT / "docs" / "getting-started.md"):
+        for block in code_blocks(page.read_text()):
+            if block.code not in done:
+                run_block(block, tmp_path, env, page.name, timeout=600)
+                done.add(block.code)
+    assert (tmp_path / "runs" / "quick" / "best.pt").is_file()
