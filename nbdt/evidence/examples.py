@@ -502,7 +502,7 @@ def node_examples(
     for name, value in (("k", k), ("sample", sample), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if hasattr(data, "__len__"):  # more than the dataset holds changes nothing but memory
+    if isinstance(data, torch.utils.data.Dataset):  # more than it holds changes only memory
         k, sample = min(k, max(len(data), 1)), min(sample, max(len(data), 1))
     rules = model.rules
     need = 2 * rules.num_nodes * rules.max_children * k * 40  # scores, indices, classes, merge
