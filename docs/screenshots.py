@@ -7,8 +7,11 @@ photographs both in Debian's chromium. With ``--run DIR`` (a finished ``make dem
 best.pt and node_examples.npz) also the evidence pages of that Fashion-MNIST model: explanations
 with heatmaps and training examples, and the hierarchy with an inner node's examples open.
 With ``--report RUN/report.html`` it photographs that evaluation report (nbdt-eval's or the
-trainer's) into docs/report.png instead.
+trainer's) into docs/report.png instead. With ``--pages RUN`` (a finished nbdt-train folder run
+with --explain) it photographs that run's hierarchy.html, explanations.html and report.html at
+1400 px and 500 px into docs/screenshots/<page>-<width>.png, each page as a user first sees it.
 Usage: .venv/bin/python docs/screenshots.py [--run runs/demo] [--report RUN/report.html]
+       .venv/bin/python docs/screenshots.py --pages RUN
 """
 
 from __future__ import annotations
@@ -96,8 +99,7 @@ def photograph(
             tab.fill("#search", search)
             tab.press("#search", "Enter")
             tab.wait_for_selector("g.node.current")
-        if click:  # a click on an open node shows its examples and closes it: a second reopens
-            tab.click(click)
+        if click:  # a click on a node's name shows its examples
             tab.click(click)
             tab.mouse.move(300, height - 20)  # away from the node: no tooltip
             tab.wait_for_timeout(300)
@@ -108,17 +110,46 @@ def photograph(
     print(f"{out}: {out.stat().st_size // 1024} KB")
 
 
+WIDTHS = (1400, 500)
+
+
+def photograph_widths(page: Path, name: str, folder: Path = DOCS / "screenshots") -> None:
+    """``page`` at every width of :data:`WIDTHS` (900 px high), as 256-colour PNGs."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    folder.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        for width in WIDTHS:
+            tab = browser.new_page(viewport={"width": width, "height": 900})
+            tab.goto(page.as_uri())
+            tab.wait_for_selector("html[data-ready]", state="attached")
+            png = tab.screenshot()
+            out = folder / f"{name}-{width}.png"
+            image = Image.open(io.BytesIO(png)).convert("RGB")
+            image.quantize(256, dither=Image.Dither.NONE).save(out, optimize=True)
+            print(f"{out}: {out.stat().st_size // 1024} KB")
+        browser.close()
+
+
 def main() -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a finished make demo folder (runs/demo)")
+    parser.add_argument("--report", type=Path, help="an evaluation report to photograph")
+    parser.add_argument("--pages", type=Path, help="a run folder: its pages at both widths")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"needs {CHROMIUM} (Debian's chromium; make setup installs it)", file=sys.stderr)
         return 2
-    if sys.argv[1:2] == ["--report"] and len(sys.argv) == 3:
-        photograph(Path(sys.argv[2]).resolve(), DOCS / "report.png", height=1400)
+    if args.pages:
+        for name in ("hierarchy", "explanations", "report"):
+            photograph_widths(args.pages.resolve() / f"{name}.html", name)
+        return 0
+    if args.report:
+        photograph(args.report.resolve(), DOCS / "report.png", height=1400)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         tree_page, explain_page = write_pages(Path(tmp))
@@ -130,7 +161,7 @@ def main() -> int:
             photograph(
                 tree_page,
                 DOCS / "evidence-hierarchy.png",
-                click=f"g.node[data-id='{node}'] circle",
+                click=f"g.node[data-id='{node}'] text",
             )
     return 0
 

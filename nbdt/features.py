@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from nbdt._io import atomic_path
 from nbdt.heads import logits_and_features, model_input
 from nbdt.networks import eval_mode
+from nbdt.progress import Progress
 
 IN_MEMORY_LIMIT = 1 << 30  # bytes of features kept in memory when a cache folder is given
 
@@ -50,12 +51,14 @@ def cache_features(
     folder: str | os.PathLike[str] | None = None,
     in_memory_limit: int = IN_MEMORY_LIMIT,
     name: str = "features.f32",
+    progress: Progress | None = None,
 ) -> Features:
     """The backbone's pooled features of every ``(image, target)`` of a dataset, computed once.
 
     Images are uint8 dataset images (preprocessed with the model's data config) or float
     model input. With ``folder``, features over ``in_memory_limit`` bytes go to
     ``folder/name``, a memory-mapped file (written whole, then renamed into place).
+    ``progress`` shows the pass.
     """
     if not len(dataset):
         raise ValueError("cache_features: the dataset holds no images")
@@ -66,7 +69,8 @@ def cache_features(
         stack.enter_context(eval_mode(model.model))
         stack.enter_context(torch.inference_mode())
         at = 0
-        for images, labels in loader:
+        batches = loader if progress is None else progress.track(loader, len(loader), "features")
+        for images, labels in batches:
             pooled = _pooled(model.model, model_input(model, images)).cpu()
             if store is None:
                 shape = (len(dataset), pooled.shape[1])

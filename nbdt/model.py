@@ -156,6 +156,46 @@ class NBDT(nn.Module):
         """(B, C) class log-probabilities (soft) or the hard decision as a point mass."""
         return MODES[self.mode](self.rules, self.model(x))
 
+    # ------------------------------------------------------- scikit-learn-style conveniences
+    @property
+    def classes(self) -> list[str]:
+        """The class names, in the order of the output columns (scikit-learn's ``classes_``)."""
+        return list(self.hierarchy.classes)
+
+    def predict_proba(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64
+    ) -> torch.Tensor:
+        """(N, C) class probabilities on the CPU, columns in the order of :attr:`classes`
+        (``.numpy()`` gives an array): soft inference in mode "soft", the greedy descent's
+        one-hot decision in mode "hard". ``images`` is what :meth:`explain` takes (a PIL image,
+        a path, a preprocessed (C, H, W) or (N, C, H, W) float tensor, or a list of these); one
+        image gives one row. The network runs ``batch_size`` images at a time."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        batch = self._input_batch(items, "predict")
+        with eval_mode(self), torch.inference_mode():
+            rows = [self(batch[i : i + batch_size]).float().exp().cpu() for i in
+                    range(0, len(batch), batch_size)]  # fmt: skip
+        return torch.cat(rows)
+
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        indices: bool = False,
+        batch_size: int = 64,
+    ) -> list[str] | torch.Tensor:
+        """The predicted class of each image: its name (a list), or with ``indices=True`` its
+        index into :attr:`classes` (an (N,) CPU tensor). The class :meth:`explain` reports: the
+        most probable (mode "soft") or the greedy descent's leaf (mode "hard"). ``images`` as
+        :meth:`predict_proba` takes them."""
+        predicted = self.predict_proba(images, batch_size).argmax(1)
+        if indices:
+            return predicted
+        names = self.hierarchy.classes
+        return [names[i] for i in predicted.tolist()]
+
     @property
     def transform(self) -> Any:
         """timm's evaluation transform (PIL image -> normalised tensor) for this model."""
@@ -217,8 +257,9 @@ class NBDT(nn.Module):
                 )
         return explanations[0] if single else explanations
 
-    def _input_batch(self, items: list[ImageInput]) -> torch.Tensor:
-        """Stack images, paths and tensors into one (B, C, H, W) batch on the model's device."""
+    def _input_batch(self, items: list[ImageInput], caller: str = "explain") -> torch.Tensor:
+        """Stack images, paths and tensors into one (B, C, H, W) batch on the model's device
+        (errors name the ``caller``)."""
         channels = self.data_config["input_size"][0]
         transform = None
         rows = []
@@ -227,12 +268,12 @@ class NBDT(nn.Module):
                 tensor = item[None] if item.dim() == 3 else item
                 if tensor.dim() != 4 or tensor.shape[1] != channels:
                     raise ValueError(
-                        f"explain: expected a (C, H, W) or (B, C, H, W) tensor with C={channels},"
+                        f"{caller}: expected a (C, H, W) or (B, C, H, W) tensor with C={channels},"
                         f" got shape {tuple(item.shape)}"
                     )
                 if not tensor.is_floating_point():
                     raise ValueError(
-                        "explain: tensors must be preprocessed float input; pass raw images as"
+                        f"{caller}: tensors must be preprocessed float input; pass raw images as"
                         " PIL images or paths"
                     )
                 rows.append(tensor)
@@ -243,16 +284,16 @@ class NBDT(nn.Module):
                 image = to_model_mode(item, channels)
             else:
                 raise TypeError(
-                    f"explain: expected PIL images, paths or tensors, got {type(item).__name__}"
+                    f"{caller}: expected PIL images, paths or tensors, got {type(item).__name__}"
                 )
             if transform is None:
                 transform = self.transform
             rows.append(transform(image)[None])
         if not rows:
-            raise ValueError("explain: no input")
+            raise ValueError(f"{caller}: no input")
         shapes = {tuple(r.shape[1:]) for r in rows}
         if len(shapes) > 1:
-            raise ValueError(f"explain: inputs of different shapes {sorted(shapes)} in one batch")
+            raise ValueError(f"{caller}: inputs of different shapes {sorted(shapes)} in one batch")
         device, dtype = heads.network_device(self.model)
         return torch.cat([r.to(device) for r in rows]).to(dtype)
 

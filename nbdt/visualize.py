@@ -15,7 +15,7 @@ import json
 import operator
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ def hierarchy_html(
     if examples is not None:
         examples.check(hierarchy, source="examples")
         data["examples"] = _examples_data(hierarchy, examples)
-    data["highlight"] = None if highlight is None else _node_index(hierarchy, highlight)
+    data["highlight"] = None if highlight is None else node_index(hierarchy, highlight)
     if title is None:
         title = f"{hierarchy.root.label}: {hierarchy.num_classes} classes"
     data["title"] = title
@@ -79,6 +79,7 @@ def explanation_html(
     hierarchy: Hierarchy | None = None,
     title: str | None = None,
     crop_pct: float = 1.0,
+    true_labels: Sequence[str | None] | None = None,
 ) -> Path:
     """Write explanations as one HTML page, a section per image: prediction, path, bars, context.
 
@@ -88,7 +89,8 @@ def explanation_html(
     (``explain(..., evidence=True, examples=...)``) show the image under their heatmap (a toggle)
     and the training images behind the decision; ``crop_pct`` is the centred share of the image's
     shorter side that the model saw (timm's ``crop_pct``), so the map lies where it belongs.
-    Written atomically.
+    ``true_labels`` (one class name or None per explanation) shows each image's true class
+    beside the prediction. Written atomically.
     """
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
@@ -104,16 +106,23 @@ def explanation_html(
             f"explanation_html: {len(exps)} explanations but {len(imgs)} images (give one image,"
             " or None, per explanation)"
         )
+    truths = [None] * len(exps) if true_labels is None else list(true_labels)
+    if len(truths) != len(exps):
+        raise ValueError(
+            f"explanation_html: {len(exps)} explanations but {len(truths)} true labels"
+        )
     if hierarchy is not None and not isinstance(hierarchy, Tree):
         raise TypeError(f"hierarchy must be a Hierarchy or None, got {type(hierarchy).__name__}")
     items = []
-    for i, (exp, image) in enumerate(zip(exps, imgs, strict=True)):
+    for i, (exp, image, truth) in enumerate(zip(exps, imgs, truths, strict=True)):
         record = _explanation_record(exp, i)
         item = {
             "explanation": record,
             "image": None if image is None else _image_data_uri(image),
             "context": None if hierarchy is None else _path_context(hierarchy, record, i),
         }
+        if truth is not None:
+            item["true_label"] = str(truth)
         if any(step["saliency"] for step in record["path"]):
             item["overlays"] = [_overlay_uri(step["saliency"]) for step in record["path"]]
         items.append(item)
@@ -236,7 +245,7 @@ def _overlay_uri(saliency: Any) -> str | None:
     return png_data_uri(buffer.getvalue())
 
 
-def _node_index(h: Hierarchy, highlight: str | int) -> int:
+def node_index(h: Hierarchy, highlight: str | int) -> int:
     """Position in ``h.nodes`` of a node id, a label naming exactly one node, or a class index."""
     ids = [node.id for node in h.nodes]
     if isinstance(highlight, str):

@@ -54,6 +54,34 @@ def run(
         return EXIT_BAD_INPUT
 
 
+# ------------------------------------------------------------------------------- parsers
+class _ShowDefaults(argparse.HelpFormatter):
+    """``--help`` names every option's default: " (default: X)" after a help text that does
+    not state it already (options without a value, or whose default is None or [], have none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or any(default is unset for unset in (None, False, argparse.SUPPRESS))
+            or default == []
+            or action.nargs == 0
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command's parser: no prefix matching (``--opt`` is an error, never ``--optimizer``)
+    and every default shown in ``--help``; subcommands' parsers are built alike."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _ShowDefaults)
+        super().__init__(allow_abbrev=False, **kwargs)
+
+
 def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The rule every command keeps, before any work: no output replaces an input
     (:func:`nbdt._io.check_outputs`). Outputs are the :data:`OUTPUT_OPTIONS`; inputs, every

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
-from nbdt.cli._common import add_data_options, add_output, resolve_data, run
+from nbdt.cli._common import Parser, add_data_options, add_output, resolve_data, run
 
 FALLBACK_DATASET = "fashion-mnist"  # for a model file that records no training run
 
@@ -20,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
     from nbdt.deploy.prune import IMPORTANCES
     from nbdt.deploy.quantize import ACTIVATION_TYPES, QUANTIZATIONS
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nbdt-compress",
         description="Prune the network's channels (Torch-Pruning, head kept whole) and/or"
         " quantise the exported ONNX model to int8 (rules kept float32); write the results and"
@@ -48,7 +49,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--finetune-subset", type=int, metavar="N", help="fine-tune on the first N train images"
     )
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="fine-tuning batch (64)")
+    p.add_argument(
+        "-b", "--batch-size", type=int, default=64, metavar="N", help="fine-tuning batch"
+    )
     p.add_argument("--lr", type=float, help="fine-tuning learning rate (nbdt-train's)")
     p.add_argument(
         "--distill", type=float, default=0.5, metavar="SHARE",
@@ -86,5 +89,8 @@ def _compress(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "output")}
     result = compress(args.checkpoint, args.output, **settings)
     print(result.table())
+    warning = result.unfinetuned_warning(args.finetune_epochs)
+    if warning:
+        print(f"nbdt-compress: {warning}", file=sys.stderr)
     print(f"nbdt-compress: wrote {result.output}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from nbdt.cli._common import (
+    Parser,
     add_data_options,
     add_output,
     comma_list,
@@ -22,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """nbdt-eval's options."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nbdt-eval",
         description="Hierarchy-aware evaluation of an NBDT checkpoint (metrics: docs/metrics.md):"
         " top-k, mistake severity, hierarchical distance, per-node accuracy, calibration, and"
@@ -49,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="write eval.json only")
     p.add_argument("--subset", type=non_negative_int, metavar="N", help="first N images")
     p.add_argument(
-        "--batch-size", type=non_negative_int, default=256, metavar="N", help="(default: 256)"
+        "-b", "--batch-size", type=non_negative_int, default=256, metavar="N", help="(default: 256)"
     )
     p.add_argument("--workers", type=non_negative_int, default=0, metavar="N", help="(default: 0)")
     p.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
@@ -67,6 +68,7 @@ def _eval(args: argparse.Namespace) -> int:
     from nbdt.distributed import start_process
     from nbdt.evaluation.evaluate import evaluate
     from nbdt.model import load
+    from nbdt.progress import Progress
     from nbdt.training.run_folder import RunFolder
 
     if not Path(args.checkpoint).is_file():
@@ -97,6 +99,7 @@ def _eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=process.device,
             workers=args.workers,
+            progress=Progress(process.main),
         )
     finally:
         if process.distributed:

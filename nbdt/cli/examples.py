@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from nbdt.cli._common import (
+    Parser,
     add_data_options,
     add_output,
     model_classes_of,
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """nbdt-examples' options."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nbdt-examples",
         description="For every inner node and child of a model's tree: the training images it"
         " sends there most confidently and its typical mistakes (with 64-px thumbnails), plus a"
@@ -42,9 +43,12 @@ def parser() -> argparse.ArgumentParser:
         default=4096,
         help="images kept for nearest-image search (default: 4096)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=128, help="(default: 128)")
     p.add_argument(
-        "--workers", type=non_negative_int, default=0, help="DataLoader worker processes (0)"
+        "--subset", type=positive_int, metavar="N", help="the first N images only (default: all)"
+    )
+    p.add_argument("-b", "--batch-size", type=positive_int, default=128, help="(default: 128)")
+    p.add_argument(
+        "--workers", type=non_negative_int, default=0, help="DataLoader worker processes"
     )
     return p
 
@@ -55,6 +59,7 @@ def _examples(args: argparse.Namespace) -> int:
     import nbdt
     from nbdt.data import load_dataset
     from nbdt.evidence.examples import node_examples
+    from nbdt.progress import Progress
 
     output = Path(args.output)
     if not output.parent.is_dir():
@@ -62,6 +67,8 @@ def _examples(args: argparse.Namespace) -> int:
     resolve_data(args)
     model = nbdt.load(args.checkpoint)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
+    if args.subset is not None:
+        dataset = dataset.head(args.subset)
     try:
         dataset = model_classes_of(dataset, model, args.checkpoint)
     except ValueError as e:
@@ -73,7 +80,7 @@ def _examples(args: argparse.Namespace) -> int:
         sample=args.sample,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        progress=sys.stderr.isatty(),
+        progress=Progress(),
     )
     found.save(output)
     print(f"nbdt-examples: wrote {output}", file=sys.stderr)

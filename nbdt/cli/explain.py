@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nbdt._messages import for_terminal
-from nbdt.cli._common import EXIT_BAD_INPUT, add_output, load_model, non_negative_int, run
+from nbdt.cli._common import EXIT_BAD_INPUT, Parser, add_output, load_model, non_negative_int, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,11 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """nbdt-explain's options; --mode, --node-score and --method read their tables."""
-    from nbdt.evidence.saliency import CAM_METHODS, DEFAULT_METHOD
+    from nbdt.evidence.saliency import CAM_METHODS, DEFAULT_METHOD, method_name
     from nbdt.model import MODES
     from nbdt.rules import NODE_SCORES
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nbdt-explain",
         description="Predict images with an NBDT and print the decisions that led to each class."
         " Without --checkpoint it runs the offline ImageNet example: efficientnet_lite0 with"
@@ -74,7 +74,11 @@ def parser() -> argparse.ArgumentParser:
         " rather than the runner-up (in --json and -o)",
     )
     evidence.add_argument(
-        "--method", choices=CAM_METHODS, default=DEFAULT_METHOD, help="CAM method (%(default)s)"
+        "--method",
+        choices=CAM_METHODS,
+        type=method_name,
+        default=DEFAULT_METHOD,
+        help="CAM method, as grad-cam names it (default: %(default)s)",
     )
     evidence.add_argument(
         "--layer", metavar="NAME", help="backbone module to explain (default: found automatically)"
@@ -103,6 +107,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     from nbdt.explanation import format_probability
     from nbdt.images import load_image
+    from nbdt.progress import Progress
     from nbdt.rules import NonFiniteLogits
 
     model, note = _explain_model(args)
@@ -124,7 +129,10 @@ def _explain(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr if args.json else sys.stdout)
     explained: list[tuple[str, object]] = []
     failed = 0
-    for start in range(0, len(args.images), _EXPLAIN_BATCH):
+    starts = range(0, len(args.images), _EXPLAIN_BATCH)
+    if len(starts) > 1:  # more than one batch: a pass worth a progress display
+        starts = Progress().track(starts, len(starts), "explain")
+    for start in starts:
         loaded: list[tuple[str, Any]] = []
         for name in args.images[start : start + _EXPLAIN_BATCH]:
             try:

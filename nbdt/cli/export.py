@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from nbdt.cli._common import add_output, load_model, run
+from nbdt.cli._common import Parser, add_output, load_model, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,7 +18,7 @@ def parser() -> argparse.ArgumentParser:
     from nbdt.model import MODES
     from nbdt.rules import NODE_SCORES
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nbdt-export",
         description="Export an NBDT checkpoint as one ONNX file: the network, the decision rules"
         " and, in its metadata, the hierarchy and preprocessing, so that ONNX Runtime alone"

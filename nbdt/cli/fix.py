@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nbdt.cli._common import add_data_options, add_output, int_at_least, resolve_data, run
+from nbdt.cli._common import Parser, add_data_options, add_output, int_at_least, resolve_data, run
 
 FALLBACK_DATASET = "fashion-mnist"  # for a model file that records no training run
 
@@ -28,12 +28,13 @@ def parser() -> argparse.ArgumentParser:
     """nbdt-fix's options."""
     from nbdt.intervene import PLACES
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nbdt-fix",
         description="Correct mistakes (--corrections) or add classes (--add-class) of an nbdt"
         " model by refitting only its classifier head on backbone features computed once; a"
         " replay of the training set's features keeps the other classes where they were."
-        " Prints a JSON report (top-1 before and after) and writes one model file.",
+        " Prints a summary (top-1 before and after; the full report with --json) and writes"
+        " one model file.",
     )
     default = " (default: %(default)s)"
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="an nbdt model file (best.pt)")
@@ -84,14 +85,30 @@ def parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate" + default)
     fit.add_argument(
-        "--batch-size", type=int_at_least(1), default=512, metavar="N", help=default.strip()
+        "-b", "--batch-size", type=int_at_least(1), default=512, metavar="N", help=default.strip()
     )
     fit.add_argument("--seed", type=int_at_least(0), default=0, help=default.strip())
     fit.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
     fit.add_argument(
         "--cache", metavar="DIR", help="keep replay features over 1 GiB on disk in DIR"
     )
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
     return p
+
+
+def _folder_class(folder: Path, hierarchy: Any) -> str:
+    """The class a corrections folder is named after: its name, or a class name with each '/'
+    (which no folder name can hold) written as '_' (``T-shirt_top`` for ``T-shirt/top``)."""
+    from nbdt.intervene import class_indices
+
+    by_folder = {name.replace("/", "_"): name for name in hierarchy.classes if "/" in name}
+    name = by_folder.get(folder.name, folder.name)
+    try:
+        class_indices(hierarchy, [name])
+    except ValueError as e:
+        hint = " (name a class's folder with '_' for each '/': T-shirt/top -> T-shirt_top)"
+        raise ValueError(f"--corrections {folder}: {e}{hint if by_folder else ''}") from None
+    return name
 
 
 def _images(folder: Path, option: str) -> list[Path]:
@@ -136,8 +153,6 @@ def _additions(args: argparse.Namespace, hierarchy: Any) -> list[tuple[str, list
 
 def _corrections(args: argparse.Namespace, hierarchy: Any) -> tuple[list[Path], list[str]]:
     """``DIR/<class>/<image>``: the files and their classes, every class known to the model."""
-    from nbdt.intervene import class_indices
-
     root = Path(args.corrections)
     if not root.is_dir():
         raise FileNotFoundError(f"--corrections {root}: no such folder")
@@ -147,14 +162,50 @@ def _corrections(args: argparse.Namespace, hierarchy: Any) -> tuple[list[Path], 
     files: list[Path] = []
     labels: list[str] = []
     for folder in folders:
-        try:
-            class_indices(hierarchy, [folder.name])
-        except ValueError as e:
-            raise ValueError(f"--corrections {folder}: {e}") from None
+        name = _folder_class(folder, hierarchy)
         found = _images(folder, "--corrections")
         files += found
-        labels += [folder.name] * len(found)
+        labels += [name] * len(found)
     return files, labels
+
+
+def _rounded(value: Any) -> Any:
+    """The report with floats to 4 decimals: what a person or a script needs of a top-1."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _top1(scores: dict[str, Any]) -> str:
+    return f"network {scores['top1']:.1f}%, NBDT soft {scores['nbdt_soft_top1']:.1f}%"
+
+
+def summary(report: dict[str, Any]) -> str:
+    """nbdt-fix's report for a person: top-1 before and after, per image set and new class."""
+    lines = [f"replay: {report['replay_images']} training images"]
+    corrections = report.get("corrections")
+    if corrections:
+        lines.append("corrections, top-1 before -> after:")
+        for name, before in corrections["before"].items():
+            after = corrections["after"][name]
+            lines.append(
+                f"  {name:<12} {before['images']:>6} images  {_top1(before)} -> {_top1(after)}"
+            )
+    for added in report.get("added", []):
+        line = (
+            f"added {added['class']!r} under {added['parent']!r}: its {added['images']} images"
+            f" {_top1(added['own_images'])}"
+        )
+        if "old_classes_test_before" in added:
+            before, after = added["old_classes_test_before"], added["old_classes_test_after"]
+            line += f"; old classes' test {_top1(before)} -> {_top1(after)}"
+        lines.append(line)
+    lines.append(f"wrote {report['output']}")
+    return "\n".join(lines)
 
 
 def _fix(args: argparse.Namespace) -> int:
@@ -167,6 +218,7 @@ def _fix(args: argparse.Namespace) -> int:
     from nbdt import intervene
     from nbdt.distributed import start_process
     from nbdt.features import Features, cache_features, pooled_features
+    from nbdt.progress import Progress
 
     if not args.corrections and not args.add_class:
         raise ValueError("nothing to do: pass --corrections DIR and/or --add-class NAME=DIR")
@@ -179,6 +231,7 @@ def _fix(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--output {output}: the folder {output.parent} does not exist")
     resolve_data(args, FALLBACK_DATASET)
     device = start_process(args.device).device
+    progress = Progress()
 
     model = nbdt.load(args.checkpoint).to(device)
     additions = _additions(args, model.hierarchy)
@@ -193,9 +246,11 @@ def _fix(args: argparse.Namespace) -> int:
         test_set = intervene.known_classes(test_set, model.hierarchy, args.checkpoint)
         if args.eval_subset:
             test_set = test_set.head(args.eval_subset)
-        test = cache_features(model, test_set, batch_size=args.batch_size)
+        test = cache_features(model, test_set, batch_size=args.batch_size, progress=progress)
 
-    replay = cache_features(model, train_set, batch_size=args.batch_size, folder=args.cache)
+    replay = cache_features(
+        model, train_set, batch_size=args.batch_size, folder=args.cache, progress=progress
+    )
     report: dict[str, Any] = {"checkpoint": args.checkpoint, "replay_images": len(replay)}
     options = {
         "epochs": args.epochs,
@@ -236,6 +291,9 @@ def _fix(args: argparse.Namespace) -> int:
         )
     model.save(output)
     report["output"] = str(output)
-    json.dump(report, sys.stdout, indent=1)
-    print()
+    if args.json:
+        json.dump(_rounded(report), sys.stdout, indent=1)
+        print()
+    else:
+        print(summary(report))
     return 0

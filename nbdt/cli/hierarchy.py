@@ -9,7 +9,7 @@ from typing import Any
 
 from nbdt import builders
 from nbdt._messages import for_terminal
-from nbdt.cli._common import add_output, non_negative_int, run
+from nbdt.cli._common import Parser, add_output, non_negative_int, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +26,7 @@ _OPTION_FLAGS: dict[str, dict[str, Any]] = {
         "help": "how clusters merge (default: ward, the least variance added)",
     },
     "normalize": {"action": "store_true", "help": "L2-normalise weight rows"},
-    "seed": {"type": non_negative_int, "default": 0, "help": "the same seed, the same tree (0)"},
+    "seed": {"type": non_negative_int, "default": 0, "help": "the same seed, the same tree"},
     "branching": {"type": int, "default": 2, "help": "children per node, at most"},
     "wordnet_weight": {
         "type": float,
@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     """nbdt-hierarchy's commands and their options."""
     from nbdt.classes import CLASS_LISTS
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nbdt-hierarchy",
         description="Build a class hierarchy (induced from a model's classifier, from WordNet, or"
         " random), print it, and save it as node-link JSON or HTML.",
@@ -84,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
     common(induced)
     weights = induced.add_mutually_exclusive_group(required=True)
     weights.add_argument("--model", metavar="NAME", help="a timm architecture")
+    weights.add_argument("--arch", dest="model", help=argparse.SUPPRESS)  # nbdt-train's name
     weights.add_argument(
         "--checkpoint", metavar="PATH", help="a torch checkpoint or state dict file"
     )
@@ -154,14 +155,18 @@ def parser() -> argparse.ArgumentParser:
 
 def _hierarchy_html(args: argparse.Namespace) -> int:
     """`nbdt-hierarchy html`: load a tree file or shipped name and write its page."""
-    from nbdt.visualize import hierarchy_html
+    from nbdt.visualize import hierarchy_html, node_index
 
     tree = _load_tree(args.tree, _hierarchy_classes(args))
     highlight: str | int | None = args.highlight
     if highlight is not None and highlight not in tree and highlight.lstrip("-").isdigit():
         highlight = int(highlight)
     path = hierarchy_html(tree, args.output, highlight=highlight, title=args.title)
-    print(f"wrote {path}")
+    what = f"{tree.num_classes} classes, {len(tree.inner_nodes)} inner nodes"
+    if highlight is not None:
+        node = tree.nodes[node_index(tree, highlight)]
+        what += f"; {node.label!r} ({node.id}) and its path from the root highlighted"
+    print(f"wrote {path} ({what})")
     return 0
 
 
@@ -181,7 +186,8 @@ def _hierarchy_edit(args: argparse.Namespace) -> int:
     edited.save(Path(args.output))
     if not args.quiet:
         print(edited.render(max_depth=args.max_depth), flush=True)
-    print(f"wrote {args.output}: {len(moved)} nodes moved", file=sys.stderr)
+    page = f" and {args.html} (moved nodes marked)" if args.html else ""
+    print(f"wrote {args.output}{page}: {len(moved)} nodes moved", file=sys.stderr)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from nbdt.cli._common import add_data_options, add_output, comma_list, run
+from nbdt.cli._common import Parser, add_data_options, add_output, comma_list, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
     from nbdt.rules import NODE_SCORES
     from nbdt.training.config import DEFAULT_ARCH, OPTIMIZERS, TrainConfig
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nbdt-train",
         description="Fine-tune a timm model with tree supervision and measure it as an NBDT:"
         " cross-entropy warm-up while the head is untrained, hierarchy, tree-supervised epochs.",
@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     )
 
     model = p.add_argument_group("model")
-    model.add_argument("--arch", help=f"timm architecture (default: {DEFAULT_ARCH})")
+    model.add_argument("--arch", "--model", help=f"timm architecture (default: {DEFAULT_ARCH})")
     model.add_argument("--pretrained", action="store_true", help="timm's hub weights")
     model.add_argument("--pretrained-file", metavar="PATH", help="local timm weights file")
     model.add_argument("--checkpoint", metavar="FILE", help="start from an nbdt model file")
@@ -100,7 +100,11 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument("--lr", type=float, help="default: per optimiser, scaled by batch/256")
     fit.add_argument("--weight-decay", type=float, help="default: 5e-4 (sgd), 0.05 (adamw)")
     fit.add_argument(
-        "--batch-size", type=int, metavar="N", help="global batch, split over processes" + default
+        "-b",
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="global batch, split over processes" + default,
     )
     fit.add_argument("--seed", type=int, help=default.strip())
     fit.add_argument(
@@ -117,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best present)")
     run.add_argument("--no-amp", dest="amp", action="store_false", help="no CUDA autocast")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     run.add_argument("--explain", type=int, metavar="N", help="explain N test images at the end")
     run.add_argument(
         "--no-report",

@@ -52,6 +52,24 @@ class Compressed:
             )
         return "\n".join([*lines, *self.notes])
 
+    def unfinetuned_warning(self, finetune_epochs: int, tolerance: float = 1.0) -> str | None:
+        """A loud note when pruning without fine-tuning (``finetune_epochs`` 0) lost more than
+        ``tolerance`` points of NBDT soft top-1, with the drop measured: such a model is rarely
+        fit for use, and nothing else would say so. None otherwise."""
+        if finetune_epochs or "pruned" not in self.rows:
+            return None
+        before, after = self.rows["uncompressed"], self.rows["pruned"]
+        drop = before["nbdt_soft_top1"] - after["nbdt_soft_top1"]
+        if drop <= tolerance:
+            return None
+        return (
+            f"WARNING: pruned without fine-tuning (--finetune-epochs 0), the model lost"
+            f" {drop:.1f} points of NBDT soft top-1 ({before['nbdt_soft_top1']:.1f}% ->"
+            f" {after['nbdt_soft_top1']:.1f}%) and keeps {after['agreement']['path'] * 100:.1f}%"
+            " of decision paths: fine-tune it (--finetune-epochs 2 or more) before using"
+            f" {self.output / 'pruned.pt'}"
+        )
+
 
 def compress(
     checkpoint: str | os.PathLike[str],

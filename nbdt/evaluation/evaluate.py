@@ -25,6 +25,7 @@ from nbdt.evaluation.rulers import align_reference, class_keys, wordnet_referenc
 from nbdt.evaluation.unseen import UnseenRouting, unseen_target
 from nbdt.heads import network_device
 from nbdt.hierarchy import Hierarchy
+from nbdt.progress import Progress
 from nbdt.tree import Tree
 
 EVAL_FORMAT = "nbdt-eval"
@@ -106,6 +107,7 @@ def evaluate(
     device: str | torch.device | None = None,
     workers: int = 0,
     distributed: bool | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Evaluate an NBDT over a dataset or a DataLoader in one streaming pass.
 
@@ -118,7 +120,8 @@ def evaluate(
     when every class has a WordNet id. Under torchrun (``distributed``: None, when
     torch.distributed is initialised) a dataset is split over the ranks (a DataLoader is taken
     as already split) and the sums are added up over them; ``distributed=False`` evaluates in
-    this process alone, as a trainer's main process does at the end of a run.
+    this process alone, as a trainer's main process does at the end of a run. ``progress``
+    shows the pass (a bar on a terminal, log lines elsewhere).
     """
     from nbdt.data import BatchTransform
     from nbdt.model import NBDT
@@ -146,7 +149,8 @@ def evaluate(
     start = time.perf_counter()
     try:
         with torch.inference_mode():
-            for images, targets in loader:
+            batches = loader if progress is None else progress.track(loader, len(loader), "eval")
+            for images, targets in batches:
                 images = images.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 inputs = transform(images) if images.dtype == torch.uint8 else images.float()

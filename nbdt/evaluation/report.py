@@ -216,6 +216,11 @@ def _severity_plot(plt: Any, metrics: Mapping[str, Any]) -> str:
 
 
 def _history_plot(plt: Any, history: Sequence[Mapping[str, Any]]) -> str:
+    """Test top-1 and the losses per epoch, on whole-epoch ticks; where tree supervision starts
+    (the loss gains the tree term and jumps), a line says so, and the test cross-entropy, the
+    same quantity in every phase, is drawn beside the losses."""
+    from matplotlib.ticker import MaxNLocator
+
     figure, (left, right) = plt.subplots(1, 2, figsize=(7.5, 3))
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
     for name, key in TOP1_KEYS.items():
@@ -226,11 +231,27 @@ def _history_plot(plt: Any, history: Sequence[Mapping[str, Any]]) -> str:
     left.set_xlabel("epoch")
     left.set_ylabel("test top-1 (%)")
     left.legend(frameon=False)
-    for key, style in (("train_loss", "-"), ("test_loss", "--")):
+    for key, style, colour in (
+        ("train_loss", "-", "#1c2330"),
+        ("test_loss", "--", "#1c2330"),
+        ("test_ce", ":", "#2f63d6"),
+    ):
         points = [(e, row[key]) for e, row in zip(epochs, history, strict=True) if key in row]
         if points:
             xs, ys = zip(*points, strict=True)
-            right.plot(xs, ys, style, marker="o", color="#1c2330", label=key)
+            label = "test cross-entropy" if key == "test_ce" else key
+            right.plot(xs, ys, style, marker="o", color=colour, label=label)
+    phases = [row.get("phase") for row in history]
+    starts = [e for e, a, b in zip(epochs[1:], phases, phases[1:], strict=False) if a != b]
+    for start in starts[:1] if "tree" in phases else ():
+        for ax in (left, right):
+            ax.axvline(start - 0.5, color="#8a929e", linewidth=0.8, linestyle="--")
+        right.annotate(
+            "tree loss added", xy=(start - 0.5, 1), xycoords=("data", "axes fraction"),
+            xytext=(3, -3), textcoords="offset points", va="top", fontsize=8, color="#5d6673",
+        )  # fmt: skip
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_xlabel("epoch")
     right.set_ylabel("loss")
     if right.lines:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from nbdt.explanation import Example
 from nbdt.heads import logits_and_features, model_input
 from nbdt.hierarchy import Hierarchy
 from nbdt.networks import eval_mode
+from nbdt.progress import Progress
 from nbdt.rules import check_finite
 
 FORMAT_NAME = "nbdt-node-examples"
@@ -482,7 +483,7 @@ def node_examples(
     sample: int = 4096,
     batch_size: int = 128,
     num_workers: int = 0,
-    progress: bool = False,
+    progress: Progress | bool = False,
     distributed: bool = True,
 ) -> NodeExamples:
     """One streaming pass: for every inner node and child, the ``k`` representative images (true
@@ -496,6 +497,7 @@ def node_examples(
     dataset's size; the result depends on no order of the data. Under torchrun each rank reads its
     share of a dataset and the ranks merge their selections (every rank gets the result); with
     ``distributed=False`` (one process calls this alone) this process reads all of it.
+    ``progress``: a :class:`~nbdt.progress.Progress` (True: a new one) shows the pass.
     """
     for name, value in (("k", k), ("sample", sample), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -521,9 +523,9 @@ def node_examples(
             data, batch_size, num_workers, rank, world
         )
         if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc="node examples", unit="batch")
+            shown = progress if isinstance(progress, Progress) else Progress()
+            size = len(data) if isinstance(data, Sized) else 0
+            batches = shown.track(batches, -(-size // (batch_size * world)), "node examples")
         for images, labels, indices in batches:
             labels, indices = labels.long().cpu(), indices.long().cpu()
             if labels.dim() != 1 or len(labels) != len(images) or len(indices) != len(images):

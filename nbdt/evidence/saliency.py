@@ -45,8 +45,21 @@ CAM_METHODS: dict[str, str | type] = {
     "hirescam": "HiResCAM",
     "layercam": "LayerCAM",
     "eigengradcam": "EigenGradCAM",
-    "gradcam-elementwise": "GradCAMElementWise",
+    "gradcamelementwise": "GradCAMElementWise",
 }
+
+CAM_ALIASES: dict[str, str] = {"gradcam-elementwise": "gradcamelementwise"}
+
+"""Other spellings of :data:`CAM_METHODS` keys (nbdt's former ones), accepted everywhere."""
+
+
+def method_name(method: str) -> str:
+    """The :data:`CAM_METHODS` key of a method name as grad-cam spells it (any case) or a
+    spelling of :data:`CAM_ALIASES`; other names come back as given (and fail their check)."""
+    if method in CAM_METHODS:
+        return method
+    lowered = method.lower()
+    return CAM_ALIASES.get(lowered, lowered if lowered in CAM_METHODS else method)
 
 
 DEFAULT_METHOD = "hirescam"
@@ -67,6 +80,7 @@ _auto_layers: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDiction
 def cam_class(method: str) -> type:
     """The CAM class of ``method``, a key of :data:`CAM_METHODS` (a ValueError naming the keys
     otherwise; an ImportError naming the extra when grad-cam is missing)."""
+    method = method_name(method)
     if method not in CAM_METHODS:
         raise ValueError(
             f"method must be one of {', '.join(map(repr, CAM_METHODS))}, got {method!r}"
@@ -403,7 +417,7 @@ def check_evidence_options(
     model: nn.Module, method: str | None, layer: str | nn.Module | None, examples: Any
 ) -> str:
     """Check ``explain``'s evidence options before any work; returns the method to use."""
-    method = DEFAULT_METHOD if method is None else method
+    method = DEFAULT_METHOD if method is None else method_name(method)
     cam_class(method)
     find_layer(model, layer)
     if examples is not None:

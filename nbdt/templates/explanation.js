@@ -182,9 +182,15 @@
     const facts = [`class ${e.class_index}`];
     if (e.wnid) facts.push(`WordNet ${e.wnid}`);
     facts.push(`${e.path.length} ${e.path.length === 1 ? "decision" : "decisions"}`);
+    const head = [el("div", "eyebrow", how.join(" · ")), el("h2", "pred", e.label)];
+    if (item.true_label !== undefined && item.true_label !== null) {
+      const right = item.true_label === e.label;
+      const truth = el("p", "truth " + (right ? "right" : "wrong"), "true class: ");
+      truth.append(el("b", "", item.true_label), right ? " ✓" : " ✗");
+      head.push(truth);
+    }
     body.append(
-      el("div", "eyebrow", how.join(" · ")),
-      el("h2", "pred", e.label),
+      ...head,
       prob,
       el("div", "meta", facts.join(" · ")),
       trail(e.path),

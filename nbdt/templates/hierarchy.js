@@ -201,16 +201,17 @@
   }
 
   /* Fit the drawn tree to the window if it fits at a readable scale, and say whether it did;
-     otherwise show it at that scale with the root at the left edge, vertically centred. */
-  function fit() {
+     otherwise show it at that scale with the root at the left edge, vertically centred. With
+     ``all`` (the Fit button, the 0 key) the whole drawn tree fits, however small. */
+  function fit(all) {
     const box = svg.getBoundingClientRect();
     const m = 24;
-    const k = Math.min(
+    const k = Math.max(0.04, Math.min(
       1.4,
       (box.width - 2 * m) / Math.max(extent.w, 1),
       (box.height - 2 * m) / Math.max(extent.h, 1)
-    );
-    const fits = k >= MIN_FIT;
+    ));
+    const fits = k >= MIN_FIT || all === true;
     view.k = fits ? k : MIN_FIT;
     view.tx = fits ? (box.width - extent.w * k) / 2 : m + RADIUS;
     view.ty = fits ? (box.height - extent.h * k) / 2 : box.height / 2 - y[0] * view.k;
@@ -370,7 +371,7 @@
     update();
     fit();
   });
-  document.getElementById("fit").addEventListener("click", fit);
+  document.getElementById("fit").addEventListener("click", () => fit(true));
   const zoomButton = (factor) => () => {
     const box = svg.getBoundingClientRect();
     zoomAt(factor, box.width / 2, box.height / 2);
@@ -384,7 +385,7 @@
       searchBox.focus();
     } else if (e.key === "+" || e.key === "=") zoomButton(1.25)();
     else if (e.key === "-") zoomButton(0.8)();
-    else if (e.key === "0") fit();
+    else if (e.key === "0") fit(true);
   });
 
   // ------------------------------------------------------- pointer: pan, click
@@ -392,7 +393,8 @@
   svg.addEventListener("pointerdown", (e) => {
     if (e.button !== 0) return;
     const g = e.target.closest && e.target.closest("g.node");
-    drag = { x: e.clientX, y: e.clientY, tx: view.tx, ty: view.ty, moved: false, node: g, id: e.pointerId };
+    const onName = Boolean(g && e.target.closest("text"));
+    drag = { x: e.clientX, y: e.clientY, tx: view.tx, ty: view.ty, moved: false, node: g, onName, id: e.pointerId };
   });
   svg.addEventListener("pointermove", (e) => {
     if (drag && e.pointerId === drag.id) {
@@ -417,13 +419,18 @@
   });
   function endDrag(e) {
     if (!drag || e.pointerId !== drag.id) return;
-    const { moved, node } = drag;
+    const { moved, node, onName } = drag;
     drag = null;
     svg.classList.remove("dragging");
     if (moved || !node || e.type !== "pointerup") return;
     const i = Number(node.getAttribute("data-index"));
+    tip.hidden = true; // the drawing changes under the pointer: the next move shows a fresh tip
     if (!kids[i].length) return;
-    showExamples(i);
+    // A name shows the node's training images; the dot (or a name without images) opens/closes.
+    if (hasExamples(i) && onName) {
+      showExamples(i);
+      return;
+    }
     if (e.altKey || e.shiftKey) setSubtree(i, open[i] ? 0 : 1);
     else open[i] = open[i] ? 0 : 1;
     updateKeeping(i);
@@ -473,8 +480,11 @@
     group.append(head, strip);
     return group;
   }
+  function hasExamples(i) {
+    return Boolean(data.examples && data.examples.nodes[i]);
+  }
   function showExamples(i) {
-    if (!data.examples || !data.examples.nodes[i]) return;
+    if (!hasExamples(i)) return;
     const title = document.createElement("h2");
     title.textContent = shown[i];
     const close = document.createElement("button");
@@ -482,7 +492,10 @@
     close.className = "close";
     close.textContent = "×";
     close.title = "Close";
-    close.addEventListener("click", () => (panel.hidden = true));
+    close.addEventListener("click", () => {
+      panel.hidden = true;
+      panel.removeAttribute("data-node");
+    });
     const lede = document.createElement("p");
     lede.className = "ex-lede";
     lede.textContent = "What this node sends to each child: its training images of that branch, and the ones it sends there by mistake.";
@@ -503,6 +516,10 @@
     panel.replaceChildren(...parts);
     panel.setAttribute("data-node", data.id[i]);
     panel.hidden = false;
+    // The tree gave the panel room: keep the node in what is left of it.
+    const box = svg.getBoundingClientRect();
+    const [sx, sy] = screenPos(i);
+    if (sx < 0 || sx + view.k * labelWidth(i) > box.width || sy < 0 || sy > box.height) centerOn(i);
   }
 
   // ------------------------------------------------------------------ tooltip
@@ -525,6 +542,7 @@
     row("name", data.wordnet[i] ? "from WordNet" : "synthetic (no WordNet synset)");
     if (data.id[i] !== data.label[i] && data.id[i] !== data.wnid[i]) row("node id", data.id[i]);
     if (data.moved[i]) row("edit", "moved to a new parent");
+    if (hasExamples(i)) row("click", "the name: its training images; the dot: open or close");
     if (data.class[i] >= 0) row("class index", String(data.class[i]));
     else row("classes below", String(data.leaves[i]));
     row("depth", String(depth[i]));
@@ -546,6 +564,7 @@
     document.getElementById("moved-count").textContent = String(movedCount);
   }
   if (data.highlight !== null) highlight(data.highlight);
+  if (data.examples) document.getElementById("examples-key").hidden = false;
   update();
   // Fit the tree; when it is too big to fit, keep the search's or --highlight's node in view.
   function initialView() {

@@ -79,7 +79,7 @@
     button.type = "button";
     button.setAttribute("data-index", String(i));
     button.setAttribute("data-id", tree.id[i]);
-    button.appendChild(el("span", "twist", kids[i].length ? "▾" : ""));
+    button.appendChild(el("span", "twist", ""));
     const swatch = el("span", "swatch");
     swatch.style.background = colour(tree.accuracy[i]);
     button.appendChild(swatch);
@@ -95,7 +95,19 @@
       li.appendChild(ul);
       if (depth[i] >= 3) li.classList.add("closed");
     }
+    setTwist(i);
     return li;
+  }
+  /* The mark says what a click does: ▸ a closed node opens, ▾ an open one closes. */
+  function setTwist(i) {
+    if (!kids[i].length) return;
+    const closed = items[i].classList.contains("closed");
+    rows[i].querySelector(".twist").textContent = closed ? "▸" : "▾";
+    rows[i].setAttribute("aria-expanded", String(!closed));
+  }
+  function toggle(i) {
+    items[i].classList.toggle("closed");
+    setTwist(i);
   }
   const root = document.getElementById("tree");
   root.appendChild(build(0));
@@ -130,10 +142,10 @@
     if (!button) return;
     const i = Number(button.getAttribute("data-index"));
     if (kids[i].length && e.target.classList.contains("twist")) {
-      items[i].classList.toggle("closed");
+      toggle(i);
       return;
     }
-    if (kids[i].length && i === selected) items[i].classList.toggle("closed");
+    if (kids[i].length && i === selected) toggle(i);
     show(i);
   });
 

@@ -14,11 +14,11 @@ from nbdt import data
 from nbdt.distributed import start_process
 from nbdt.loss import DecisionDistillLoss
 from nbdt.model import NBDT
+from nbdt.progress import Progress
 from nbdt.training.config import TrainConfig, make_optimizer
 from nbdt.training.loop import Epoch, EpochLoop, StepContext, Validation, eval_loader, train_loader
 from nbdt.training.outputs import RunResult, write_outputs
 from nbdt.training.plan import make_plan
-from nbdt.training.progress import Progress
 from nbdt.training.run_folder import RunFolder
 
 

@@ -19,11 +19,11 @@ from nbdt.distributed import Process, shard
 from nbdt.features import Features, cache_features
 from nbdt.heads import FeatureHead
 from nbdt.model import NBDT
+from nbdt.progress import Progress
 from nbdt.training.config import make_optimizer
 from nbdt.training.loop import Epoch, EpochLoop, StepContext, Validation, unchanged
 from nbdt.training.outputs import RunResult, write_outputs
 from nbdt.training.plan import Plan
-from nbdt.training.progress import Progress
 from nbdt.training.run_folder import RunFolder
 
 
@@ -78,11 +78,11 @@ def fit_head(plan: Plan, process: Process) -> dict[str, Any]:
         start = time.perf_counter()
         train_features = cache_features(
             model, shard(plan.train_set, process, equal=True), batch_size=config.batch_size,
-            folder=cache, name=names[0],
+            folder=cache, name=names[0], progress=progress,
         )  # fmt: skip
         test_features = cache_features(
             model, shard(plan.test_set, process), batch_size=config.batch_size,
-            folder=cache, name=names[1],
+            folder=cache, name=names[1], progress=progress,
         )  # fmt: skip
         feature_seconds = time.perf_counter() - start
         progress.line(

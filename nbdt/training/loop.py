@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from nbdt._messages import one_line
 from nbdt.distributed import Process, amp_dtype, autocast, loader_options, shard, synchronize
 from nbdt.model import NBDT
+from nbdt.progress import Progress
 from nbdt.rules import DecisionRules
 from nbdt.training.config import TrainConfig
-from nbdt.training.progress import Progress
 from nbdt.training.run_folder import RunFolder
 
 _CHECK_EVERY = 20  # steps between running-loss read-outs (a device sync) and the NaN check
@@ -127,6 +127,8 @@ def train_one_epoch(
             correct = (logits.argmax(1) == targets).sum()
             sums += torch.stack([loss.detach() * len(targets), correct.float()])
         count += len(targets)
+        if bar is not None:
+            bar.update()
         if step % _CHECK_EVERY == 0 or step == steps:
             total = context.process.all_reduce(torch.cat([sums, sums.new_tensor([count])]))
             total = total.tolist()
@@ -134,7 +136,6 @@ def train_one_epoch(
             if not math.isfinite(running):
                 raise LossDiverged(f"loss became {running} in {description} near step {step}")
             if bar is not None:
-                bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{running:.3f}", top1=f"{100 * total[1] / total[2]:.1f}%")
     synchronize(device)
     seconds = time.perf_counter() - start

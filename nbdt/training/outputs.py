@@ -16,8 +16,8 @@ from nbdt._io import atomic_path
 from nbdt._messages import for_terminal, one_line
 from nbdt.classes import DatasetClasses
 from nbdt.model import NBDT
+from nbdt.progress import Progress
 from nbdt.training.config import TrainConfig
-from nbdt.training.progress import Progress
 from nbdt.training.run_folder import RunFolder, write_json
 from nbdt.visualize import explanation_html, hierarchy_html
 
@@ -52,7 +52,7 @@ def node_examples(folder: RunFolder, result: RunResult) -> None:
         result.model.eval(),
         result.train_set,
         batch_size=result.config.batch_size,
-        progress=result.progress.bars,  # a bar on a terminal only, as the epochs'
+        progress=result.progress,
         distributed=False,
     )
     result.examples.save(folder.path / "node_examples.npz")
@@ -104,6 +104,7 @@ def explanations(folder: RunFolder, result: RunResult) -> None:
         folder.path / "explanations.html",
         hierarchy=result.model.hierarchy,
         title=f"{result.config.arch} on {result.config.dataset}",
+        true_labels=[record["true_label"] for record in records],
     )
 
 
@@ -122,6 +123,7 @@ def evaluation_report(folder: RunFolder, result: RunResult) -> None:
         batch_size=config.batch_size,
         workers=config.workers,
         distributed=False,
+        progress=result.progress,
     )
     title = f"{config.arch} on {config.dataset}: evaluation"
     evaluated.write(folder.path, history=folder.history(), title=title)

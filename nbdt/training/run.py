@@ -25,6 +25,7 @@ from nbdt._messages import for_terminal, one_line
 from nbdt.distributed import Process, start_process
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
+from nbdt.progress import Progress
 from nbdt.training.config import TrainConfig, make_optimizer
 from nbdt.training.loop import (
     Epoch,
@@ -37,7 +38,6 @@ from nbdt.training.loop import (
 )
 from nbdt.training.outputs import RunResult, write_outputs
 from nbdt.training.plan import Plan, make_plan
-from nbdt.training.progress import Progress
 from nbdt.training.run_folder import RunFolder
 
 
@@ -152,6 +152,8 @@ class _Fit:
             progress.line(self.resume_note)
         if self.hierarchy is not None:
             self.folder.publish_hierarchy(self.hierarchy)
+        progress.line(self._intent())
+        progress.estimate(self.plan.total_epochs - self.loop.start, "training epoch")
         self.loop.run(self._epoch)
         summary = self.loop.summary(self.plan.warmup_epochs)
         result = RunResult(
@@ -167,6 +169,16 @@ class _Fit:
         write_outputs(self.folder, result)
         progress.summary(summary)
         return summary
+
+    def _intent(self) -> str:
+        """What the run is about to do, said before the hours are spent."""
+        plan, config = self.plan, self.config
+        epochs = f"{plan.warmup_epochs} warm-up + {config.epochs} tree-supervised epochs"
+        return (
+            f"training {config.arch} on {len(plan.train_set)} {config.dataset} images,"
+            f" {epochs} (from epoch {self.loop.start + 1}), batch {config.batch_size}, on"
+            f" {self.context.device}; evaluating {len(plan.test_set)} test images per epoch"
+        )
 
     def _epoch(self, epoch: int) -> Epoch:
         """The epoch's setup: the phase's tree and loss, the sampler's and augmentation's

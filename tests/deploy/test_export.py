@@ -544,7 +544,7 @@ def test_nbdt_compress_is_its_flags_over_the_api(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(api, "compress", compress)
     (tmp_path / "args.json").write_text(json.dumps({"dataset": "cifar10", "data_dir": "c"}))
     (tmp_path / "m.pt").write_bytes(b"")
-    argv = [str(tmp_path / "m.pt"), "--out", str(tmp_path / "o"), "--quantize", "int8"]
+    argv = [str(tmp_path / "m.pt"), "--output", str(tmp_path / "o"), "--quantize", "int8"]
     assert compress_main(argv) == 0
     [(checkpoint, output, settings)] = calls
     assert (checkpoint, output) == (str(tmp_path / "m.pt"), str(tmp_path / "o"))

@@ -248,7 +248,7 @@ def test_fix_corrections_end_to_end(
     code, out, err = cli(
         capsys, main, stripes_checkpoint, "--corrections", image_folders,
         "-o", tmp_path / "fixed.pt", "--data-dir", stripes_dir, "--epochs", "30",
-        "--lr", "0.01", "--batch-size", "64",
+        "--lr", "0.01", "--batch-size", "64", "--json",
     )  # fmt: skip
     assert code == 0, err
     report = json.loads(out)["corrections"]
@@ -275,6 +275,7 @@ def test_fix_adds_a_class_that_reloads_and_explains(
         capsys, main, tmp_path / "nine.pt",
         "--add-class", f"Ankle boot={image_folders / 'Ankle boot'}",
         "-o", tmp_path / "ten.pt", "--data-dir", stripes_dir, "--epochs", "20", "--lr", "0.01",
+        "--json",
     )  # fmt: skip
     assert code == 0, err
     (added,) = json.loads(out)["added"]

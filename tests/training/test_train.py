@@ -20,13 +20,13 @@ from nbdt.cli.train import main as train_main
 from nbdt.distributed import start_process
 from nbdt.hierarchy import Hierarchy, Node
 from nbdt.model import NBDT
+from nbdt.progress import Progress
 from nbdt.training import loop as training_loop
 from nbdt.training import run_folder
 from nbdt.training.config import TrainConfig
 from nbdt.training.loop import StepContext, eval_loader, train_loader, train_one_epoch, validate
 from nbdt.training.outputs import RunResult, write_outputs
 from nbdt.training.plan import Plan, make_plan
-from nbdt.training.progress import Progress
 from nbdt.training.run_folder import RunFolder
 
 BIN = Path(sys.executable).parent
