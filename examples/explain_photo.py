@@ -27,8 +27,8 @@ def main() -> None:
     print(explanation)
     for step in explanation.path:
         print(
-            f"  at {step.label!r}: {step.child_label!r} {step.probability:.1%}"
-            f" (runner-up {step.runner_up_label!r} {step.runner_up_probability:.1%},"
+            f"  at {step.display!r}: {step.child_display!r} {step.probability:.1%}"
+            f" (runner-up {step.runner_up_display!r} {step.runner_up_probability:.1%},"
             f" entropy {step.entropy:.2f} nats)"
         )
     top = ", ".join(f"{c.label} {c.probability:.1%}" for c in explanation.top_k)

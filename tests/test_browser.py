@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from nbdt.labels import display_names
 from nbdt.visualize import IMAGE_MAX_SIDE, explanation_html, hierarchy_html
 
 from helpers.pages import EVIL, Page, assert_not_blank
@@ -65,7 +66,8 @@ def test_big_tree_opens_collapsed_search_highlights_the_path(tmp_path, open_page
     assert drawn_ids(page, "g.node.on-path") == want
     assert drawn_ids(page, "g.node.current") == [h.class_ids[target]]
     crumbs = page.js("[...document.querySelectorAll('#crumbs .crumb')].map(e => e.textContent)")
-    assert crumbs == [n.label for n in h.path(target)]
+    names = display_names(h)  # the names every output shows
+    assert crumbs == [names[n.id] for n in h.path(target)]
     assert page.js("document.getElementById('matches').textContent") == "1 of 1"
     # The highlighted edges are drawn: one per step down the path.
     assert page.js("document.querySelectorAll('#edges path.on-path').length") == len(want) - 1

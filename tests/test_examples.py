@@ -51,11 +51,12 @@ def test_explain_photo(tmp_path):
         re.fullmatch(r"  at '.+': '.+' \d+\.\d% \(runner-up .+, entropy \d\.\d\d nats\)", s)
         for s in steps
     )
-    # The one-line form reads consecutive children of one label as one decision.
+    # The one-line form shows every step, with the names the steps show (one rule for all).
     children = [re.match(r"  at '.+': '(.+?)' \d", s)[1] for s in steps]
-    merged = [c for i, c in enumerate(children) if i == 0 or children[i - 1] != c]
     decisions = lines[0].split(" // Decisions: ")[1].split(" -> ")
-    # A label that repeats an ancestor's reads with its classes ("garment: Pullover, Coat").
-    assert [re.sub(r" \(\d+\.\d%\)$", "", d).split(": ")[0] for d in decisions] == merged
+    assert [re.sub(r" \(\d+\.\d%\)$", "", d) for d in decisions] == children
+    nodes = [re.match(r"  at '(.+?)': ", s)[1] for s in steps]
+    assert nodes[1:] == children[:-1]  # each step is at the child the one before took
+    assert len(set(nodes)) == len(nodes)  # no node's name repeats another's on the path
     assert steps[-1].split(": ", 1)[1].startswith(f"'{label}' ")
     assert lines[-1].startswith(f"top-3 classes: {label} ")
