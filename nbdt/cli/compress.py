@@ -84,10 +84,11 @@ def parser() -> argparse.ArgumentParser:
 
 def _compress(args: argparse.Namespace) -> int:
     from nbdt.deploy.compress import compress
+    from nbdt.progress import Progress
 
     resolve_data(args, FALLBACK_DATASET)
     settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "output")}
-    result = compress(args.checkpoint, args.output, **settings)
+    result = compress(args.checkpoint, args.output, **settings, progress=Progress())
     print(result.table())
     warning = result.unfinetuned_warning(args.finetune_epochs)
     if warning:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbdt.choices import check_choice
+from nbdt.progress import Progress
 
 if TYPE_CHECKING:
     from nbdt.model import NBDT
@@ -91,6 +92,7 @@ def compress(
     data_dir: str | None = None,
     calibration: int = 256,
     test: int = 2000,
+    progress: Progress | None = None,
 ) -> Compressed:
     """Compress the nbdt model file ``checkpoint`` into the folder ``output`` and compare.
 
@@ -103,7 +105,8 @@ def compress(
     (:data:`nbdt.deploy.quantize.QUANTIZATIONS`) quantises the (pruned) ONNX file, static int8
     calibrated on ``calibration`` train images with ``activations``. Every variant is measured
     on the first ``test`` images of ``dataset``'s test split; ``compress.json`` records the
-    settings and the measurements.
+    settings and the measurements. ``progress`` shows a line as each stage starts (the
+    fine-tuning epochs show their own).
     """
     import torch
 
@@ -118,6 +121,10 @@ def compress(
     from nbdt.model import load
     from nbdt.training.finetune import finetune
     from nbdt.training.run_folder import RunFolder
+
+    def stage(text: str) -> None:
+        if progress is not None and (progress.bars or progress.log):
+            progress.status(f"nbdt-compress: {text}")
 
     settings = {
         "prune": prune, "importance": importance, "round_to": round_to,
@@ -154,10 +161,12 @@ def compress(
 
     with new_folder(output):  # a first write that fails leaves no empty folder
         notes: list[str] = []
+        stage("exporting the uncompressed model to ONNX")
         files = {"uncompressed": export_onnx(model, output / "uncompressed.onnx")}
         networks = {"uncompressed": model}
         compressed = model
         if prune is not None:
+            stage(f"pruning {prune:.0%} of the network's channels")
             compressed = prune_network(
                 model,
                 prune,
@@ -176,14 +185,17 @@ def compress(
                 config = _finetune_config(settings, model, output, holdout)
                 compressed, _ = finetune(config, teacher=teacher, distill=distill)
                 compressed.save(output / "pruned.pt")
+            stage("exporting the pruned model to ONNX")
             files["pruned"] = export_onnx(compressed, output / "pruned.onnx")
             networks["pruned"] = compressed
         for kind in dict.fromkeys(quantize or ()):
             name = f"pruned_{kind}" if "pruned" in files else kind
             source = files.get("pruned", files["uncompressed"])
+            stage(f"quantising ({kind})")
             quantizer = QUANTIZATIONS[kind]
             files[name] = quantizer(source, output / f"{name}.onnx", batches, activations)
             networks[name] = compressed
+        stage(f"measuring {len(files)} ONNX files on {len(labels)} test images")
         rows = evaluate_onnx(files, inputs, labels, reference="uncompressed")
         for name, row in rows.items():
             row["params"], row["macs"] = parameters_and_macs(networks[name])

@@ -571,7 +571,15 @@ def test_the_compress_api_writes_what_the_cli_writes(stripes_dir, tiny_nbdt, tmp
     argv = [checkpoint, "-o", str(tmp_path / "cli"), "--prune", "0.3", "--round-to", "0"]
     argv += ["--quantize", "int8-weights", "--data-dir", str(stripes_dir)]
     assert compress_main([*argv, "--calibration", "8", "--test", "16"]) == 0
-    printed = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
+    # Off a terminal, each stage says it started (no stage of a long run is silent).
+    stages = [line for line in captured.err.splitlines() if line.startswith("nbdt-compress: ")]
+    assert stages[:2] == [
+        "nbdt-compress: exporting the uncompressed model to ONNX",
+        "nbdt-compress: pruning 30% of the network's channels",
+    ]
+    assert "nbdt-compress: measuring 3 ONNX files on 16 test images" in stages
 
     def report(folder: Path) -> dict:
         """compress.json, but for timings and sizes (two exports differ by a few bytes)."""
