@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nbdt import data
-from nbdt.distributed import start_process
+from nbdt.distributed import start_process, synchronize
 from nbdt.training.config import TrainConfig, make_optimizer
 from nbdt.training.loop import StepContext, train_loader, train_one_epoch
 from nbdt.training.plan import make_plan
@@ -42,7 +42,7 @@ def plain_loop(model, dataset, config, context: StepContext, args) -> float:
     std = torch.tensor(config["std"], device=device).view(1, -1, 1, 1)
     model.train()
     count = 0
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for images, targets in loader:
         images, targets = images.to(device), targets.to(device)
@@ -55,7 +55,7 @@ def plain_loop(model, dataset, config, context: StepContext, args) -> float:
         optimizer.step()
         count += len(targets)
     loss.item()
-    _sync(device)
+    synchronize(device)
     return count / (time.perf_counter() - start)
 
 
@@ -97,11 +97,6 @@ def data_only(dataset: data.TensorImages, config: dict, args: argparse.Namespace
             seconds.append(time.perf_counter() - start)
         rates[name] = len(loader) * args.batch_size / min(seconds)
     return rates
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +21,6 @@ from nbdt.explanation import class_paths
 from nbdt.hierarchy import Hierarchy
 from nbdt.model import NBDT
 from nbdt.rules import DecisionRules
-
-if TYPE_CHECKING:
-    pass
 
 
 # ------------------------------------------------------------------------------- measures
