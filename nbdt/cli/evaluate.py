@@ -101,6 +101,8 @@ def _eval(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=Progress(process.main),
         )
+        if process.distributed:
+            dist.barrier()  # leave the group together: no rank tears down under another's last step
     finally:
         if process.distributed:
             dist.destroy_process_group()
