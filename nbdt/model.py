@@ -23,7 +23,13 @@ from nbdt.explanation import Explanation, explanations_from_arrays
 from nbdt.hierarchy import Hierarchy
 from nbdt.images import load_image, to_model_mode
 from nbdt.labels import display_names
-from nbdt.networks import eval_mode, input_channels, network_from_checkpoint, rebuild_errors
+from nbdt.networks import (
+    eval_mode,
+    input_channels,
+    network_from_checkpoint,
+    padding_of,
+    rebuild_errors,
+)
 from nbdt.rules import NODE_SCORES, DecisionRules, check_finite
 from nbdt.tree import Tree
 
@@ -345,6 +351,7 @@ class NBDT(nn.Module):
             "mode": self.mode,
             "node_score": self.node_score,
             "data_config": dict(self.data_config),
+            "padding": padding_of(self.model),
             **({"pruned": self.pruned} if self.pruned else {}),
         }
 

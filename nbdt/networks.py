@@ -114,7 +114,8 @@ def rebuild_errors(source: str) -> Iterator[None]:
 
 def network_from_checkpoint(checkpoint: Mapping[str, Any], source: str) -> nn.Module:
     """The timm network of an nbdt model dict, its weights loaded (``source`` names it); a
-    pruned network (``"pruned"``: its changed module attributes) is reshaped before loading."""
+    pruned network (``"pruned"``: its changed module attributes) is reshaped before loading, and
+    the convolutions pad as the file's ``"padding"`` says (zeros when absent)."""
     import timm
 
     check_format(checkpoint, source)
@@ -125,7 +126,7 @@ def network_from_checkpoint(checkpoint: Mapping[str, Any], source: str) -> nn.Mo
         if checkpoint.get("pruned"):
             restore_pruned(model, checkpoint["pruned"], checkpoint["state_dict"])
         model.load_state_dict(checkpoint["state_dict"])
-    return model
+        return set_padding(model, checkpoint.get("padding", "zeros"))
 
 
 # Attribute types a module's architecture is made of (what a pruned checkpoint records).
@@ -184,6 +185,39 @@ def restore_pruned(
         elif attr in module._buffers and module._buffers[attr] is not None:
             if module._buffers[attr].shape != tensor.shape:
                 module._buffers[attr] = torch.empty_like(tensor, device="cpu")
+
+
+# How convolutions pad their input. "zeros" is timm's; "replicate" repeats the border pixels, so a
+# uniform background looks the same at the image edge as inside it: a network trained so has no
+# edge detector to learn there, and its heatmaps stay off the border (docs/evidence.md).
+PADDINGS = ("zeros", "replicate")
+
+
+def set_padding(network: nn.Module, padding: str) -> nn.Module:
+    """Make every padded ``nn.Conv2d`` of ``network`` pad with ``padding`` (one of
+    :data:`PADDINGS`), in place; returns the network."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding {padding!r}: must be one of {', '.join(PADDINGS)}")
+    for conv in _padded_convs(network):
+        conv.padding_mode = padding
+    return network
+
+
+def padding_of(network: nn.Module) -> str:
+    """How the network's padded convolutions pad: one of :data:`PADDINGS` (zeros when none is
+    padded); a mix is a ``ValueError`` (a network nbdt did not make)."""
+    modes = {conv.padding_mode for conv in _padded_convs(network)} or {"zeros"}
+    if len(modes) > 1 or not modes <= set(PADDINGS):
+        raise ValueError(f"the network's convolutions pad in several ways: {sorted(modes)}")
+    return modes.pop()
+
+
+def _padded_convs(network: nn.Module) -> Iterator[nn.Conv2d]:
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d) and (
+            module.padding == "same" or (isinstance(module.padding, tuple) and any(module.padding))
+        ):
+            yield module
 
 
 def input_channels(model: nn.Module) -> int:

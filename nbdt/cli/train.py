@@ -18,6 +18,7 @@ def parser() -> argparse.ArgumentParser:
     import dataclasses
 
     from nbdt import builders, loss
+    from nbdt.networks import PADDINGS
     from nbdt.rules import NODE_SCORES
     from nbdt.training.config import DEFAULT_ARCH, OPTIMIZERS, TrainConfig
 
@@ -66,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="W",
         help="induced trees: blend in the WordNet distance, 0 (default) the weights alone to 1"
         " WordNet's grouping",
+    )
+    model.add_argument(
+        "--padding",
+        choices=PADDINGS,
+        help="how convolutions pad their input; replicate keeps heatmaps off the image border"
+        " (default: replicate, or the checkpoint's)",
     )
     model.add_argument("--node-score", choices=NODE_SCORES, help=default.strip())
     model.add_argument(

@@ -354,7 +354,8 @@ def decision_saliency(
     method: str = DEFAULT_METHOD,
     layer: str | nn.Module | None = None,
 ) -> list[list[np.ndarray]]:
-    """Per image, per step of its path: an (H, W) float32 map in [0, 1] at the batch's H, W.
+    """Per image, per step of its path: an (H, W) float32 map in [0, 1] at the batch's H, W;
+    all zeros where the step has no localised evidence (see :func:`localised`).
 
     A map shows where the image pushes the step's node towards the child taken rather than the
     runner-up: the CAM (``method``, a key of :data:`CAM_METHODS`) of the decision margin
@@ -387,8 +388,11 @@ def decision_saliency(
             )
             wrapper = _StepMargins(model, module, depth, chunk_steps)
             cam = make_cam(wrapper, [module], reshape_transform=_TokensToMap(model.model))
+            raw = _record_raw_maps(cam)
             try:
-                maps.append(_run_cam(cam, x, depth))
+                chunk = _run_cam(cam, x, depth)
+                chunk[~localised(raw[-1])] = 0  # no localised evidence: an empty map
+                maps.append(chunk)
                 valid.append(wrapper.last_steps.valid.cpu())
             finally:
                 cam.activations_and_grads.release()
@@ -398,6 +402,36 @@ def decision_saliency(
     return [
         [flat[b * depth + d] for d in range(depth) if mask[b][d]] for b in range(batch.shape[0])
     ]
+
+
+# A raw map's positive part must stand out by this share of its largest magnitude to be shown:
+# below it, grad-cam's min-max scaling would blow noise up into a bright spot.
+LOCALISED_SHARE = 0.05
+
+
+def localised(raw: np.ndarray) -> np.ndarray:
+    """(N,) whether each raw CAM map of (N, h, w) (before grad-cam's ReLU and scaling) has
+    localised evidence: its positive part varies over the map by at least
+    :data:`LOCALISED_SHARE` of the map's largest absolute value. A map that is flat (all values
+    alike), all negative, or zero has none; scaled to [0, 1] it would show noise as a hot spot."""
+    raw = np.asarray(raw, dtype=np.float64).reshape(len(raw), -1)
+    positive = np.maximum(raw, 0)
+    spread = positive.max(1) - positive.min(1)
+    magnitude = np.abs(raw).max(1)
+    return (spread > LOCALISED_SHARE * magnitude) & (magnitude > 0)
+
+
+def _record_raw_maps(cam: Any) -> list[np.ndarray]:
+    """A list that receives the CAM's raw (N, h, w) maps, as ``get_cam_image`` makes them."""
+    raw: list[np.ndarray] = []
+    make = cam.get_cam_image
+
+    def recording(*args: Any, **kwargs: Any) -> np.ndarray:
+        raw.append(make(*args, **kwargs))
+        return raw[-1]
+
+    cam.get_cam_image = recording
+    return raw
 
 
 def _run_cam(cam: Any, x: Tensor, depth: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from torch import nn
 from nbdt import data as datasets
 from nbdt.choices import check_choice
 from nbdt.loss import LOSSES, SOFT_VARIANTS
+from nbdt.networks import PADDINGS
 from nbdt.rules import NODE_SCORES
 
 DEFAULT_ARCH = "resnet101"
@@ -57,6 +58,7 @@ class TrainConfig:
     checkpoint: str | None = None
     hierarchy: str | None = None
     wordnet_weight: float = 0.0  # induced trees: 0 the weights alone, 1 WordNet (docs/names.md)
+    padding: str | None = None  # replicate for new networks, a checkpoint's own (docs/evidence.md)
     loss: str = "soft"
     soft_variant: str = "nll"
     tree_weight: float = 4.0  # measured: scripts/bench_accuracy.py, README's Results
@@ -100,9 +102,11 @@ class TrainConfig:
             "soft_variant": SOFT_VARIANTS,
             "node_score": NODE_SCORES,
             "optimizer": OPTIMIZERS,
+            "padding": PADDINGS,
         }
         for name, allowed in choices.items():
-            check_choice(option_name(name), getattr(self, name), allowed)
+            if getattr(self, name) is not None:
+                check_choice(option_name(name), getattr(self, name), allowed)
         non_negative = (
             "warmup_epochs", "epochs", "seed", "explain", "workers", "tree_weight", "ce_weight",
             "tree_weight_end", "ce_weight_end", "weight_decay",
@@ -149,6 +153,10 @@ class TrainConfig:
             raise ValueError("--hierarchy checkpoint needs --checkpoint FILE")
         if self.head_only and not self.checkpoint:
             raise ValueError("--head-only refits the head of a trained model: give --checkpoint")
+        if self.head_only and self.padding:
+            raise ValueError(
+                "--padding with --head-only: the backbone is frozen, it keeps the checkpoint's"
+            )
         if self.head_only and self.resume:
             raise ValueError(
                 "--head-only runs take seconds once features are cached: rerun with --overwrite"

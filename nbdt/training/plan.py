@@ -21,7 +21,7 @@ from nbdt.checkpoint import check_format, read_checkpoint
 from nbdt.classes import DatasetClasses, is_wordnet_id, read_wnid_overrides
 from nbdt.hierarchy import Hierarchy
 from nbdt.loss import LOSSES, SoftTreeSupLoss
-from nbdt.networks import create_model, network_from_checkpoint, rebuild_errors
+from nbdt.networks import create_model, network_from_checkpoint, rebuild_errors, set_padding
 from nbdt.pretrained import load_hierarchy_for
 from nbdt.training.config import DEFAULT_ARCH, OPTIMIZERS, TrainConfig, option_name
 
@@ -64,7 +64,9 @@ class Plan:
         """The timm network with a head for the dataset's classes, and its timm arguments."""
         config, num_classes = self.config, len(self.classes.names)
         if self.checkpoint is not None:
-            model = network_from_checkpoint(self.checkpoint, config.checkpoint)
+            model = set_padding(
+                network_from_checkpoint(self.checkpoint, config.checkpoint), config.padding
+            )
             if self.trained_head:
                 return model, dict(self.checkpoint["model_kwargs"])
             model.reset_classifier(num_classes)
@@ -82,7 +84,7 @@ class Plan:
             pretrained_file=config.pretrained_file,
             **kwargs,
         )
-        return model, kwargs
+        return set_padding(model, config.padding), kwargs
 
     def data_config(self, model: nn.Module, model_kwargs: dict[str, Any]) -> dict[str, Any]:
         """timm's data config of the network, at the size the images are read."""
@@ -222,6 +224,8 @@ def _resolve(
         config,
         output=str(Path(config.output).expanduser().resolve()),
         arch=config.arch or (checkpoint["arch"] if checkpoint else DEFAULT_ARCH),
+        padding=config.padding
+        or (checkpoint.get("padding", "zeros") if checkpoint else "replicate"),
         lr=config.lr or defaults.base_lr[trained] * config.batch_size / 256,
         weight_decay=(
             defaults.weight_decay if config.weight_decay is None else config.weight_decay
