@@ -227,7 +227,8 @@ _HEAT = ((0.0, (40, 0, 90)), (0.35, (180, 20, 90)), (0.7, (250, 130, 10)), (1.0,
 
 
 def _overlay_uri(saliency: Any) -> str | None:
-    """A step's saliency (its record's PNG data URI, or None) as a coloured RGBA PNG overlay."""
+    """A step's saliency (its record's PNG data URI, or None) as a coloured RGBA PNG overlay;
+    an empty map (no localised evidence) as ``""``."""
     if saliency is None:
         return None
     import numpy as np
@@ -236,6 +237,8 @@ def _overlay_uri(saliency: Any) -> str | None:
     from nbdt.explanation import saliency_from_json
 
     values = saliency_from_json(saliency, "saliency")
+    if not values.any():
+        return ""  # no localised evidence: the page says so instead of drawing a map
     stops, colours = zip(*_HEAT, strict=True)
     rgb = [np.interp(values, stops, [c[k] for c in colours]) for k in range(3)]
     alpha = 215 * np.clip(values, 0, 1) ** 1.5

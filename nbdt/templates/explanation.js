@@ -70,9 +70,14 @@
      both children's typical training images and the nearest training images. */
   function evidence(s, image, overlay) {
     const examples = s.child_examples.length || s.runner_up_examples.length || s.nearest.length;
-    if (!(image && overlay) && !examples) return null;
+    if (!(image && typeof overlay === "string") && !examples) return null;
     const box = el("div", "evidence");
-    if (image && overlay) {
+    if (image && overlay === "") {
+      const fig = el("div", "heat none");
+      fig.title = `no region of the image stands out in pushing "${s.label}" towards "${s.child_label}"`;
+      fig.append(picture(image, ""), el("span", "none-note", "no localised evidence"));
+      box.append(fig);
+    } else if (image && overlay) {
       const fig = el("div", "heat");
       fig.style.setProperty("--zoom", String(1 / (data.crop_pct || 1)));
       const map = el("img", "overlay");

@@ -45,3 +45,30 @@ def test_a_uniform_image_lights_the_border_with_zero_padding_and_nothing_with_re
     replicated = decision_saliency(model, uniform)
     assert [len(maps) for maps in replicated] == [len(e.path) for e in model.explain(uniform)]
     assert all(heat.shape == (32, 32) and not heat.any() for maps in replicated for heat in maps)
+
+
+@pytest.mark.browser
+def test_the_page_says_no_localised_evidence_instead_of_drawing_an_empty_map(
+    tmp_path, open_page, make_tree, explanation_dict
+):
+    from PIL import Image
+
+    from nbdt.explanation import saliency_png
+    from nbdt.visualize import explanation_html
+
+    h = make_tree(8, seed=1)
+    record = explanation_dict(h, 0, 0.9)
+    spot = np.zeros((28, 28), np.float32)
+    spot[10:14, 12:16] = 1.0
+    maps = [np.zeros((28, 28), np.float32), spot] + [spot] * (len(record["path"]) - 2)
+    for step, heat in zip(record["path"], maps, strict=True):
+        step["saliency"] = saliency_png(heat)
+    image = Image.new("L", (28, 28), 0)
+    page = open_page(explanation_html([record], [image], tmp_path / "e.html"))
+    figures = page.page.locator(".evidence .heat")
+    assert figures.count() == len(record["path"])
+    first, second = figures.nth(0), figures.nth(1)
+    assert first.locator(".none-note").text_content() == "no localised evidence"
+    assert first.locator("img.overlay").count() == 0 and first.is_visible()
+    assert second.locator("img.overlay").count() == 1 and second.locator(".none-note").count() == 0
+    page.check_clean()
