@@ -189,7 +189,7 @@ def restore_pruned(
 
 # How convolutions pad their input. "zeros" is timm's; "replicate" repeats the border pixels, so a
 # uniform background looks the same at the image edge as inside it: a network trained so has no
-# edge detector to learn there, and its heatmaps stay off the border (docs/evidence.md).
+# edge detector to learn there (docs/names.md: what it does to the heatmaps).
 PADDINGS = ("zeros", "replicate")
 
 

@@ -25,6 +25,7 @@ from nbdt.evidence.examples import node_examples
 from nbdt.evidence.faithfulness import deletion_test
 from nbdt.evidence.saliency import DEFAULT_METHOD, decision_saliency, find_layer
 from nbdt.model import NBDT
+from nbdt.networks import padding_of, set_padding
 
 PHOTOS = (
     "astronaut",
@@ -101,7 +102,7 @@ def cost(model: NBDT) -> dict:
 METHODS = ("gradcam", "hirescam")  # the package's first default, and the one that replaced it
 
 
-def _deletion(model, batch, explanations, maps) -> dict:
+def deletion_summary(model, batch, explanations, maps) -> dict:
     drops = deletion_test(model, batch, explanations, maps)
     salient, shifted, least = drops["salient"], drops["shifted"], drops["least"]
     return {
@@ -112,7 +113,7 @@ def _deletion(model, batch, explanations, maps) -> dict:
     }
 
 
-def _spearman(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> dict:
+def sanity_summary(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> dict:
     from scipy.stats import spearmanr
 
     rhos = []
@@ -127,11 +128,12 @@ def _spearman(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> dict:
     }
 
 
-def _randomised(model: NBDT) -> NBDT:
+def randomised(model: NBDT) -> NBDT:
     import timm
 
     torch.manual_seed(0)
     net = timm.create_model(model.arch, pretrained=False, **model.model_kwargs).eval()
+    set_padding(net, padding_of(model.model))  # the same architecture, random weights
     return NBDT(net, model.hierarchy, model.mode, model.node_score, data_config=model.data_config)
 
 
@@ -153,10 +155,10 @@ def photos(model: NBDT) -> tuple[dict, dict]:
     result: dict = {"photos": used}
     for method in METHODS:
         maps = decision_saliency(model, batch, explanations, method=method)
-        result[method] = _deletion(model, batch, explanations, maps)
+        result[method] = deletion_summary(model, batch, explanations, maps)
     maps = decision_saliency(model, batch, explanations)
-    random_maps = decision_saliency(_randomised(model), batch, explanations)
-    return result, _spearman(maps, random_maps)
+    random_maps = decision_saliency(randomised(model), batch, explanations)
+    return result, sanity_summary(maps, random_maps)
 
 
 def fashion_mnist(checkpoint: str, count: int) -> tuple[dict, dict, dict]:
@@ -172,9 +174,9 @@ def fashion_mnist(checkpoint: str, count: int) -> tuple[dict, dict, dict]:
     deletion["layer"] = find_layer(model)[0]
     for method in METHODS:
         maps = decision_saliency(model, batch, explanations, method=method)
-        deletion[method] = _deletion(model, batch, explanations, maps)
+        deletion[method] = deletion_summary(model, batch, explanations, maps)
     maps = decision_saliency(model, batch, explanations)
-    sanity = _spearman(maps, decision_saliency(_randomised(model), batch, explanations))
+    sanity = sanity_summary(maps, decision_saliency(randomised(model), batch, explanations))
 
     train = load_dataset("fashion-mnist", "train").head(2048)
     transform = BatchTransform(model.data_config)

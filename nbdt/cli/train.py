@@ -71,8 +71,8 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--padding",
         choices=PADDINGS,
-        help="how convolutions pad their input; replicate keeps heatmaps off the image border"
-        " (default: replicate, or the checkpoint's)",
+        help="how convolutions pad their input: zeros (timm's) or replicate, which repeats the"
+        " border so a uniform background gives no edge there (default: zeros, or the checkpoint's)",
     )
     model.add_argument("--node-score", choices=NODE_SCORES, help=default.strip())
     model.add_argument(

@@ -58,7 +58,7 @@ class TrainConfig:
     checkpoint: str | None = None
     hierarchy: str | None = None
     wordnet_weight: float = 0.0  # induced trees: 0 the weights alone, 1 WordNet (docs/names.md)
-    padding: str | None = None  # replicate for new networks, a checkpoint's own (docs/evidence.md)
+    padding: str | None = None  # zeros (timm's) for new networks, a checkpoint's own
     loss: str = "soft"
     soft_variant: str = "nll"
     tree_weight: float = 4.0  # measured: scripts/bench_accuracy.py, README's Results

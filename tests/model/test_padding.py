@@ -1,5 +1,5 @@
 """How convolutions pad: set on a network, kept by the model file, chosen by nbdt-train
-(replicate for the networks it creates, a checkpoint's own otherwise), exported to ONNX."""
+(zeros for the networks it creates unless asked, a checkpoint's own otherwise), exported to ONNX."""
 
 from __future__ import annotations
 
@@ -53,9 +53,7 @@ def test_the_model_file_keeps_the_padding_and_old_files_read_as_zeros(model, tmp
         nbdt.NBDT.from_checkpoint(checkpoint, "bad.pt")
 
 
-def test_nbdt_train_replicates_in_new_networks_and_keeps_a_checkpoints(
-    model, stripes_dir, tmp_path
-):
+def test_nbdt_train_pads_as_asked_and_keeps_a_checkpoints(model, stripes_dir, tmp_path):
     def plan(**options):
         config = TrainConfig(
             output=str(tmp_path / "run"), arch="test_resnet", data_dir=str(stripes_dir),
@@ -65,8 +63,8 @@ def test_nbdt_train_replicates_in_new_networks_and_keeps_a_checkpoints(
         made = make_plan(config, start_process("cpu").device)
         return made.config.padding, padding_of(made.network()[0])
 
-    assert plan() == ("replicate", "replicate")
-    assert plan(padding="zeros") == ("zeros", "zeros")
+    assert plan() == ("zeros", "zeros")
+    assert plan(padding="replicate") == ("replicate", "replicate")
     checkpoint = str(model.save(tmp_path / "zeros.pt"))
     assert plan(checkpoint=checkpoint) == ("zeros", "zeros")
     assert plan(checkpoint=checkpoint, padding="replicate") == ("replicate", "replicate")
