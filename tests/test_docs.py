@@ -1,4 +1,9 @@
-"""The README and the docs site: short, built strictly, every command working as written."""
+"""The README and the docs site: short and built strictly.
+
+Every command of the README and of the getting-started page runs as written in
+tests/test_distribution.py, from the wheel installed in a clean environment outside the
+repository: one run checks the pages and the distribution (the quickstart trains once).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.doc_blocks import code_blocks, environment, link_venv, run_block
+from helpers.doc_blocks import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -66,19 +71,3 @@ def test_docs_site_builds_strictly(tmp_path):
         "deploy.runtime.OnnxNBDT",
     ):
         assert f'id="nbdt.{name}"' in api, f"nbdt.{name} is missing from the API reference"
-
-
-@pytest.mark.slow
-def test_readme_and_getting_started_run_as_written(tmp_path):
-    """Every bash and python block of the README, then of the getting-started page, in one
-    folder outside the repository, with `.venv` the environment running the tests. A block the
-    README already ran (the same text) is not run twice."""
-    link_venv(tmp_path, Path(sys.prefix))
-    env = environment(PYTHONPATH=str(ROOT))  # this checkout's nbdt, also in an un-installed tree
-    done: set[str] = set()
-    for page in (README, ROOT / "docs" / "getting-started.md"):
-        for block in code_blocks(page.read_text()):
-            if block.code not in done:
-                run_block(block, tmp_path, env, page.name, timeout=600)
-                done.add(block.code)
-    assert (tmp_path / "runs" / "quick" / "best.pt").is_file()
