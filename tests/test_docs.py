@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.doc_blocks import environment
+from helpers.doc_blocks import environment, link_venv, run_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -39,6 +39,20 @@ def test_readme_is_a_landing_page():
 def test_no_private_notes(page):
     for n, line in enumerate(page.read_text().splitlines(), 1):
         assert not _PRIVATE.search(line), f"{page.name}:{n}: {line}"
+
+
+def test_pages_run_their_blocks_in_order_each_text_once(tmp_path):
+    """run_pages, which runs the README and getting-started in the distribution test: a block
+    a page repeats from an earlier one runs once; a block after <!-- long --> never runs."""
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    first.write_text("```bash\necho one >> log\n```\n")
+    second.write_text(
+        "```bash\necho one >> log\n```\n\n```python\nopen('log', 'a').write('two\\n')\n```\n"
+        "<!-- long -->\n```bash\necho long >> log\n```\n```text\nnot code\n```\n"
+    )
+    link_venv(tmp_path, Path(sys.prefix))
+    run_pages([first, second], tmp_path, environment(), timeout=60)
+    assert (tmp_path / "log").read_text() == "one\ntwo\n"
 
 
 @pytest.mark.slow
