@@ -1,4 +1,5 @@
-"""The distribution: wheel and sdist build, and the wheel alone runs the README outside the repo.
+"""The distribution: wheel and sdist build, and the wheel alone runs the README's and the
+getting-started page's commands, as written, outside the repo.
 
 The clean environment is a fresh venv holding only the wheel (installed with ``--no-deps``). Its
 dependencies (torch, timm, ...) are not downloaded again: a ``.pth`` line appends this test
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.doc_blocks import code_blocks, environment, link_venv, run_block
+from helpers.doc_blocks import environment, link_venv, run_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 _PYPROJECT = (ROOT / "pyproject.toml").read_text()
@@ -46,7 +47,7 @@ def test_name_is_not_pypis_nbdt():
 
 
 @pytest.mark.slow
-def test_wheel_installs_and_runs_the_readme_outside_the_repo(tmp_path):
+def test_wheel_installs_and_runs_the_readme_and_getting_started_outside_the_repo(tmp_path):
     source, dist = tmp_path / "source", tmp_path / "dist"
     shutil.copytree(ROOT, source, ignore=_LEAVE)
     # --no-isolation: the build backend comes from this environment, nothing is downloaded
@@ -93,7 +94,6 @@ def test_wheel_installs_and_runs_the_readme_outside_the_repo(tmp_path):
     for command in SCRIPTS:
         assert (venv / "bin" / command).is_file(), f"{command} is not installed"
 
-    link_venv(work, venv)  # the README's `.venv/bin/...` commands now run the clean venv
-    for block in code_blocks((ROOT / "README.md").read_text()):
-        run_block(block, work, env, "README.md", timeout=600)
+    link_venv(work, venv)  # the pages' `.venv/bin/...` commands now run the clean venv
+    run_pages([ROOT / "README.md", ROOT / "docs" / "getting-started.md"], work, env, timeout=600)
     assert (work / "runs" / "quick" / "best.pt").is_file()

@@ -1,4 +1,9 @@
-"""The README and the docs site: short, built strictly, every command working as written."""
+"""The README and the docs site: short and built strictly.
+
+Every command of the README and of the getting-started page runs as written in
+tests/test_distribution.py, from the wheel installed in a clean environment outside the
+repository: one run checks the pages and the distribution (the quickstart trains once).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.doc_blocks import code_blocks, environment, link_venv, run_block
+from helpers.doc_blocks import environment, link_venv, run_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -34,6 +39,20 @@ def test_readme_is_a_landing_page():
 def test_no_private_notes(page):
     for n, line in enumerate(page.read_text().splitlines(), 1):
         assert not _PRIVATE.search(line), f"{page.name}:{n}: {line}"
+
+
+def test_pages_run_their_blocks_in_order_each_text_once(tmp_path):
+    """run_pages, which runs the README and getting-started in the distribution test: a block
+    a page repeats from an earlier one runs once; a block after <!-- long --> never runs."""
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    first.write_text("```bash\necho one >> log\n```\n")
+    second.write_text(
+        "```bash\necho one >> log\n```\n\n```python\nopen('log', 'a').write('two\\n')\n```\n"
+        "<!-- long -->\n```bash\necho long >> log\n```\n```text\nnot code\n```\n"
+    )
+    link_venv(tmp_path, Path(sys.prefix))
+    run_pages([first, second], tmp_path, environment(), timeout=60)
+    assert (tmp_path / "log").read_text() == "one\ntwo\n"
 
 
 @pytest.mark.slow
@@ -66,19 +85,3 @@ def test_docs_site_builds_strictly(tmp_path):
         "deploy.runtime.OnnxNBDT",
     ):
         assert f'id="nbdt.{name}"' in api, f"nbdt.{name} is missing from the API reference"
-
-
-@pytest.mark.slow
-def test_readme_and_getting_started_run_as_written(tmp_path):
-    """Every bash and python block of the README, then of the getting-started page, in one
-    folder outside the repository, with `.venv` the environment running the tests. A block the
-    README already ran (the same text) is not run twice."""
-    link_venv(tmp_path, Path(sys.prefix))
-    env = environment(PYTHONPATH=str(ROOT))  # this checkout's nbdt, also in an un-installed tree
-    done: set[str] = set()
-    for page in (README, ROOT / "docs" / "getting-started.md"):
-        for block in code_blocks(page.read_text()):
-            if block.code not in done:
-                run_block(block, tmp_path, env, page.name, timeout=600)
-                done.add(block.code)
-    assert (tmp_path / "runs" / "quick" / "best.pt").is_file()

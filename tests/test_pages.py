@@ -5,6 +5,7 @@ layouts, the report's table, tree marks and training curves), checked on the ren
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -150,6 +151,15 @@ def test_the_examples_panel_covers_no_node_and_no_search_hit(pages, open_at, wid
     assert inside(hit, tree) and not overlap(hit, panel)
 
 
+def node_rects(tab) -> dict[str, dict]:
+    """Every drawn node's box on screen (its dot, label and count), by node id."""
+    return tab.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('g.node')].map(g => { const r ="
+        " g.getBoundingClientRect(); return [g.dataset.id, {left: r.left, right: r.right,"
+        " top: r.top, bottom: r.bottom}]; }))"
+    )
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize("width", WIDTHS)
 def test_fit_shows_the_whole_drawn_tree(pages, model_and_data, open_at, width):
@@ -157,13 +167,48 @@ def test_fit_shows_the_whole_drawn_tree(pages, model_and_data, open_at, width):
     tab.click("#expand")
     tab.click("#fit")
     tree = rect(tab, "#tree")
-    nodes = tab.evaluate(
-        "[...document.querySelectorAll('g.node')].map(g => { const r ="
-        " g.getBoundingClientRect(); return {left: r.left, right: r.right, top: r.top,"
-        " bottom: r.bottom}; })"
-    )
+    nodes = node_rects(tab)
     assert len(nodes) == len(model_and_data[0].hierarchy.nodes)
-    assert all(inside(node, tree) for node in nodes), (nodes, tree)
+    assert all(inside(node, tree) for node in nodes.values()), (nodes, tree)
+
+
+SCALE = "document.getElementById('viewport').transform.baseVal.consolidate().matrix.a"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_first_view_cuts_no_node_and_stays_readable(pages, model_and_data, open_at, width):
+    """At 500 px the first view used to cut the tree at the right edge until "Fit"; now it
+    opens only the levels that fit at a readable scale, and 1400 px still opens them all."""
+    tab = open_at(pages["hierarchy"], width)
+    tree = rect(tab, "#tree")
+    nodes = node_rects(tab)
+    hierarchy = model_and_data[0].hierarchy
+    assert all(inside(node, tree) for node in nodes.values()), (nodes, tree)
+    assert tab.evaluate(SCALE) >= 0.85  # labels at 11 px or more, as Fit keeps them
+    assert set(hierarchy.root.children) <= set(nodes)
+    if width == 1400:
+        assert len(nodes) == len(hierarchy.nodes)
+    # What is not drawn sits under a node marked collapsed: its dot opens it.
+    closed = tab.evaluate(
+        "[...document.querySelectorAll('g.node.collapsed')].map(g => g.dataset.id)"
+    )
+    assert all(hierarchy.parent(n).id in nodes for n in nodes if n != hierarchy.root.id)
+    assert (len(nodes) < len(hierarchy.nodes)) == bool(closed)
+
+
+@pytest.mark.browser
+def test_opening_a_node_at_500px_shows_its_children_whole(pages, model_and_data, open_at):
+    tab = open_at(pages["hierarchy"], 500)
+    hierarchy = model_and_data[0].hierarchy
+    closed = tab.evaluate(
+        "[...document.querySelectorAll('g.node.collapsed')].map(g => g.dataset.id)"
+    )
+    assert closed
+    tab.click(f"g.node[data-id='{closed[0]}'] circle")
+    tree, nodes = rect(tab, "#tree"), node_rects(tab)
+    for node_id in [closed[0], *hierarchy[closed[0]].children]:
+        assert inside(nodes[node_id], tree), (node_id, nodes[node_id], tree)
 
 
 @pytest.mark.browser
@@ -228,8 +273,6 @@ def test_at_500px_the_image_and_top_k_come_before_the_path(pages, open_at):
 
 def test_the_trainers_explanations_page_shows_the_true_labels(model_and_data, tmp_path):
     """nbdt-train's explanations stage hands the page the true labels its JSON records."""
-    import json
-
     from nbdt.classes import DatasetClasses
     from nbdt.progress import Progress
     from nbdt.training.config import TrainConfig
@@ -250,13 +293,25 @@ def test_the_trainers_explanations_page_shows_the_true_labels(model_and_data, tm
 
 # --------------------------------------------------------------------------------- report
 @pytest.mark.browser
-def test_the_summary_table_is_whole_at_1400px(pages, open_at):
-    tab = open_at(pages["report"], 1400)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_summary_table_is_whole(pages, open_at, width):
+    """Clipped at 1400 px once; at 500 px its ten columns are three, one per variant."""
+    tab = open_at(pages["report"], width)
     widths = tab.evaluate(
         "() => { const s = document.querySelector('#summary').parentElement;"
         " return [s.scrollWidth, s.clientWidth]; }"
     )
     assert widths[0] <= widths[1], widths
+    cells = tab.evaluate(
+        "[...document.querySelectorAll('#summary tr')].map(r => [...r.children]"
+        ".map(c => c.textContent))"
+    )
+    variants = ["network", "NBDT soft", "NBDT hard"]
+    table = cells if width == 1400 else [list(column) for column in zip(*cells, strict=True)]
+    assert [r[0] for r in table[1:]] == variants
+    assert table[0][0] == ("variant" if width == 1400 else "")
+    network = json.loads((pages["report"].parent / "eval.json").read_text())["variants"]["network"]
+    assert table[1][1:3] == [f"{network['top1']:.2f}", f"{network['top5']:.2f}"]
 
 
 @pytest.mark.browser
@@ -277,9 +332,27 @@ def test_tree_marks_say_open_or_closed(pages, open_at, width):
     )
 
 
-def _training_curves_svg(report: Path) -> str:
-    import json
+@pytest.mark.browser
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_node_detail_covers_no_tree_row_and_shows_after_a_click(pages, open_at, width):
+    """At 500 px the detail box lay over the tree, whose names wrapped in what room was left."""
+    tab = open_at(pages["report"], width)
+    tab.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    tab.click("#tree button.row[data-index='1'] .label")
+    detail = rect(tab, "#detail")
+    assert tab.evaluate("document.querySelector('#detail h3').textContent")
+    assert 0 <= detail["top"] < 900  # in the window after the click
+    rows = tab.evaluate(
+        "[...document.querySelectorAll('#tree button.row')].map(b => b.getBoundingClientRect())"
+        ".filter(r => r.height > 0).map(r => ({left: r.left, right: r.right, top: r.top,"
+        " bottom: r.bottom}))"
+    )
+    assert rows and not any(overlap(r, detail) for r in rows)
+    heights = [r["bottom"] - r["top"] for r in rows]
+    assert max(heights) < 1.5 * min(heights), heights  # every row on one line
 
+
+def _training_curves_svg(report: Path) -> str:
     page = report.read_text()
     shown = json.loads(page.split('id="nbdt-data">')[1].split("</script>")[0])
     (plot,) = [p for p in shown["plots"] if p["title"] == "Training curves"]

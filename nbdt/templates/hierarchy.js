@@ -20,6 +20,7 @@
   const MAX_LABEL = 42; // longer labels are cut with an ellipsis (the tooltip shows them whole)
   const OPEN_ROWS = 40; // a big tree opens with as many levels as fit about this many rows
   const MIN_FIT = 0.85; // "fit" never shrinks text below this scale
+  const MARGIN = 24; // px kept free around the tree when it is fitted to the window
 
   const N = data.label.length;
   const kids = Array.from({ length: N }, () => []);
@@ -50,6 +51,7 @@
   let pathNodes = [];
   let matches = [];
   let current = -1;
+  let firstOpen = null; // what the first view opened: while nothing else is, a resize re-chooses
 
   // ------------------------------------------------------------------ measuring
   const measure = document.createElement("canvas").getContext("2d");
@@ -205,12 +207,9 @@
      ``all`` (the Fit button, the 0 key) the whole drawn tree fits, however small. */
   function fit(all) {
     const box = svg.getBoundingClientRect();
-    const m = 24;
-    const k = Math.max(0.04, Math.min(
-      1.4,
-      (box.width - 2 * m) / Math.max(extent.w, 1),
-      (box.height - 2 * m) / Math.max(extent.h, 1)
-    ));
+    const m = MARGIN;
+    const k = Math.max(0.04, Math.min(1.4, (box.width - 2 * m) / Math.max(extent.w, 1),
+      (box.height - 2 * m) / Math.max(extent.h, 1)));
     const fits = k >= MIN_FIT || all === true;
     view.k = fits ? k : MIN_FIT;
     view.tx = fits ? (box.width - extent.w * k) / 2 : m + RADIUS;
@@ -221,6 +220,19 @@
 
   function screenPos(i) {
     return [view.tx + view.k * x[i], view.ty + view.k * y[i]];
+  }
+
+  /* After node i opens, show it with its children's labels whole: zoom out about node i as far
+     as MIN_FIT if they need it, then pan left, never pushing node i past the left edge. */
+  function revealChildren(i) {
+    const width = svg.getBoundingClientRect().width;
+    const right = Math.max(...kids[i].map((c) => x[c] + labelWidth(c)));
+    const k = Math.min(view.k, Math.max(MIN_FIT, (width - 2 * MARGIN) / (right - x[i] + RADIUS)));
+    const [sx, sy] = screenPos(i);
+    view = { k, tx: sx - k * x[i], ty: sy - k * y[i] };
+    const over = view.tx + k * right - (width - MARGIN);
+    view.tx -= Math.max(0, Math.min(over, view.tx + k * (x[i] - RADIUS) - MARGIN));
+    applyView();
   }
 
   /* Re-layout while node i stays where it is on screen, so a click never makes the tree jump. */
@@ -236,7 +248,7 @@
      its left: the shallowest ancestor whose column still leaves room for node i's label. */
   function centerOn(i) {
     const box = svg.getBoundingClientRect();
-    const m = 24;
+    const m = MARGIN;
     const right = x[i] + labelWidth(i);
     const left = ancestors(i).find((a) => view.k * (right - x[a]) <= box.width - 2 * m) ?? i;
     view.tx = m + RADIUS - view.k * x[left];
@@ -245,20 +257,27 @@
   }
 
   // ---------------------------------------------------------- expand, collapse
-  /* Open as many levels as fit about OPEN_ROWS rows, and at least the root. With the levels
-     above L open, the rows are the nodes at depth L plus the leaves above it. */
+  /* Open as many levels as fit about OPEN_ROWS rows and the window's width at the readable scale
+     MIN_FIT (nothing cut at the right edge), and at least the root. With the levels above L open,
+     the rows are the nodes at depth L plus the leaves above it; the columns, depths 0 to L. */
   function openLevels() {
     const atDepth = new Array(maxDepth + 1).fill(0);
     const leavesAt = new Array(maxDepth + 1).fill(0);
+    const colWidth = new Array(maxDepth + 1).fill(0);
     for (let i = 0; i < N; i++) {
       atDepth[depth[i]] += 1;
       if (!kids[i].length) leavesAt[depth[i]] += 1;
+      colWidth[depth[i]] = Math.max(colWidth[depth[i]], labelWidth(i));
     }
+    const room = (svg.getBoundingClientRect().width - 2 * MARGIN) / MIN_FIT;
     let levels = 1;
     let leavesAbove = leavesAt[0] + leavesAt[1];
-    while (levels < maxDepth && atDepth[levels + 1] + leavesAbove <= OPEN_ROWS) {
+    let treeWidth = colWidth[0] + GAP + colWidth[1];
+    const fits = (l) => atDepth[l] + leavesAbove <= OPEN_ROWS && treeWidth + GAP + colWidth[l] <= room;
+    while (levels < maxDepth && fits(levels + 1)) {
       levels += 1;
       leavesAbove += leavesAt[levels];
+      treeWidth += GAP + colWidth[levels];
     }
     open.fill(0);
     for (let i = 0; i < N; i++) if (depth[i] < levels) open[i] = 1;
@@ -434,6 +453,7 @@
     if (e.altKey || e.shiftKey) setSubtree(i, open[i] ? 0 : 1);
     else open[i] = open[i] ? 0 : 1;
     updateKeeping(i);
+    if (open[i]) revealChildren(i);
   }
   svg.addEventListener("pointerup", endDrag);
   svg.addEventListener("pointercancel", endDrag);
@@ -555,23 +575,30 @@
   }
 
   // -------------------------------------------------------------------- start
-  openLevels();
-  // What an edit moved is shown where it now sits.
+  // The first view: the levels that fit, the paths to what an edit moved and to --highlight's node.
+  function openFirstView() {
+    openLevels();
+    for (let i = 0; i < N; i++) if (data.moved[i]) for (const j of ancestors(i).slice(0, -1)) open[j] = 1;
+    if (data.highlight !== null) highlight(data.highlight);
+    firstOpen = open.slice();
+  }
   const movedCount = data.moved.reduce((a, b) => a + b, 0);
-  for (let i = 0; i < N; i++) if (data.moved[i]) for (const j of ancestors(i).slice(0, -1)) open[j] = 1;
   if (movedCount) {
     document.getElementById("moved-key").hidden = false;
     document.getElementById("moved-count").textContent = String(movedCount);
   }
-  if (data.highlight !== null) highlight(data.highlight);
   if (data.examples) document.getElementById("examples-key").hidden = false;
-  update();
   // Fit the tree; when it is too big to fit, keep the search's or --highlight's node in view.
   function initialView() {
     const focus = current >= 0 ? current : data.highlight;
     if (!fit() && focus !== null) centerOn(focus);
   }
+  openFirstView();
+  update();
   initialView();
-  window.addEventListener("resize", initialView);
+  window.addEventListener("resize", () => {
+    if (current < 0 && open.every((v, i) => v === firstOpen[i])) { openFirstView(); update(); }
+    initialView();
+  });
   document.documentElement.setAttribute("data-ready", "1");
 })();

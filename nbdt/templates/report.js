@@ -25,9 +25,22 @@
   }
 
   // ------------------------------------------------------------------- summary
+  /* A row per variant; where that is wider than its card (a phone), a column per variant
+     instead, so that no column is cut off. */
   const summary = document.getElementById("summary");
-  summary.appendChild(row(["variant", ...data.summary.columns], true));
-  for (const r of data.summary.rows) summary.appendChild(row([r.name, ...r.cells.map((c) => fmt(c))]));
+  function drawSummary() {
+    const rows = data.summary.rows.map((r) => [r.name, ...r.cells.map((c) => fmt(c))]);
+    summary.className = "grid";
+    summary.replaceChildren(row(["variant", ...data.summary.columns], true), ...rows.map((r) => row(r)));
+    if (summary.parentElement.scrollWidth <= summary.parentElement.clientWidth) return;
+    summary.className = "grid by-variant";
+    summary.replaceChildren(
+      row(["", ...rows.map((r) => r[0])], true),
+      ...data.summary.columns.map((c, j) => row([c, ...rows.map((r) => r[j + 1])]))
+    );
+  }
+  drawSummary();
+  window.addEventListener("resize", drawSummary);
   const a = data.summary.agreement;
   document.getElementById("agreement").textContent =
     `Agreement of top-1 predictions: network–soft ${fmt(a.network_soft, 1)}%, ` +
@@ -135,6 +148,8 @@
       parts.push(scroll);
     }
     detail.replaceChildren(...parts);
+    // Above the tree in a narrow window: brought into view when the click was further down.
+    if (detail.getBoundingClientRect().top < 0) detail.scrollIntoView({ block: "start" });
   }
 
   root.addEventListener("click", (e) => {

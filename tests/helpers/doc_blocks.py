@@ -61,6 +61,17 @@ def run_block(block: Block, folder: Path, env: dict[str, str], name: str, timeou
         )
 
 
+def run_pages(pages: list[Path], folder: Path, env: dict[str, str], timeout: float) -> None:
+    """Every block of ``pages``, page after page, in ``folder``. A block an earlier page already
+    ran (the same text, as the getting-started page repeats the README's) is not run twice."""
+    done: set[str] = set()
+    for page in pages:
+        for block in code_blocks(page.read_text()):
+            if block.code not in done:
+                run_block(block, folder, env, page.name, timeout)
+                done.add(block.code)
+
+
 def environment(**extra: str) -> dict[str, str]:
     """os.environ without PYTHONPATH (the tests' own path must not leak in), offline, plus extra."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
