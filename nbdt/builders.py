@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,16 @@ from nbdt.tree import Node, Tree
 LINKAGES = ("ward", "complete", "average", "single")
 # Why nbdt-train and nbdt-hierarchy refuse to induce a tree from an untrained head.
 RANDOM_HEAD = "a randomly initialised head gives a meaningless tree"
+UNTRAINED_HEAD = (
+    "the classifier's rows look as initialised, not trained (no more structure than its entries"
+    f" shuffled): {RANDOM_HEAD}"
+)
+
+
+class UntrainedHeadWarning(UserWarning):
+    """An induced tree was built from classifier rows that look randomly initialised
+    (:func:`looks_untrained`). The commands make it an error."""
+
 
 # A tree shape: inner node k lists its children; a child i < C is class i, a child C + j is inner
 # node j. Children always come before their parent, so the last inner node is the root.
@@ -232,6 +243,48 @@ def _state_dict_weights(state: Mapping[str, Any], num_classes: int | None) -> np
     return _as_matrix(value, f"state dict key {key!r}")
 
 
+def looks_untrained(weight: np.ndarray, *, rows: int = 128, columns: int = 1024) -> bool:
+    """Whether (C, D) classifier rows look as initialised: no more structure than the same
+    entries shuffled.
+
+    Every timm head starts as independent draws of one distribution (uniform, normal, zeros);
+    training moves the rows along the features' class means, which gives them shared directions.
+    The statistic is the spread of the row-centred Gram matrix's eigenvalues (``|G|_F^2 / tr(G)^2``,
+    the structure pairwise distances, and so the clustering, see); 32 seeded shuffles of the
+    entries give its distribution at initialisation. Rows count as trained when the statistic
+    lies more than 6 of the shuffles' standard deviations above their mean. Measured: 120
+    untrained timm heads (resnet18/50, efficientnet_b0, tf_efficientnet_lite0, vit_tiny,
+    convnext_atto, mobilenetv3_small, regnetx_002 at 3 to 1000 classes) stay below 2.7;
+    efficientnet_lite0's ImageNet head lies at 39, resnet18 heads of Fashion-MNIST runs of two or
+    three epochs on 1,000 to 8,000 images at 26 to 178 (after one warm-up epoch of 15 steps: 2.8,
+    counted untrained). At most ``rows`` x ``columns``
+    entries, taken at seeded random, are read. Two classes or fewer make one tree whatever the
+    rows: never untrained.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    if weight.ndim != 2 or len(weight) <= 2:
+        return False
+    rng = np.random.default_rng(0)
+    if weight.shape[0] > rows:
+        weight = weight[rng.choice(weight.shape[0], rows, replace=False)]
+    if weight.shape[1] > columns:
+        weight = weight[:, rng.choice(weight.shape[1], columns, replace=False)]
+    shuffled = rng.permuted(np.broadcast_to(weight.ravel(), (32, weight.size)), axis=1)
+    stack = np.concatenate([weight[None], shuffled.reshape(32, *weight.shape)])
+    stack = stack - stack.mean(axis=1, keepdims=True)
+    gram = (
+        stack @ stack.swapaxes(1, 2)
+        if weight.shape[0] <= weight.shape[1]
+        else (stack.swapaxes(1, 2) @ stack)
+    )
+    trace = np.trace(gram, axis1=1, axis2=2)
+    if trace[0] == 0:  # every row the same (a zero head): nothing to cluster
+        return True
+    spread = (gram**2).sum(axis=(1, 2)) / np.where(trace > 0, trace, 1.0) ** 2
+    null = spread[1:]
+    return bool(spread[0] <= null.mean() + 6 * null.std())
+
+
 # ------------------------------------------------------------------ builders
 def _check_branching(branching: int) -> int:
     if isinstance(branching, bool) or not isinstance(branching, int | np.integer) or branching < 2:
@@ -307,6 +360,9 @@ def induced(
         raise ValueError(
             f"classifier has {weight.shape[0]} classes but {len(names)} class names were given"
         )
+    if wordnet_weight < 1 and looks_untrained(weight):
+        where = weights_or_model if isinstance(weights_or_model, str | os.PathLike) else "weights"
+        warnings.warn(f"{where}: {UNTRAINED_HEAD}", UntrainedHeadWarning, stacklevel=2)
     if normalize:
         norms = np.linalg.norm(weight, axis=1, keepdims=True)
         weight = weight / np.where(norms > 0, norms, 1.0)

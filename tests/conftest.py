@@ -230,8 +230,12 @@ def varied_resnet():
 def stripes_checkpoint(stripes_dir, tmp_path_factory):
     """The path of an untrained tiny NBDT (test_efficientnet_gn, the tree induced from its head)
     over the stripes classes, built from the trainer's parts and saved."""
+    import warnings
+
     import torch
 
+    from nbdt.builders import UntrainedHeadWarning
+    from nbdt.hierarchy import Hierarchy
     from nbdt.model import NBDT
     from nbdt.training.config import TrainConfig
     from nbdt.training.plan import make_plan
@@ -244,10 +248,12 @@ def stripes_checkpoint(stripes_dir, tmp_path_factory):
     )
     plan = make_plan(config, torch.device("cpu"))
     network, kwargs = plan.network()
+    with warnings.catch_warnings():  # the tree of an untrained head: a test model's
+        warnings.simplefilter("ignore", UntrainedHeadWarning)
+        tree = Hierarchy.build("induced", plan.classes, weights=network)
     model = NBDT(
-        network, plan.induce(network), arch=arch, model_kwargs=kwargs,
-        data_config=plan.data_config(network, kwargs),
-    )  # fmt: skip
+        network, tree, arch=arch, model_kwargs=kwargs, data_config=plan.data_config(network, kwargs)
+    )
     return model.save(folder / "tiny.pt")
 
 

@@ -235,7 +235,14 @@ def _hierarchy(args: argparse.Namespace) -> int:
             options = {k: getattr(args, k) for k in _builder_options(args.command)}
             if not hasattr(classes, "wnids"):  # names from --classes: say how each resolved
                 options["wnids"] = _resolve_classes("nbdt-hierarchy", classes, args.wnids)
-            tree = Hierarchy.build(args.command, classes, weights=weights, **options)
+            warnings.simplefilter("error", builders.UntrainedHeadWarning)
+            try:
+                tree = Hierarchy.build(args.command, classes, weights=weights, **options)
+            except builders.UntrainedHeadWarning:
+                raise ValueError(
+                    f"{_weights_name(args)}: {builders.UNTRAINED_HEAD}; train it first, or build"
+                    " the tree with nbdt-hierarchy wordnet (or random)"
+                ) from None
     for warning in caught:
         if issubclass(warning.category, UnresolvedClassWarning):
             print(f"nbdt-hierarchy: warning: {warning.message}", file=sys.stderr)
@@ -292,6 +299,15 @@ def _load_tree(tree: str, classes):
                 f"{tree}: the file has no class order: give --dataset or --classes"
             ) from None
         raise
+
+
+def _weights_name(args: argparse.Namespace) -> str:
+    """The flag and file `induced` read the classifier from, as messages name it."""
+    if args.checkpoint:
+        return f"--checkpoint {args.checkpoint}"
+    if args.pretrained_file:
+        return f"--pretrained-file {args.pretrained_file}"
+    return f"--model {args.model} --pretrained"
 
 
 def _weights_source(args: argparse.Namespace):

@@ -6,7 +6,9 @@ and the loss of every epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,10 +120,26 @@ class Plan:
                 " or --hierarchy wordnet|random|FILE"
             )
 
-    def induce(self, model: nn.Module) -> Hierarchy:
-        """The hierarchy induced from the head's weights as they are now."""
-        weight = self.config.wordnet_weight
-        return Hierarchy.build("induced", self.classes, weights=model, wordnet_weight=weight)
+    def induce(self, model: nn.Module, *, warmed_up: bool = False) -> Hierarchy:
+        """The hierarchy induced from the head's weights as they are now. A head no epoch of
+        this run trained (the checkpoint's, or a new one) is refused when it looks randomly
+        initialised (:func:`nbdt.builders.looks_untrained`): the tree would be meaningless.
+        After this run's warm-up (``warmed_up``) the tree is taken as it is."""
+        build = functools.partial(
+            Hierarchy.build, "induced", self.classes, weights=model,
+            wordnet_weight=self.config.wordnet_weight,
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            action = "ignore" if warmed_up else "error"
+            warnings.simplefilter(action, builders.UntrainedHeadWarning)
+            try:
+                return build()
+            except builders.UntrainedHeadWarning:
+                source = self.config.checkpoint if self.trained_head else "the new head"
+                raise ValueError(
+                    f"{source}: --hierarchy induced: {builders.UNTRAINED_HEAD}; train it first"
+                    " (nbdt-train --warmup-epochs N), or pass --hierarchy wordnet|random|FILE"
+                ) from None
 
     def criterion(self, epoch: int, hierarchy: Hierarchy | None, device: torch.device) -> nn.Module:
         """Cross-entropy while warming up, then the tree-supervision loss at this epoch."""

@@ -87,6 +87,8 @@ class _Fit:
         self.train_transform = datasets.BatchTransform(self.data_config, augment=config.augment)
         self.eval_transform = datasets.BatchTransform(self.data_config)
         self.hierarchy = plan.fixed_hierarchy()
+        if self.hierarchy is None and plan.warmup_epochs == 0:  # the checkpoint's head's tree
+            self.hierarchy = plan.induce(self.model)
         self.context = StepContext(process, config.amp, Progress(process.main, config.quiet))
         self.model.to(device, memory_format=self.context.memory_format)
         self.train_transform.to(device)
@@ -185,9 +187,6 @@ class _Fit:
         seeds; after the pass, a warm-up epoch is evaluated with the tree of its head."""
         plan, config = self.plan, self.config
         tree_phase = epoch >= plan.warmup_epochs
-        if tree_phase and self.hierarchy is None:  # no warm-up epoch ran before this one here
-            self.hierarchy = plan.induce(self.model)
-            self.folder.publish_hierarchy(self.hierarchy)
         criterion = plan.criterion(epoch, self.hierarchy, self.process.device)
         self.sampler.set_epoch(epoch)
         generator = seed_epoch(config.seed, epoch, self.process.rank, self.process.device)
@@ -196,7 +195,7 @@ class _Fit:
             hierarchy = self.hierarchy
             if not tree_phase and config.hierarchy == "induced":
                 # Evaluate the warm-up with the tree of the head as it is now; the last one stays.
-                hierarchy = plan.induce(self.model)
+                hierarchy = plan.induce(self.model, warmed_up=True)
                 self.folder.publish_hierarchy(hierarchy)
                 if epoch + 1 == plan.warmup_epochs:
                     self.hierarchy = hierarchy

@@ -53,7 +53,9 @@ def test_each_builder_command_has_the_flags_of_the_options_its_builder_takes(kin
 
 
 def test_induced_from_checkpoint_and_class_file(capsys, tmp_path):
-    weights = torch.randn(4, 8)
+    weights = 5 * torch.randn(2, 8)[[0, 0, 1, 1]] + 0.1 * torch.randn(
+        4, 8
+    )  # a trained head's pairs
     checkpoint = tmp_path / "model.pt"
     torch.save({"state_dict": {"head.weight": weights, "head.bias": torch.zeros(4)}}, checkpoint)
     classes = tmp_path / "classes.txt"
