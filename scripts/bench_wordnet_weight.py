@@ -248,11 +248,9 @@ def main() -> None:
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
     p.add_argument("--no-imagenet", action="store_true", help="skip the ImageNet trees")
     p.add_argument("--fresh", action="store_true", help="recompute the cached features")
+    cached_in = cache_dir() / "bench-wordnet-weight"
     p.add_argument(
-        "--output",
-        type=Path,
-        default=cache_dir() / "bench-wordnet-weight",
-        help="the cached features (default: <cache>/bench-wordnet-weight)",
+        "--output", type=Path, default=cached_in, help=f"features (default: {cached_in})"
     )
     args = p.parse_args()
     started = time.perf_counter()
