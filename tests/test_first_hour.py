@@ -9,6 +9,7 @@ import argparse
 import io
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ LEFT = re.compile(r"\d+/\d+ \w+ \(\d+%\), .* so far, about .* left")
 @pytest.fixture(scope="module")
 def tiny_model(stripes_dir, tmp_path_factory) -> Path:
     """An untrained tiny NBDT over the stripes classes, saved as a model file."""
+    from nbdt.builders import UntrainedHeadWarning
     from nbdt.training.config import TrainConfig
     from nbdt.training.plan import make_plan
 
@@ -45,8 +47,11 @@ def tiny_model(stripes_dir, tmp_path_factory) -> Path:
     config = TrainConfig(output=str(folder / "run"), arch=ARCH, data_dir=str(stripes_dir))
     plan = make_plan(config, torch.device("cpu"))
     network, kwargs = plan.network()
+    with warnings.catch_warnings():  # the tree of an untrained head: a test model's
+        warnings.simplefilter("ignore", UntrainedHeadWarning)
+        tree = nbdt.Hierarchy.build("induced", plan.classes, weights=network)
     model = nbdt.NBDT(
-        network, plan.induce(network), arch=ARCH, model_kwargs=kwargs,
+        network, tree, arch=ARCH, model_kwargs=kwargs,
         data_config=plan.data_config(network, kwargs),
     )  # fmt: skip
     return model.save(folder / "tiny.pt")

@@ -126,6 +126,7 @@ def test_cli_choices_come_from_the_tables():
     from nbdt.cli.hierarchy import parser as hierarchy_parser
     from nbdt.cli.train import parser as train_parser
     from nbdt.model import MODES
+    from nbdt.networks import PADDINGS
     from nbdt.rules import NODE_SCORES
     from nbdt.training.config import OPTIMIZERS
 
@@ -134,7 +135,7 @@ def test_cli_choices_come_from_the_tables():
 
     assert choices(train_parser()) == {
         "dataset": data.DATASETS, "node_score": NODE_SCORES, "loss": loss.LOSSES,
-        "soft_variant": loss.SOFT_VARIANTS, "optimizer": OPTIMIZERS,
+        "soft_variant": loss.SOFT_VARIANTS, "optimizer": OPTIMIZERS, "padding": PADDINGS,
     }  # fmt: skip
     commands = choices(hierarchy_parser())["command"]
     assert set(builders.BUILDERS) <= set(commands)
