@@ -6,6 +6,7 @@
   const data = JSON.parse(document.getElementById("nbdt-data").textContent);
   const tree = data.tree;
   const N = tree.label.length;
+  const names = tree.display || tree.label; // the display names every output shows
 
   function el(tag, className, text) {
     const e = document.createElement(tag);
@@ -96,7 +97,7 @@
     const swatch = el("span", "swatch");
     swatch.style.background = colour(tree.accuracy[i]);
     button.appendChild(swatch);
-    button.appendChild(el("span", "label", tree.label[i]));
+    button.appendChild(el("span", "label", names[i]));
     button.appendChild(el("span", "acc", `${fmt(tree.accuracy[i], 1)}% of ${tree.samples[i]}`));
     li.appendChild(button);
     rows[i] = button;
@@ -130,16 +131,16 @@
     selected = i;
     rows[i].classList.add("selected");
     const detail = document.getElementById("detail");
-    const parts = [el("h3", "", tree.label[i])];
+    const parts = [el("h3", "", names[i])];
     parts.push(el("p", "note", `${fmt(tree.accuracy[i], 1)}% right of ${tree.samples[i]} images under it`));
     if (tree.confusion[i]) {
       const [reached, right] = tree.reached[i];
       parts.push(el("p", "note", `hard inference reaches it with ${reached} of them; ${right} continue to the right child`));
-      const names = kids[i].map((c) => tree.label[c]);
+      const childNames = kids[i].map((c) => names[c]);
       const table = el("table", "grid confusion");
-      table.appendChild(row(["true \\ chosen", ...names], true));
+      table.appendChild(row(["true \\ chosen", ...childNames], true));
       tree.confusion[i].forEach((counts, r) => {
-        const tr = row([names[r], ...counts.map(String)]);
+        const tr = row([childNames[r], ...counts.map(String)]);
         tr.children[r + 1].classList.add("diag");
         table.appendChild(tr);
       });

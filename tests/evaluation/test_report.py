@@ -103,3 +103,25 @@ def test_report_in_chromium_colours_nodes_and_shows_confusion_on_click(result, t
     assert page.js("document.querySelector('#detail h3').textContent") == "</script><b>A</b>"
     assert_not_blank(page.page.screenshot(full_page=True))
     page.check_clean()
+
+
+def test_report_tree_shows_the_display_names_of_the_other_pages(result, tmp_path, open_page):
+    """The report's tree names a node as the hierarchy page and the terminal do (its display
+    name), not by its lowest common hypernym label."""
+    from nbdt.labels import display_names
+
+    h = result.hierarchy
+    names = display_names(h)
+    assert names["B"] == "c2 or c3" != h["B"].label  # a node whose two names differ
+    page = open_page(report_html(result, tmp_path / "r.html"))
+    shown = page.js(
+        "Object.fromEntries([...document.querySelectorAll('button.row')]"
+        ".map(b => [b.dataset.id, b.querySelector('.label').textContent]))"
+    )
+    assert shown == names
+    page.page.click("button.row[data-id='r'] .label")
+    header = page.js(
+        "[...document.querySelectorAll('#detail table tr th')].map(t => t.textContent)"
+    )
+    assert header[1:] == [names["A"], "c2 or c3"]
+    page.check_clean()
