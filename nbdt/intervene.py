@@ -40,29 +40,27 @@ from nbdt.training.loop import Epoch, EpochLoop, StepContext
 
 
 # ------------------------------------------------------------------------------ replay
-def known_classes(dataset: Any, hierarchy: Hierarchy, source: str = "the model") -> Any:
-    """The images of ``hierarchy``'s classes in a dataset, relabelled to its class order: the
-    replay of a model trained with some of the dataset's classes held out."""
-    from nbdt.data import TensorImages
+def known_classes(
+    dataset: Any, hierarchy: Hierarchy, source: str = "the model", holdout: Sequence[str] = ()
+) -> Any:
+    """``dataset`` as the model sees it, by the rule every command matches a dataset to a model
+    (:func:`nbdt.evaluation.evaluate.class_lookup`, by class name or WordNet id): without the
+    ``holdout`` classes (those its training run held out), and refused unless the other
+    classes are the model's, in its order. Errors name ``source`` (the model file)."""
+    from nbdt.evaluation.evaluate import class_lookup
 
-    names = list(dataset.classes)
-    missing = [c for c in hierarchy.classes if c not in names]
-    if missing:
-        raise ValueError(
-            f"{source}: the model's classes {missing[:3]} are not among the dataset's"
-            f" {len(names)} classes"
-        )
-    if tuple(names) == hierarchy.classes:
+    try:
+        lookup, _, _ = class_lookup(hierarchy, dataset, list(holdout))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    if lookup is None:
         return dataset
-    if not isinstance(dataset, TensorImages):
-        raise ValueError(f"{source}: the model's classes are not the dataset's, in its order")
-    mapping = torch.full((len(names),), -1, dtype=torch.long)
-    mapping[[names.index(c) for c in hierarchy.classes]] = torch.arange(hierarchy.num_classes)
-    keep = mapping[dataset.targets] >= 0
-    wnids = [leaf.wnid or leaf.label for leaf in hierarchy.leaves]
-    return TensorImages(
-        dataset.images[keep], mapping[dataset.targets[keep]], hierarchy.classes, wnids
-    )
+    if lookup[lookup >= 0].tolist() != list(range(hierarchy.num_classes)):
+        raise ValueError(
+            f"{source}: the dataset's classes are the model's in another order; the model needs"
+            " its own dataset's class order"
+        )
+    return dataset.without_classes(holdout)
 
 
 # ---------------------------------------------------------------------------- refitting

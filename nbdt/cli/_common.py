@@ -249,24 +249,23 @@ def recorded_data(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
     return {"dataset": settings["dataset"], "data_dir": settings.get("data_dir")}
 
 
-def model_classes_of(dataset: Any, model: Any, checkpoint: str) -> Any:
-    """``dataset`` as the model sees it, by nbdt-eval's rule
-    (:func:`nbdt.evaluation.evaluate.class_lookup`): without the classes the checkpoint's
-    training run held out (its args.json), and refused unless its classes are the model's."""
-    from nbdt.evaluation.evaluate import class_lookup
+def model_classes_of(dataset: Any, model: Any, checkpoint: str, adding: Sequence[str] = ()) -> Any:
+    """``dataset`` as the model sees it (:func:`nbdt.intervene.known_classes`): without the
+    classes the checkpoint's training run held out (its args.json), nor those named (or whose
+    WordNet id is named) in ``adding``: classes nbdt-fix is about to add."""
+    from nbdt.intervene import known_classes
     from nbdt.training.run_folder import RunFolder
 
     run = RunFolder(Path(checkpoint).parent, main=False).recorded_args() or {}
     holdout = list(run.get("holdout_classes") or [])
-    lookup, _, _ = class_lookup(model.hierarchy, dataset, holdout)
-    if holdout:
-        dataset = dataset.without_classes(holdout)
-    if lookup is not None and list(dataset.classes) != list(model.hierarchy.classes):
-        raise ValueError(
-            f"the dataset's classes are the model's in another order: {checkpoint} needs its"
-            " own dataset's class order"
-        )
-    return dataset
+    named = set(adding)
+    wnids = getattr(dataset, "wnids", dataset.classes)
+    holdout += [
+        c
+        for c, w in zip(dataset.classes, wnids, strict=True)
+        if named & {c, w} and c not in holdout
+    ]
+    return known_classes(dataset, model.hierarchy, checkpoint, holdout)
 
 
 # ---------------------------------------------------------------------------------- models

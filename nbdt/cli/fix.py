@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nbdt.cli._common import Parser, add_data_options, add_output, int_at_least, resolve_data, run
+from nbdt.cli._common import (
+    Parser,
+    add_data_options,
+    add_output,
+    int_at_least,
+    model_classes_of,
+    resolve_data,
+    run,
+)
 
 FALLBACK_DATASET = "fashion-mnist"  # for a model file that records no training run
 
@@ -236,14 +244,15 @@ def _fix(args: argparse.Namespace) -> int:
     model = nbdt.load(args.checkpoint).to(device)
     additions = _additions(args, model.hierarchy)
     corrections = _corrections(args, model.hierarchy) if args.corrections else None
+    adding = [name for name, _ in additions]
     train_set = datasets.load_dataset(args.dataset, "train", args.data_dir)
-    train_set = intervene.known_classes(train_set, model.hierarchy, args.checkpoint)
+    train_set = model_classes_of(train_set, model, args.checkpoint, adding)
     if args.subset:
         train_set = train_set.head(args.subset)
     test = None
     if args.eval_subset != 0:
         test_set = datasets.load_dataset(args.dataset, "test", args.data_dir)
-        test_set = intervene.known_classes(test_set, model.hierarchy, args.checkpoint)
+        test_set = model_classes_of(test_set, model, args.checkpoint, adding)
         if args.eval_subset:
             test_set = test_set.head(args.eval_subset)
         test = cache_features(model, test_set, batch_size=args.batch_size, progress=progress)
