@@ -74,6 +74,7 @@ _MIN_SIDE = 7  # the coarsest map chosen when the final one is 1x1
 
 
 _auto_layers: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+_checked_layers: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------------------------- saliency
@@ -118,6 +119,7 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None = None) -> tuple[
             close = [n for n in modules if n and n.split(".")[0] == layer.split(".")[0]]
             hint = f" (e.g. {', '.join(close[-3:])})" if close else ""
             raise ValueError(f"layer={layer!r}: the model has no module of that name{hint}")
+        _check_spatial(model, layer, modules[layer])
         return layer, modules[layer]
     if layer is not None:
         raise TypeError(f"layer must be a module, a dotted name or None, got {type(layer)}")
@@ -127,8 +129,37 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None = None) -> tuple[
     return name, modules[name]
 
 
-def _detect_layer(model: nn.Module) -> str:
-    """Dry run: the last module whose output is the backbone's final spatial map."""
+def _check_spatial(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Refuse a named layer whose output is no map to explain (a head, a pooling, a norm's
+    vector): one dry run of a zero input, remembered per module."""
+    if _checked_layers.get(module):
+        return
+    outputs, _ = _dry_run(model, [(name, module)], full=True)
+    out = outputs[-1][1] if outputs else None
+    if isinstance(out, Tensor) and (
+        (out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1)
+        or _token_grid(model.model, out) is not None
+    ):
+        _checked_layers[module] = True
+        return
+    shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+    try:
+        default, _ = find_layer(model)
+        hint = f" such as {default.split('.')[0]} (the default here: {default})"
+    except ValueError:  # no spatial map anywhere: find_layer(model) says so on its own
+        hint = ""
+    raise ValueError(
+        f"layer={name!r}: its output is {shape}, not a spatial map: pass a block or stage output"
+        + hint
+    )
+
+
+def _dry_run(
+    model: nn.Module, named: Sequence[tuple[str, nn.Module]], *, full: bool = False
+) -> tuple[list[tuple[str, Any]], Tensor | None]:
+    """One eval-mode forward of a zero input of the model's input size, with the outputs of the
+    ``named`` modules in call order, and ``forward_features``' output where the backbone has it
+    (``full``: the whole network, so that a head's modules run too)."""
     backbone = model.model
     channels, height, width = model.data_config["input_size"]
     device, dtype = network_device(backbone)
@@ -136,15 +167,14 @@ def _detect_layer(model: nn.Module) -> str:
     outputs: list[tuple[str, Any]] = []
     hooks = [
         module.register_forward_hook(lambda _m, _a, out, name=name: outputs.append((name, out)))
-        for name, module in backbone.named_modules()
-        if name
+        for name, module in named
     ]
     training = backbone.training
     try:
         backbone.eval()
         with torch.no_grad():
             final = None
-            if hasattr(backbone, "forward_features"):
+            if hasattr(backbone, "forward_features") and not full:
                 final = backbone.forward_features(sample)
             else:
                 backbone(sample)
@@ -152,6 +182,14 @@ def _detect_layer(model: nn.Module) -> str:
         backbone.train(training)
         for hook in hooks:
             hook.remove()
+    return outputs, final
+
+
+def _detect_layer(model: nn.Module) -> str:
+    """Dry run: the last module whose output is the backbone's final spatial map."""
+    backbone = model.model
+    named = [(n, m) for n, m in backbone.named_modules() if n]
+    outputs, final = _dry_run(model, named)
     tensors = [(n, o) for n, o in outputs if isinstance(o, Tensor)]
     if final is None:
         names = [n for n, o in tensors if o.dim() == 4 and o.shape[-1] * o.shape[-2] > 1]
@@ -435,11 +473,13 @@ def _record_raw_maps(cam: Any) -> list[np.ndarray]:
 
 
 def _run_cam(cam: Any, x: Tensor, depth: int) -> np.ndarray:
-    """The CAM call; a layer inside a residual branch cannot be repeated alone: say so."""
+    """The CAM call; a layer inside a residual branch cannot be repeated alone (the repeat fails
+    on mismatched sizes, or, for a one-image batch, no gradient reaches the layer): say so."""
     try:
         return cam(x, targets=[_RowTarget()] * (x.shape[0] * depth))
-    except RuntimeError as e:
-        if "size of tensor" not in str(e) and "must match" not in str(e):
+    except (RuntimeError, TypeError) as e:
+        residual = ("size of tensor", "must match") if isinstance(e, RuntimeError) else ("None",)
+        if not any(words in str(e) for words in residual):
             raise
         raise ValueError(
             "layer: the network combines this layer's output with other tensors (a residual"
