@@ -249,17 +249,16 @@ def looks_untrained(weight: np.ndarray, *, rows: int = 128, columns: int = 1024)
 
     Every timm head starts as independent draws of one distribution (uniform, normal, zeros);
     training moves the rows along the features' class means, which gives them shared directions.
-    The statistic is the spread of the row-centred Gram matrix's eigenvalues (``|G|_F^2 / tr(G)^2``,
-    the structure pairwise distances, and so the clustering, see); 32 seeded shuffles of the
-    entries give its distribution at initialisation. Rows count as trained when the statistic
-    lies more than 6 of the shuffles' standard deviations above their mean. Measured: 120
-    untrained timm heads (resnet18/50, efficientnet_b0, tf_efficientnet_lite0, vit_tiny,
-    convnext_atto, mobilenetv3_small, regnetx_002 at 3 to 1000 classes) stay below 2.7;
-    efficientnet_lite0's ImageNet head lies at 39, resnet18 heads of Fashion-MNIST runs of two or
-    three epochs on 1,000 to 8,000 images at 26 to 178 (after one warm-up epoch of 15 steps: 2.8,
-    counted untrained). At most ``rows`` x ``columns``
-    entries, taken at seeded random, are read. Two classes or fewer make one tree whatever the
-    rows: never untrained.
+    The statistic is the spread of the row-centred Gram matrix's eigenvalues (``|G|_F^2 / tr(G)^2``:
+    the structure that the rows' pairwise distances, and so the clustering, see); 32 seeded
+    shuffles of the entries give its distribution at initialisation. Rows count as trained when
+    the statistic lies more than 6 of the shuffles' standard deviations above their mean.
+    Measured: 120 untrained timm heads (resnet18/50, efficientnet_b0, tf_efficientnet_lite0,
+    vit_tiny, convnext_atto, mobilenetv3_small, regnetx_002 at 3 to 1000 classes) stay below
+    2.7; efficientnet_lite0's ImageNet head lies at 39, resnet18 heads of Fashion-MNIST runs of
+    two or three epochs on 1,000 to 8,000 images at 26 to 178 (after one warm-up epoch of 15
+    steps: 2.8, counted untrained). At most ``rows`` x ``columns`` entries, taken at seeded
+    random, are read. Two classes or fewer make one tree whatever the rows: never untrained.
     """
     weight = np.asarray(weight, dtype=np.float64)
     if weight.ndim != 2 or len(weight) <= 2:

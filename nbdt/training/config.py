@@ -102,11 +102,11 @@ class TrainConfig:
             "soft_variant": SOFT_VARIANTS,
             "node_score": NODE_SCORES,
             "optimizer": OPTIMIZERS,
-            "padding": PADDINGS,
         }
+        if self.padding is not None:  # None: resolved from the checkpoint (plan.py)
+            choices["padding"] = PADDINGS
         for name, allowed in choices.items():
-            if getattr(self, name) is not None:
-                check_choice(option_name(name), getattr(self, name), allowed)
+            check_choice(option_name(name), getattr(self, name), allowed)
         non_negative = (
             "warmup_epochs", "epochs", "seed", "explain", "workers", "tree_weight", "ce_weight",
             "tree_weight_end", "ce_weight_end", "weight_decay",

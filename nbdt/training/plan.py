@@ -242,7 +242,7 @@ def _resolve(
         config,
         output=str(Path(config.output).expanduser().resolve()),
         arch=config.arch or (checkpoint["arch"] if checkpoint else DEFAULT_ARCH),
-        padding=config.padding or (checkpoint.get("padding", "zeros") if checkpoint else "zeros"),
+        padding=config.padding or (checkpoint or {}).get("padding", "zeros"),
         lr=config.lr or defaults.base_lr[trained] * config.batch_size / 256,
         weight_decay=(
             defaults.weight_decay if config.weight_decay is None else config.weight_decay
